@@ -1,0 +1,24 @@
+//! The bty engine: image formats, sources, the flash pipeline, disk discovery,
+//! the image catalog and the wire types shared by `bty`, `bty-tui` and `bty-web`.
+//!
+//! The binaries are thin front ends over this crate; see `ARCHITECTURE.md` at the
+//! repository root for where each concern lives.
+
+pub mod bmap;
+pub mod catalog;
+pub mod digest;
+pub mod disks;
+pub mod error;
+pub mod flash;
+pub mod format;
+pub mod inspect;
+pub mod mac;
+pub mod partition;
+pub mod qcow2;
+pub mod source;
+pub mod wire;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// The version every binary reports; one number for the whole workspace.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,349 @@
+//! Where image bytes come from: a local file or an `http(s)://` URL.
+//!
+//! Every reader returned here enforces its declared length: a stream that ends
+//! before `Content-Length` (or the file size taken at open time) yields an
+//! [`std::io::ErrorKind::UnexpectedEof`] error, never a silent short image.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// An image source as given on a command line or in a catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Http(String),
+}
+
+/// An open byte stream plus what is known of its length.
+pub struct OpenedSource {
+    pub reader: Box<dyn Read + Send>,
+    /// Length of the published bytes (file size, `Content-Length`), if known.
+    pub len: Option<u64>,
+}
+
+impl Source {
+    /// Parse a source string: `http://` / `https://` URLs, `file://` URLs and
+    /// plain paths. Other schemes are refused with the list of supported ones.
+    pub fn parse(s: &str) -> Result<Source> {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let rest = &s[s.find("://").unwrap() + 3..];
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(Error::usage(format!("{s}: URL has no host")));
+            }
+            return Ok(Source::Http(s.to_string()));
+        }
+        if let Some(p) = s.strip_prefix("file://") {
+            return Ok(Source::File(PathBuf::from(p)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(Error::usage(format!(
+                "{s}: unsupported source scheme `{scheme}://`; use a local path, file://, http:// or https://"
+            )));
+        }
+        if s.is_empty() {
+            return Err(Error::usage("empty image source"));
+        }
+        Ok(Source::File(PathBuf::from(s)))
+    }
+
+    /// The name used for format detection and display (file or URL basename).
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            Source::Http(u) => {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                path.rsplit('/').next().unwrap_or(path).to_string()
+            }
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Http(u) => u.clone(),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Source::File(_))
+    }
+
+    /// Open the whole stream from the start.
+    pub fn open(&self) -> Result<OpenedSource> {
+        match self {
+            Source::File(p) => {
+                let f = open_file(p)?;
+                let len = f.metadata().map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len();
+                Ok(OpenedSource { reader: Box::new(ExactLen::new(f, len, p.display().to_string())), len: Some(len) })
+            }
+            Source::Http(url) => http_get(url, None),
+        }
+    }
+
+    /// Read up to `n` bytes from `offset` (fewer only at the end of the data).
+    /// HTTP sources use a Range request; a server that ignores Range is handled
+    /// by skipping, so this stays correct (if slower) everywhere.
+    pub fn read_at(&self, offset: u64, n: usize) -> Result<Vec<u8>> {
+        match self {
+            Source::File(p) => {
+                let mut f = open_file(p)?;
+                f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(format!("cannot seek {}", p.display()), e))?;
+                read_up_to(&mut f, n).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))
+            }
+            Source::Http(url) => {
+                let end = offset + n as u64 - 1;
+                let opened = http_get(url, Some((offset, end)))?;
+                let mut r = opened.reader;
+                read_up_to(&mut r, n).map_err(|e| Error::io(format!("cannot read {url}"), e))
+            }
+        }
+    }
+
+    /// Total published length, without reading the data.
+    pub fn len(&self) -> Result<Option<u64>> {
+        match self {
+            Source::File(p) => Ok(Some(
+                std::fs::metadata(p).map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len(),
+            )),
+            Source::Http(url) => {
+                let resp = agent()
+                    .head(url)
+                    .call()
+                    .map_err(|e| http_error(url, e))?;
+                Ok(content_length(&resp))
+            }
+        }
+    }
+
+    /// The source with `suffix` appended (sidecar files such as `.sha256`, `.bmap`).
+    pub fn sibling(&self, suffix: &str) -> Source {
+        match self {
+            Source::File(p) => {
+                let mut s = p.clone().into_os_string();
+                s.push(suffix);
+                Source::File(s.into())
+            }
+            Source::Http(u) => {
+                let (path, query) = match u.find(['?', '#']) {
+                    Some(i) => (&u[..i], &u[i..]),
+                    None => (u.as_str(), ""),
+                };
+                Source::Http(format!("{path}{suffix}{query}"))
+            }
+        }
+    }
+
+    /// Read a small auxiliary file completely (sidecars, catalogs), capped at
+    /// `max` bytes. `Ok(None)` when it does not exist (404 / ENOENT).
+    pub fn read_small(&self, max: u64) -> Result<Option<Vec<u8>>> {
+        let opened = match self {
+            Source::File(p) if !p.exists() => return Ok(None),
+            Source::Http(url) => match http_get(url, None) {
+                Ok(o) => o,
+                Err(e) if e.message().contains("HTTP 404") => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            _ => self.open()?,
+        };
+        if let Some(len) = opened.len {
+            if len > max {
+                return Err(Error::failure(format!("{} is larger than {max} bytes", self.display())));
+            }
+        }
+        let mut buf = Vec::new();
+        opened
+            .reader
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", self.display()), e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::failure(format!("{} is larger than {max} bytes", self.display())));
+        }
+        Ok(Some(buf))
+    }
+
+    /// The `.sha256` sidecar next to the image, if present: bare hex or a
+    /// `sha256sum` line. Returns the lowercase hex digest.
+    pub fn sidecar_sha256(&self) -> Result<Option<String>> {
+        let side = self.sibling(".sha256");
+        let Some(bytes) = side.read_small(64 * 1024)? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&bytes);
+        let name = self.name();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let Some(hex) = parts.next() else { continue };
+            let file = parts.next().map(|f| f.trim_start_matches('*'));
+            if file.is_some_and(|f| !f.ends_with(&name)) {
+                continue;
+            }
+            if let Some(d) = parse_sha256_hex(hex) {
+                return Ok(Some(d));
+            }
+        }
+        Err(Error::failure(format!(
+            "{} exists but holds no SHA-256 digest for {name}; fix or remove the sidecar",
+            side.display()
+        )))
+    }
+}
+
+/// Validate and normalise a hex SHA-256 (optionally `sha256:`-prefixed).
+pub fn parse_sha256_hex(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
+}
+
+fn open_file(p: &Path) -> Result<File> {
+    File::open(p).map_err(|e| {
+        let msg = if e.kind() == io::ErrorKind::NotFound {
+            format!("image {} does not exist", p.display())
+        } else {
+            format!("cannot open image {}", p.display())
+        };
+        Error::io(msg, e)
+    })
+}
+
+fn read_up_to(r: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// HTTP client shared by every request the engine makes. No automatic
+/// decompression (image bytes must arrive as published) and no retries (a
+/// retried GET restarts at byte 0 in the middle of a write).
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_recv_body(None)
+        .http_status_as_error(false)
+        .user_agent(format!("bty/{}", crate::VERSION))
+        .build()
+        .into()
+}
+
+fn http_error(url: &str, e: ureq::Error) -> Error {
+    Error::new(ErrorKind::Failure, format!("cannot fetch {url}: {e}"))
+}
+
+fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    resp.headers()
+        .get(ureq::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn http_get(url: &str, range: Option<(u64, u64)>) -> Result<OpenedSource> {
+    let mut req = agent().get(url);
+    if let Some((a, b)) = range {
+        req = req.header("Range", format!("bytes={a}-{b}"));
+    }
+    let resp = req.call().map_err(|e| http_error(url, e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(Error::failure(format!("cannot fetch {url}: HTTP {status}")));
+    }
+    let len = content_length(&resp);
+    let reader = resp.into_body().into_reader();
+    let mut reader: Box<dyn Read + Send> = match len {
+        Some(n) => Box::new(ExactLen::new(reader, n, url.to_string())),
+        None => Box::new(reader),
+    };
+    if let (Some((a, _)), 200) = (range, status) {
+        // Server ignored the Range header: skip to the offset ourselves.
+        io::copy(&mut (&mut reader).take(a), &mut io::sink())
+            .map_err(|e| Error::io(format!("cannot read {url}"), e))?;
+        return Ok(OpenedSource { reader, len: len.map(|l| l.saturating_sub(a)) });
+    }
+    Ok(OpenedSource { reader, len })
+}
+
+/// A reader that must deliver exactly `len` bytes: ending early is an
+/// `UnexpectedEof` error naming the source and how much arrived.
+pub struct ExactLen<R> {
+    inner: R,
+    remaining: u64,
+    len: u64,
+    what: String,
+}
+
+impl<R> ExactLen<R> {
+    pub fn new(inner: R, len: u64, what: String) -> Self {
+        ExactLen { inner, remaining: len, len, what }
+    }
+}
+
+impl<R: Read> Read for ExactLen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let cap = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..cap])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} ended after {} of {} bytes (truncated download or file)",
+                    self.what,
+                    self.len - self.remaining,
+                    self.len
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_sources() {
+        assert_eq!(Source::parse("/a/b.img").unwrap(), Source::File("/a/b.img".into()));
+        assert_eq!(Source::parse("file:///a/b.img").unwrap(), Source::File("/a/b.img".into()));
+        assert!(matches!(Source::parse("https://h/x.img.zst").unwrap(), Source::Http(_)));
+        assert!(Source::parse("ftp://h/x").unwrap_err().to_string().contains("unsupported"));
+        assert!(Source::parse("http:///x").is_err());
+        assert_eq!(Source::parse("http://h/d/x.img.xz?sig=1").unwrap().name(), "x.img.xz");
+        assert_eq!(
+            Source::parse("http://h/x.img?a=1").unwrap().sibling(".sha256"),
+            Source::Http("http://h/x.img.sha256?a=1".into())
+        );
+    }
+
+    #[test]
+    fn exact_len_detects_truncation() {
+        let mut r = ExactLen::new(&b"abc"[..], 5, "test".into());
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("3 of 5"));
+    }
+
+    #[test]
+    fn sha_hex() {
+        let h = "A".repeat(64);
+        assert_eq!(parse_sha256_hex(&format!("sha256:{h}")), Some("a".repeat(64)));
+        assert_eq!(parse_sha256_hex("abc"), None);
+    }
+}
