@@ -216,3 +216,26 @@ mod tests {
         assert_eq!(arch_hint("debian-13-arm64.img"), Some("aarch64"));
     }
 }
+
+/// Wrap a published byte stream in the decompressor its format needs.
+/// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
+/// end. qcow2 is not a stream format: see [`crate::qcow2`].
+pub fn decoder(format: ImageFormat, r: Box<dyn std::io::Read + Send>) -> Result<Box<dyn std::io::Read + Send>> {
+    use std::io::BufReader;
+    Ok(match format {
+        ImageFormat::Raw => r,
+        ImageFormat::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, r))
+                .map_err(|e| Error::io("cannot start zstd decoder", e))?;
+            // Images made with `zstd --long` need a window above the default limit.
+            d.window_log_max(31).map_err(|e| Error::io("cannot configure zstd decoder", e))?;
+            Box::new(d)
+        }
+        ImageFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Qcow2 => {
+            return Err(Error::usage("qcow2 images need random access and cannot be decoded as a stream"))
+        }
+    })
+}

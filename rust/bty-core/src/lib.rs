@@ -11,6 +11,7 @@ pub mod disks;
 pub mod error;
 pub mod flash;
 pub mod format;
+pub mod hardware;
 pub mod inspect;
 pub mod mac;
 pub mod partition;
