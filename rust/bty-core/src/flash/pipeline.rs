@@ -1,0 +1,513 @@
+//! The streaming pipeline behind [`execute`].
+//!
+//! Three threads joined by bounded channels: *fetch* reads the published
+//! stream and hashes it, *decode* decompresses into aligned 4 MiB buffers,
+//! *write* hands them to the [`Sink`]. The calling thread reports progress and
+//! watches for cancellation. Memory stays bounded by the channel depths and the
+//! buffer pool (about 30 MiB), whatever the image size.
+
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::progress::{Phase, Progress};
+use super::target::TargetKind;
+use super::writer::{AlignedBuf, Sink, ZeroPolicy, CHUNK};
+use super::{FlashRequest, FlashSummary, Plan, Timings};
+use crate::digest::{Digests, StreamDigests};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{self, ImageFormat};
+use crate::source::Source;
+
+const FETCH_CHUNK: usize = 1 << 20;
+const FETCH_DEPTH: usize = 8;
+const POOL: usize = 4;
+const TICK: Duration = Duration::from_millis(200);
+
+struct Shared {
+    read: AtomicU64,
+    decoded: AtomicU64,
+    stop: AtomicBool,
+    first_error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    /// Record the root cause; later errors are consequences of it.
+    fn fail(&self, e: Error) {
+        let mut slot = self.first_error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads what the fetch thread sends; a fetch error surfaces as the I/O
+/// error the decoder sees, so decompressors report it in their own terms.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Write the planned image. Call only with a valid plan; the target is
+/// re-checked first. `cancel` may be set from a signal handler.
+pub fn execute(
+    plan: &Plan,
+    req: &FlashRequest,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<FlashSummary> {
+    if !plan.is_valid() {
+        return Err(Error::failure(format!("refusing to flash: {}", plan.problems.join("; "))));
+    }
+    let started = Instant::now();
+    let target = plan.target.recheck(plan.virtual_size)?;
+    let handles = target.open_for_write()?;
+    let zeros = match target.kind {
+        TargetKind::File => ZeroPolicy::Holes,
+        TargetKind::BlockDevice if target.zeroes_offload && req.bmap.is_none() => ZeroPolicy::Offload,
+        TargetKind::BlockDevice => ZeroPolicy::WriteAll,
+    };
+    let sink = Sink::new(handles, target.logical_block_size, zeros, req.bmap.as_ref(), plan.verify);
+    let shared = Shared {
+        read: AtomicU64::new(0),
+        decoded: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        first_error: Mutex::new(None),
+    };
+    let capacity = target.size_bytes;
+
+    let (published, total, sink) = std::thread::scope(|s| {
+        let (pool_tx, pool_rx) = sync_channel::<AlignedBuf>(POOL);
+        for _ in 0..POOL {
+            pool_tx.send(AlignedBuf::new(CHUNK)).unwrap();
+        }
+        let (chunk_tx, chunk_rx) = sync_channel::<(u64, AlignedBuf)>(POOL);
+
+        let decoder_input: Box<dyn Read + Send>;
+        let mut fetch = None;
+        if plan.format == ImageFormat::Qcow2 {
+            decoder_input = Box::new(io::empty());
+        } else {
+            let (tx, rx) = sync_channel(FETCH_DEPTH);
+            decoder_input = Box::new(ChannelReader { rx, cur: Vec::new(), pos: 0 });
+            let shared = &shared;
+            let source = &req.source;
+            fetch = Some(s.spawn(move || fetch_thread(source, tx, shared)));
+        }
+
+        let shared_d = &shared;
+        let decode = s.spawn(move || {
+            let r = decode_thread(plan, req, decoder_input, pool_rx, chunk_tx, capacity, shared_d);
+            r.map_err(|e| shared_d.fail(e)).ok()
+        });
+        let shared_w = &shared;
+        let write = s.spawn(move || {
+            let mut sink = sink;
+            for (offset, buf) in chunk_rx {
+                if shared_w.stopped() {
+                    break;
+                }
+                if let Err(e) = sink.put(offset, buf.data()) {
+                    shared_w.fail(e);
+                    break;
+                }
+                let _ = pool_tx.send(buf);
+            }
+            sink
+        });
+
+        let mut last = Instant::now();
+        let total_hint = plan.virtual_size;
+        while !(decode.is_finished() && write.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if cancel.load(Ordering::Relaxed) {
+                let done = shared.decoded.load(Ordering::Relaxed);
+                shared.fail(Error::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "cancelled after {} of image data; the target holds a partial write: \
+                         do not boot it, flash it again",
+                        crate::disks::human_size(done)
+                    ),
+                ));
+            }
+            if last.elapsed() >= TICK {
+                last = Instant::now();
+                on_progress(&progress(Phase::Write, &shared, total_hint, plan.published_size, started));
+            }
+        }
+        let total = decode.join().expect("decode thread panicked");
+        let sink = write.join().expect("write thread panicked");
+        let published = fetch.map(|f| f.join().expect("fetch thread panicked"));
+        on_progress(&progress(Phase::Write, &shared, total_hint, plan.published_size, started));
+        (published.flatten(), total, sink)
+    });
+
+    if let Some(e) = shared.first_error.lock().unwrap().take() {
+        return Err(e);
+    }
+    let total = total.expect("decode reported no error and no total");
+    let write_s = started.elapsed().as_secs_f64();
+
+    // Integrity of the published stream: checked before anything is called done.
+    let published = match plan.format {
+        ImageFormat::Qcow2 if !plan.expected.is_empty() => Some(hash_local(&req.source)?),
+        _ => published,
+    };
+    if let Some(d) = &published {
+        plan.expected.check(d, &plan.name)?;
+    }
+    if let Some(v) = plan.virtual_size {
+        if v != total {
+            return Err(Error::integrity(format!(
+                "{} should expand to {v} bytes but produced {total}; the image is truncated or corrupt",
+                plan.name
+            )));
+        }
+    }
+    if let Some(b) = &req.bmap {
+        if b.image_size != total {
+            return Err(Error::integrity(format!(
+                "the block map describes {} bytes but the image has {total}; they do not belong together",
+                b.image_size
+            )));
+        }
+    }
+    let (handles, written_blake3, stats) = sink.finish(total)?;
+
+    let t_sync = Instant::now();
+    on_progress(&phase_event(Phase::Sync, total, plan, started));
+    handles.direct.sync_all().map_err(|e| Error::io("fsync of the target failed", e))?;
+    handles.buffered.sync_all().map_err(|e| Error::io("fsync of the target failed", e))?;
+    let sync_s = t_sync.elapsed().as_secs_f64();
+
+    let mut gpt_backup_moved = false;
+    let mut partition_table_reread = None;
+    if target.kind == TargetKind::BlockDevice {
+        on_progress(&phase_event(Phase::Finalize, total, plan, started));
+        if let Some(cap) = capacity.filter(|&c| c > total) {
+            gpt_backup_moved =
+                crate::partition::relocate_gpt_backup(&handles.buffered, cap, target.logical_block_size)?;
+        }
+        drop(handles.direct);
+        partition_table_reread = Some(reread_partitions(&handles.buffered));
+    }
+
+    let t_verify = Instant::now();
+    let verified = if plan.verify {
+        let want = written_blake3.clone().expect("verify hash requested");
+        verify_readback(plan, req, total, &want, &mut *on_progress, started)?;
+        true
+    } else {
+        false
+    };
+    let verify_s = t_verify.elapsed().as_secs_f64();
+    let total_s = started.elapsed().as_secs_f64();
+    Ok(FlashSummary {
+        source: plan.source.clone(),
+        target: plan.target.path.display().to_string(),
+        format: plan.format,
+        bytes_read: shared.read.load(Ordering::Relaxed),
+        published,
+        written_blake3,
+        image_bytes: total,
+        bytes_written: stats.written,
+        bytes_skipped: stats.holes + stats.offloaded + stats.unmapped,
+        verified,
+        gpt_backup_moved,
+        partition_table_reread,
+        seconds: Timings { write: write_s, sync: sync_s, verify: verify_s, total: total_s },
+        throughput_bps: total as f64 / total_s.max(1e-9),
+    })
+}
+
+fn progress(phase: Phase, sh: &Shared, total: Option<u64>, source_total: Option<u64>, started: Instant) -> Progress {
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = sh.decoded.load(Ordering::Relaxed);
+    Progress {
+        phase,
+        bytes,
+        total,
+        source_bytes: sh.read.load(Ordering::Relaxed),
+        source_total,
+        rate_bps: bytes as f64 / elapsed.max(1e-9),
+        elapsed_s: elapsed,
+    }
+}
+
+fn phase_event(phase: Phase, total: u64, plan: &Plan, started: Instant) -> Progress {
+    Progress {
+        phase,
+        bytes: 0,
+        total: Some(total),
+        source_bytes: 0,
+        source_total: plan.published_size,
+        rate_bps: 0.0,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn fetch_thread(source: &Source, tx: SyncSender<io::Result<Vec<u8>>>, sh: &Shared) -> Option<Digests> {
+    let broke = |e: &dyn std::fmt::Display, n: u64| {
+        Error::integrity(format!(
+            "reading {} failed after {n} bytes: {e}; nothing written can be trusted, flash again",
+            source.display()
+        ))
+    };
+    let mut opened = match source.open() {
+        Ok(o) => o,
+        Err(e) => {
+            sh.fail(e);
+            return None;
+        }
+    };
+    let mut digests = StreamDigests::new();
+    loop {
+        if sh.stopped() {
+            return None;
+        }
+        let mut buf = vec![0u8; FETCH_CHUNK];
+        let mut got = 0;
+        // Fill the chunk so hashing and channel hops work on large blocks.
+        let res = loop {
+            match opened.reader.read(&mut buf[got..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    got += n;
+                    if got == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(got);
+        digests.update(&buf);
+        sh.read.fetch_add(got as u64, Ordering::Relaxed);
+        if let Err(e) = res {
+            let n = sh.read.load(Ordering::Relaxed);
+            sh.fail(broke(&e, n));
+            let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return None;
+        }
+        if got == 0 {
+            return Some(digests.finish());
+        }
+        if tx.send(Ok(buf)).is_err() {
+            return None;
+        }
+    }
+}
+
+fn decode_thread(
+    plan: &Plan,
+    req: &FlashRequest,
+    input: Box<dyn Read + Send>,
+    pool: Receiver<AlignedBuf>,
+    out: SyncSender<(u64, AlignedBuf)>,
+    capacity: Option<u64>,
+    sh: &Shared,
+) -> Result<u64> {
+    let mut reader: Box<dyn Read + Send> = match plan.format {
+        ImageFormat::Qcow2 => {
+            let Source::File(p) = &req.source else {
+                return Err(Error::usage("qcow2 images are read from local files only"));
+            };
+            let f = std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            Box::new(crate::qcow2::Qcow2Reader::open(f)?)
+        }
+        f => format::decoder(f, input)?,
+    };
+    let corrupt = |e: io::Error, at: u64| {
+        Error::integrity(format!(
+            "{} ({}) is corrupt or truncated at image byte {at}: {e}; the target holds a partial write, flash again",
+            plan.name, plan.format
+        ))
+    };
+    let mut offset = 0u64;
+    loop {
+        let Ok(mut buf) = pool.recv() else { return Ok(offset) };
+        buf.len = 0;
+        while buf.len < buf.capacity() {
+            if sh.stopped() {
+                return Ok(offset);
+            }
+            match reader.read(buf.spare()) {
+                Ok(0) => break,
+                Ok(n) => buf.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(corrupt(e, offset + buf.len as u64)),
+            }
+        }
+        if offset == 0 {
+            format::refuse_inner_tarball(buf.data(), &plan.name)?;
+        }
+        if buf.len == 0 {
+            return Ok(offset);
+        }
+        if let Some(cap) = capacity {
+            if offset + buf.len as u64 > cap {
+                return Err(Error::failure(format!(
+                    "the image is larger than the target ({} bytes): stopped before writing past its end; \
+                     the target holds a partial write",
+                    cap
+                )));
+            }
+        }
+        let n = buf.len as u64;
+        if out.send((offset, buf)).is_err() {
+            return Ok(offset);
+        }
+        offset += n;
+        sh.decoded.store(offset, Ordering::Relaxed);
+    }
+}
+
+fn hash_local(source: &Source) -> Result<Digests> {
+    let mut opened = source.open()?;
+    let mut d = StreamDigests::new();
+    let mut buf = vec![0u8; FETCH_CHUNK];
+    loop {
+        let n = opened.reader.read(&mut buf).map_err(|e| Error::io(format!("cannot read {}", source.display()), e))?;
+        if n == 0 {
+            return Ok(d.finish());
+        }
+        d.update(&buf[..n]);
+    }
+}
+
+/// BLKRRPART: make the kernel see the new partition table. Best effort: a
+/// busy disk keeps its old view until re-plugged, which is reported, not fatal.
+fn reread_partitions(f: &std::fs::File) -> bool {
+    const BLKRRPART: libc::c_ulong = 0x125f; // _IO(0x12, 95)
+    // SAFETY: BLKRRPART takes no argument.
+    unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART as _) == 0 }
+}
+
+fn verify_readback(
+    plan: &Plan,
+    req: &FlashRequest,
+    total: u64,
+    want: &str,
+    on_progress: &mut dyn FnMut(&Progress),
+    started: Instant,
+) -> Result<()> {
+    let path = &plan.target.path;
+    let f = match plan.target.kind {
+        TargetKind::BlockDevice => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .or_else(|_| std::fs::File::open(path)),
+        TargetKind::File => std::fs::File::open(path),
+    }
+    .map_err(|e| Error::io(format!("cannot reopen {} to verify", path.display()), e))?;
+    // Drop cached pages so the comparison reads what reached the medium.
+    // SAFETY: plain advisory call on an open descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let ranges: Vec<(u64, u64)> = match &req.bmap {
+        Some(b) => b
+            .ranges
+            .iter()
+            .map(|r| (r.first_block * b.block_size, ((r.last_block + 1) * b.block_size).min(b.image_size)))
+            .collect(),
+        None => vec![(0, total)],
+    };
+    let to_check: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = AlignedBuf::new(CHUNK);
+    let mut done = 0u64;
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    for (start, end) in ranges {
+        let mut pos = start;
+        while pos < end {
+            let want_len = ((end - pos) as usize).min(CHUNK);
+            // O_DIRECT needs aligned lengths: read a rounded-up block and use the prefix.
+            let aligned_len = want_len.div_ceil(4096) * 4096;
+            buf.len = 0;
+            let n = read_full_at(&f, &mut buf.spare()[..aligned_len], pos)
+                .or_else(|_| read_full_at(&std::fs::File::open(path)?, &mut buf.spare()[..want_len], pos))
+                .map_err(|e| Error::io(format!("read-back of {} failed at byte {pos}", path.display()), e))?;
+            if n < want_len {
+                return Err(Error::integrity(format!(
+                    "read-back of {} ended at byte {} of {end}",
+                    path.display(),
+                    pos + n as u64
+                )));
+            }
+            buf.len = want_len;
+            hasher.update(buf.data());
+            pos += want_len as u64;
+            done += want_len as u64;
+            if last.elapsed() >= TICK {
+                last = Instant::now();
+                let el = t0.elapsed().as_secs_f64();
+                on_progress(&Progress {
+                    phase: Phase::Verify,
+                    bytes: done,
+                    total: Some(to_check),
+                    source_bytes: 0,
+                    source_total: None,
+                    rate_bps: done as f64 / el.max(1e-9),
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+    let got = hasher.finalize().to_hex().to_string();
+    if got != want {
+        return Err(Error::integrity(format!(
+            "read-back verification failed: {} does not hold what was written (BLAKE3 {got}, expected {want}); \
+             the medium may be failing or counterfeit",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn read_full_at(f: &std::fs::File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
