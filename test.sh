@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every check bty has: formatting, lints, unit and integration tests.
+# Loop-device tests run when this is run as root and skip (saying why) otherwise.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked -- --test-threads=2
