@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Installs everything the VM checks need (idempotent; a fast no-op when all is present).
+#   - QEMU (from bookworm-backports, so the newer qemu-utils is kept), iPXE ROMs and binaries,
+#     OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI/BIOS modules, kernel-module tools;
+#   - the Debian kernel package, downloaded (not installed) into checks/out/cache/.
+# Must run as root when something is missing. Nothing is installed into the host's /boot.
+set -euo pipefail
+
+# The kernel the test live environment boots. Bump together when the archive moves on;
+# BTY_KERNEL_ABI overrides it for one run.
+KERNEL_ABI="${BTY_KERNEL_ABI:-6.1.0-50}"
+
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="$here/out/cache"
+mkdir -p "$cache"
+
+log() { echo "deps: $*" >&2; }
+
+# Package → a file that proves it is installed (cheaper than dpkg -s for each).
+declare -A want=(
+  [qemu-system-x86]=/usr/bin/qemu-system-x86_64
+  [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom
+  [ipxe]=/usr/lib/ipxe/undionly.kpxe
+  [ovmf]=/usr/share/OVMF/OVMF_CODE_4M.fd
+  [busybox-static]=/bin/busybox
+  [cpio]=/usr/bin/cpio
+  [mtools]=/usr/bin/mcopy
+  [dosfstools]=/usr/sbin/mkfs.vfat
+  [grub-efi-amd64-bin]=/usr/lib/grub/x86_64-efi/modinfo.sh
+  [grub-common]=/usr/bin/grub-mkstandalone
+  [fdisk]=/usr/sbin/sfdisk
+  [zstd]=/usr/bin/zstd
+  [xz-utils]=/usr/bin/xz
+  [kmod]=/usr/sbin/depmod
+)
+
+missing=()
+for pkg in "${!want[@]}"; do
+  [ -e "${want[$pkg]}" ] || missing+=("$pkg")
+done
+# busybox-static and busybox conflict in name only: the static one provides /bin/busybox too,
+# but we need the static build (the initramfs has no libc).
+if [ -e /bin/busybox ] && ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
+  if ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+fi
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    log "must run as root to install: $*"
+    exit 1
+  fi
+}
+
+updated=0
+apt_update() {
+  if [ "$updated" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq
+    updated=1
+  fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  need_root "${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # qemu-system-x86 from plain bookworm would downgrade (remove) the newer qemu-utils some
+  # machines ship; backports has a matching QEMU.
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding bookworm-backports to apt sources"
+    cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    updated=0
+  fi
+  apt_update
+  rest=()
+  for pkg in "${missing[@]}"; do
+    if [ "$pkg" = qemu-system-x86 ]; then
+      log "installing qemu-system-x86 from bookworm-backports"
+      apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
+    else
+      rest+=("$pkg")
+    fi
+  done
+  if [ "${#rest[@]}" -gt 0 ]; then
+    log "installing ${rest[*]}"
+    apt-get install -y -qq --no-install-recommends "${rest[@]}" >/dev/null
+  fi
+fi
+
+# The kernel package: downloaded, never installed.
+pkg="linux-image-${KERNEL_ABI}-amd64"
+if ! ls "$cache/${pkg}_"*.deb >/dev/null 2>&1; then
+  # `apt-get download` needs package lists; an old list may no longer know the package.
+  if ! apt-cache show "$pkg" >/dev/null 2>&1; then
+    need_root "package lists (apt-get update)"
+    apt_update
+  fi
+  if ! apt-cache show "$pkg" >/dev/null 2>&1; then
+    # The archive dropped the pinned ABI (point release / security update): take the one the
+    # linux-image-amd64 meta-package points at now, and say so loudly.
+    now="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: linux-image-\(.*\)-amd64$/\1/p' | head -1)"
+    if [ -z "$now" ]; then log "cannot find $pkg nor linux-image-amd64 in apt"; exit 1; fi
+    log "WARNING: $pkg is not in the archive any more; using linux-image-${now}-amd64 (update KERNEL_ABI in checks/deps.sh)"
+    pkg="linux-image-${now}-amd64"
+  fi
+  log "downloading $pkg into $cache"
+  (cd "$cache" && apt-get download -qq "$pkg")
+fi
+# Record which .deb the live builder uses: the pinned one, or the fallback just downloaded.
+deb="$(ls "$cache/${pkg}_"*.deb 2>/dev/null | tail -1)"
+[ -n "$deb" ] || deb="$(ls -t "$cache/"linux-image-*-amd64_*.deb | head -1)"
+echo "$deb" > "$cache/kernel-deb.path"

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds the test live environment from Debian packages (see checks/deps.sh):
+#   OUT_DIR/vmlinuz     the Debian kernel, extracted from its .deb
+#   OUT_DIR/initrd.gz   busybox-static + NIC/disk kernel modules + /init (+ /bin/bty if given)
+# Usage: checks/live/build.sh OUT_DIR [BTY_BINARY]
+# BTY_BINARY must be statically linked (the initramfs has no libc). A bty-tui binary next to it
+# is included too. No root needed once the dependencies are installed.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+checks="$(dirname "$here")"
+out="${1:?usage: $0 OUT_DIR [BTY_BINARY]}"
+bty="${2:-}"
+
+# Modules the initramfs carries (their dependencies come along): the NICs and disk
+# controllers QEMU can give a client (virtio-net/-blk/-scsi, e1000, AHCI, NVMe).
+MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod e1000 e1000e ahci nvme)
+
+deb_path_file="$checks/out/cache/kernel-deb.path"
+if [ ! -f "$deb_path_file" ]; then
+  echo "live: no kernel package; run checks/deps.sh first" >&2
+  exit 1
+fi
+deb="$(cat "$deb_path_file")"
+for tool in /bin/busybox dpkg-deb depmod gzip python3; do
+  command -v "$tool" >/dev/null || { echo "live: $tool missing; run checks/deps.sh" >&2; exit 1; }
+done
+if ! file -L /bin/busybox | grep -q 'statically linked'; then
+  echo "live: /bin/busybox is not the static build (install busybox-static)" >&2
+  exit 1
+fi
+if [ -n "$bty" ]; then
+  [ -x "$bty" ] || { echo "live: $bty is not an executable" >&2; exit 1; }
+  if ! file -L "$bty" | grep -Eq 'statically linked|static-pie linked'; then
+    echo "live: $bty is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'" >&2
+    exit 1
+  fi
+fi
+
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/bty-live.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+# 1. The kernel package, unpacked into a scratch tree (cached per .deb).
+kdir="$checks/out/cache/kernel.$(basename "$deb" .deb)"
+if [ ! -f "$kdir/.done" ]; then
+  rm -rf "$kdir"
+  mkdir -p "$kdir"
+  dpkg-deb -x "$deb" "$kdir"
+  kver="$(ls "$kdir/lib/modules")"
+  # The .deb ships no modules.dep (the package's postinst makes it); make it here.
+  depmod -b "$kdir" "$kver"
+  touch "$kdir/.done"
+fi
+kver="$(ls "$kdir/lib/modules")"
+moddir="$kdir/lib/modules/$kver"
+cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
+
+# 2. The initramfs tree.
+root="$work/root"
+mkdir -p "$root"/{bin,dev,etc/bty-live,lib/modules,proc,sys,run,tmp,root,mnt}
+ln -s bin "$root/sbin"
+mkdir -p "$root/usr"
+ln -s ../bin "$root/usr/bin"
+ln -s ../bin "$root/usr/sbin"
+cp /bin/busybox "$root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+done
+install -m 0755 "$here/init" "$root/init"
+install -m 0755 "$here/udhcpc.script" "$root/etc/bty-live/udhcpc.script"
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+printf 'bty-live test environment (kernel %s)\n' "$kver" >"$root/etc/issue"
+: >"$root/etc/resolv.conf"
+
+# Modules in dependency order: modules.dep lists a module's dependencies, the one loaded
+# first last; a depth-first walk puts every dependency before its users.
+declare -A seen=()
+order=()
+dep_line() { # relative path of module NAME and its dependencies, from modules.dep
+  awk -v n="$1" -F: '{ f=$1; sub(/.*\//, "", f); sub(/\.ko(\.(xz|zst|gz))?$/, "", f);
+    gsub(/-/, "_", f); if (f == n) { print; exit } }' "$moddir/modules.dep"
+}
+visit_path() { # a module path relative to $moddir
+  local p="$1"
+  [ -n "${seen[$p]:-}" ] && return
+  seen[$p]=1
+  local line deps d
+  line="$(grep -m1 "^$p:" "$moddir/modules.dep")"
+  deps="${line#*:}"
+  # Dependencies load in reverse of the order modules.dep lists them.
+  local rev=()
+  for d in $deps; do rev=("$d" "${rev[@]}"); done
+  for d in "${rev[@]}"; do visit_path "$d"; done
+  order+=("$p")
+}
+for m in "${MODULES[@]}"; do
+  n="${m//-/_}"
+  if grep -qE "/${m}\.ko" "$moddir/modules.builtin"; then continue; fi
+  line="$(dep_line "$n")"
+  if [ -z "$line" ]; then echo "live: module $m not found in $kver" >&2; exit 1; fi
+  visit_path "${line%%:*}"
+done
+: >"$root/etc/bty-live/modules"
+for p in "${order[@]}"; do
+  base="$(basename "$p")"
+  case "$base" in
+    *.ko.xz) name="${base%.xz}"; xz -dc "$moddir/$p" >"$root/lib/modules/$name" ;;
+    *.ko.zst) name="${base%.zst}"; zstd -qdc "$moddir/$p" >"$root/lib/modules/$name" ;;
+    *.ko.gz) name="${base%.gz}"; gzip -dc "$moddir/$p" >"$root/lib/modules/$name" ;;
+    *) name="$base"; cp "$moddir/$p" "$root/lib/modules/$name" ;;
+  esac
+  echo "$name" >>"$root/etc/bty-live/modules"
+done
+
+if [ -n "$bty" ]; then
+  install -m 0755 "$bty" "$root/bin/bty"
+  tui="$(dirname "$bty")/bty-tui"
+  if [ -x "$tui" ] && file -L "$tui" | grep -Eq 'statically linked|static-pie linked'; then
+    install -m 0755 "$tui" "$root/bin/bty-tui"
+  fi
+fi
+
+# 3. Pack: newc cpio (root-owned, mtime 0, sorted; /dev/console as a real node) + gzip -n.
+python3 "$checks/lib/newc.py" "$root" "$work/initrd.cpio" --dev dev/console:c:5:1:600
+gzip -9 -n -c "$work/initrd.cpio" >"$out/initrd.gz.tmp"
+mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+echo "$kver" >"$out/kernel-version"
+echo "live: $out/vmlinuz ($kver, $(du -k "$out/vmlinuz" | cut -f1) KiB)," \
+  "$out/initrd.gz ($(du -k "$out/initrd.gz" | cut -f1) KiB, ${#order[@]} modules${bty:+, with $(basename "$bty")})" >&2
