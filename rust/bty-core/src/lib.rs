@@ -4,6 +4,7 @@
 //! The binaries are thin front ends over this crate; see `ARCHITECTURE.md` at the
 //! repository root for where each concern lives.
 
+pub mod agent;
 pub mod bmap;
 pub mod catalog;
 pub mod digest;

@@ -1,5 +1,6 @@
 //! `bty`: inspect images, list disks, flash. A thin front end over `bty-core`.
 
+mod cmd_agent;
 mod cmd_disks;
 mod cmd_flash;
 mod cmd_inspect;
@@ -23,7 +24,13 @@ Exit codes:
 #[command(name = "bty", version, about = "Flash OS disk images onto disks, safely and fast", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Run as the live-environment agent against this bty-web (with --mac).
+    #[arg(long, requires = "mac")]
+    server: Option<String>,
+    /// This machine's MAC, for --server.
+    #[arg(long, requires = "server")]
+    mac: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -35,14 +42,25 @@ enum Command {
     /// Write an image onto a disk or into a file.
     #[command(after_help = EXIT_CODES)]
     Flash(cmd_flash::Args),
+    /// Live-environment agent: report inventory, follow the server's plan, report, reboot.
+    /// Reads bty.server= and bty.mac= from /proc/cmdline unless given.
+    Agent(cmd_agent::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Disks(a) => cmd_disks::run(a),
-        Command::Inspect(a) => cmd_inspect::run(a),
-        Command::Flash(a) => cmd_flash::run(a),
+        Some(Command::Disks(a)) => cmd_disks::run(a),
+        Some(Command::Inspect(a)) => cmd_inspect::run(a),
+        Some(Command::Flash(a)) => cmd_flash::run(a),
+        Some(Command::Agent(a)) => cmd_agent::run(a),
+        None if cli.server.is_some() => {
+            cmd_agent::run(cmd_agent::Args { server: cli.server, mac: cli.mac, ..Default::default() })
+        }
+        None => {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            2
+        }
     };
     ExitCode::from(code as u8)
 }

@@ -1,0 +1,174 @@
+//! The live environment's side of the PXE contract: a small client for
+//! `bty-web`'s open `/pxe/{mac}/...` routes, and the inventory it reports.
+//! Used by `bty agent` and by `bty-tui --server`.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::mac::MacAddr;
+use crate::wire::{FlashStatus, InventoryDisk, InventoryReport, Plan, StatusReport, MAX_REASON_CHARS};
+
+/// Settings the live environment receives on the kernel command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootArgs {
+    pub server: Option<String>,
+    pub mac: Option<String>,
+    pub mode: Option<String>,
+    pub poweroff: bool,
+}
+
+impl BootArgs {
+    /// Parse `bty.server=URL bty.mac=MAC bty.mode=interactive bty.poweroff=1`.
+    pub fn parse(cmdline: &str) -> BootArgs {
+        let mut a = BootArgs::default();
+        for tok in cmdline.split_whitespace() {
+            let Some((k, v)) = tok.split_once('=') else { continue };
+            match k {
+                "bty.server" => a.server = Some(v.to_string()),
+                "bty.mac" => a.mac = Some(v.to_string()),
+                "bty.mode" => a.mode = Some(v.to_string()),
+                "bty.poweroff" => a.poweroff = matches!(v, "1" | "yes" | "true"),
+                _ => {}
+            }
+        }
+        a
+    }
+
+    pub fn from_proc() -> Result<BootArgs> {
+        let text = std::fs::read_to_string("/proc/cmdline")
+            .map_err(|e| Error::io("cannot read /proc/cmdline", e))?;
+        Ok(BootArgs::parse(&text))
+    }
+}
+
+/// A client bound to one server and one machine.
+#[derive(Clone)]
+pub struct ServerClient {
+    base: String,
+    mac: MacAddr,
+    http: ureq::Agent,
+}
+
+impl ServerClient {
+    /// `server` may be a bare host (`bty-server:8080`); `http://` is assumed.
+    pub fn new(server: &str, mac: &str) -> Result<ServerClient> {
+        let mac: MacAddr = mac.parse().map_err(|e| Error::usage(format!("{e}")))?;
+        let mut base = server.trim().trim_end_matches('/').to_string();
+        if base.is_empty() {
+            return Err(Error::usage("the server URL is empty"));
+        }
+        if !base.contains("://") {
+            base = format!("http://{base}");
+        }
+        Ok(ServerClient { base, mac, http: crate::source::agent() })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    fn url(&self, tail: &str) -> String {
+        format!("{}/pxe/{}{tail}", self.base, self.mac.hyphenated())
+    }
+
+    /// `GET /pxe/{mac}/plan`, retried while the network comes up.
+    pub fn plan(&self, attempts: u32) -> Result<Plan> {
+        let url = self.url("/plan");
+        let mut last = None;
+        for i in 0..attempts.max(1) {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(500 * u64::from(i.min(6))));
+            }
+            match self.http.get(&url).call() {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp
+                        .into_body()
+                        .read_json::<Plan>()
+                        .map_err(|e| Error::failure(format!("the server's plan at {url} is not valid: {e}")));
+                }
+                Ok(resp) => last = Some(format!("HTTP {}", resp.status().as_u16())),
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        Err(Error::failure(format!(
+            "cannot get the plan from {url}: {}; check the network and that bty-web is running",
+            last.unwrap_or_default()
+        )))
+    }
+
+    fn post_json(&self, tail: &str, body: &impl serde::Serialize) -> Result<()> {
+        let url = self.url(tail);
+        let resp = self
+            .http
+            .post(&url)
+            .send_json(body)
+            .map_err(|e| Error::failure(format!("cannot reach {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        Err(Error::failure(format!("{url} answered HTTP {status}: {}", text.trim())))
+    }
+
+    pub fn post_inventory(&self, report: &InventoryReport) -> Result<()> {
+        self.post_json("/inventory", report)
+    }
+
+    /// Report the outcome of a flash. Reasons are cut to what the server accepts.
+    pub fn post_status(&self, status: FlashStatus, reason: Option<&str>, duration_s: Option<f64>, bytes: Option<u64>) -> Result<()> {
+        let reason = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+        self.post_json(
+            "/status",
+            &StatusReport { status, reason, duration_s, bytes_written: bytes },
+        )
+    }
+}
+
+/// Disks and hardware of this machine, read natively (`lshw -json` attached
+/// when it is installed).
+pub fn collect_inventory() -> Result<InventoryReport> {
+    let disks = crate::disks::list_disks()?
+        .into_iter()
+        .filter(|d| d.transport.as_deref() != Some("loop"))
+        .map(|d| InventoryDisk {
+            path: d.path,
+            size_bytes: Some(d.size_bytes),
+            model: d.model,
+            serial: d.serial,
+            transport: d.transport,
+            vendor: d.vendor,
+            removable: d.removable,
+            read_only: d.read_only,
+        })
+        .take(crate::wire::MAX_INVENTORY_DISKS)
+        .collect();
+    let hardware = serde_json::to_value(crate::hardware::summary()).ok();
+    Ok(InventoryReport { disks, hardware, lshw: crate::hardware::lshw_json() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline() {
+        let a = BootArgs::parse("console=ttyS0 bty.server=http://10.0.2.100 bty.mac=52-54-00-12-34-56 bty.mode=interactive bty.poweroff=1 quiet");
+        assert_eq!(a.server.as_deref(), Some("http://10.0.2.100"));
+        assert_eq!(a.mac.as_deref(), Some("52-54-00-12-34-56"));
+        assert_eq!(a.mode.as_deref(), Some("interactive"));
+        assert!(a.poweroff);
+        assert_eq!(BootArgs::parse("root=/dev/sda"), BootArgs::default());
+    }
+
+    #[test]
+    fn client_urls() {
+        let c = ServerClient::new("bty-server:8080/", "52:54:00:AB:CD:EF").unwrap();
+        assert_eq!(c.url("/plan"), "http://bty-server:8080/pxe/52-54-00-ab-cd-ef/plan");
+        assert!(ServerClient::new("x", "nope").is_err());
+    }
+}
