@@ -3,12 +3,15 @@
 
     python3 checks/smoke.py [--agent BTY_BINARY] [--no-build] [SCENARIO ...]
 
-Scenarios (default: all four, one VM at a time):
+Scenarios (default: all, one VM at a time):
   bios-pxe   SeaBIOS: PXE -> iPXE -> /pxe-bootstrap.ipxe -> /pxe/{mac} -> kernel + initrd ->
              "bty-live: network up" -> (no agent) power off
   uefi-pxe   the same under OVMF
   bios-disk  SeaBIOS boots the marker disk and prints its marker
   uefi-disk  OVMF boots the marker disk and prints its marker
+  bios-local SeaBIOS: PXE -> iPXE -> /pxe/{mac} answers "local" (sanboot of drive 0x80) ->
+             the marker disk boots
+  uefi-local OVMF: the same with iPXE `exit 1` handing back to the firmware's next entry
 With --agent, the live environment carries that binary as /bin/bty and the PXE scenarios wait
 for it to run and end (it must be static; `bty agent` is what /init runs).
 
@@ -42,8 +45,9 @@ class Server:
     """A static HTTP server on 127.0.0.1: the iPXE scripts and the live environment files.
     Records every request with its time, for the timeline."""
 
-    def __init__(self, live_dir: Path, cmdline_extra: str = ""):
+    def __init__(self, live_dir: Path, cmdline_extra: str = "", policy: str = "live"):
         self.live_dir = live_dir
+        self.policy = policy  # what /pxe/{mac} answers: "live" (boot the live env) or "local"
         self.cmdline_extra = cmdline_extra
         self.requests: list[tuple[float, str, str]] = []
         outer = self
@@ -88,6 +92,14 @@ class Server:
             # ${mac:hexhyp}: 52-54-00-..., not URL-encoded (${net0/mac} would be, as %3A).
             return f"#!ipxe\nchain {SERVER}/pxe/${{mac:hexhyp}}\n".encode()
         m = re.fullmatch(r"/pxe/([0-9a-f]{2}(?:-[0-9a-f]{2}){5})", path)
+        if m and self.policy == "local":
+            # Hand back to the local disk: BIOS sanboot of the first drive; UEFI `exit 1` (the
+            # firmware then tries its next boot entry, the disk; a plain `exit` was seen to
+            # drop some firmware into its setup menu).
+            return ("#!ipxe\necho bty smoke: local boot\n"
+                    "iseq ${platform} efi && goto efi ||\n"
+                    "sanboot --no-describe --drive 0x80\n"
+                    ":efi\nexit 1\n").encode()
         if m:
             mac = m.group(1).replace("-", ":")
             # initrd=initrd.gz names the initrd for the kernel's EFI stub (UEFI); the BIOS boot
@@ -192,11 +204,36 @@ def disk_boot(firmware: str) -> dict[str, float]:
     return times
 
 
+def local(firmware: str) -> dict[str, float]:
+    """PXE first; the server answers "boot your disk"; the marker disk boots."""
+    work = fresh_dir(f"{firmware}-local")
+    disk = work / "disk.raw"
+    shutil.copyfile(OUT / "disk" / f"marker-{firmware}.img", disk)
+    with open(disk, "r+b") as f:
+        f.truncate(64 << 20)
+    times: dict[str, float] = {}
+    with Server(OUT / "live", policy="local") as srv:
+        with vmlib.VM(work, firmware=firmware, mac=MAC, server_port=srv.port, no_reboot=True,
+                      disks=[vmlib.Disk(disk, "bty-smoke-0")]) as vm:
+            t0 = vm.started_at
+            _, times["marker"] = vm.wait_for(rf"BTY-MARKER-DISK-BOOTED fw={firmware}", 300)
+            rc = vm.wait_exit(30)
+            if rc != vmlib.MARKER_EXIT_STATUS:
+                raise vmlib.VMError(f"QEMU exited with {rc}\n{vm.tail()}")
+        paths = [p for _, _, p in srv.requests]
+        if paths != ["/pxe-bootstrap.ipxe", f"/pxe/{MAC.replace(':', '-')}"]:
+            raise vmlib.VMError(f"unexpected request sequence {paths}")
+        times["per-MAC script request"] = srv.requests[-1][0] - t0
+    return times
+
+
 SCENARIOS = {
     "bios-pxe": lambda a: pxe("bios", a),
     "uefi-pxe": lambda a: pxe("uefi", a),
     "bios-disk": lambda a: disk_boot("bios"),
     "uefi-disk": lambda a: disk_boot("uefi"),
+    "bios-local": lambda a: local("bios"),
+    "uefi-local": lambda a: local("uefi"),
 }
 
 

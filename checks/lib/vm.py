@@ -44,6 +44,7 @@ OVMF_FW_CFG = [
     "opt/org.tianocore/IPv4PXESupport,string=no",
     "opt/org.tianocore/IPv6PXESupport,string=no",
     "opt/org.tianocore/IPv6Support,string=no",
+    "opt/org.tianocore/IPv4Support,string=no",
 ]
 
 
