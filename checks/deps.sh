@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the VM checks need (idempotent; a fast no-op when all is present).
 #   - QEMU (from bookworm-backports, so the newer qemu-utils is kept), iPXE ROMs and binaries,
-#     OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI/BIOS modules, kernel-module tools;
+#     OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI modules, kmod (depmod), binutils;
 #   - the Debian kernel package, downloaded (not installed) into checks/out/cache/.
 # Must run as root when something is missing. Nothing is installed into the host's /boot.
 set -euo pipefail
@@ -27,11 +27,14 @@ declare -A want=(
   [mtools]=/usr/bin/mcopy
   [dosfstools]=/usr/sbin/mkfs.vfat
   [grub-efi-amd64-bin]=/usr/lib/grub/x86_64-efi/modinfo.sh
-  [grub-common]=/usr/bin/grub-mkstandalone
+  [grub-common]=/usr/bin/grub-mkimage
   [fdisk]=/usr/sbin/sfdisk
   [zstd]=/usr/bin/zstd
   [xz-utils]=/usr/bin/xz
   [kmod]=/usr/sbin/depmod
+  [binutils]=/usr/bin/as
+  [file]=/usr/bin/file
+  [gzip]=/bin/gzip
 )
 
 missing=()

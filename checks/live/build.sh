@@ -42,20 +42,72 @@ out="$(cd "$out" && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/bty-live.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
-# 1. The kernel package, unpacked into a scratch tree (cached per .deb).
-kdir="$checks/out/cache/kernel.$(basename "$deb" .deb)"
-if [ ! -f "$kdir/.done" ]; then
-  rm -rf "$kdir"
+# 1. Kernel and modules, from the kernel package. The unpacked package is ~400 MB: keep only
+#    vmlinuz and the resolved modules, cached per package and module list.
+key="$(basename "$deb" .deb).$(echo "${MODULES[*]}" | sha256sum | cut -c1-12)"
+kcache="$checks/out/cache/live-kernel.$key"
+if [ ! -f "$kcache/.done" ]; then
+  rm -rf "$checks/out/cache/live-kernel.$(basename "$deb" .deb)."*
+  kdir="$work/kernel"
   mkdir -p "$kdir"
   dpkg-deb -x "$deb" "$kdir"
   kver="$(ls "$kdir/lib/modules")"
+  moddir="$kdir/lib/modules/$kver"
   # The .deb ships no modules.dep (the package's postinst makes it); make it here.
   depmod -b "$kdir" "$kver"
-  touch "$kdir/.done"
+
+  # Modules in dependency order: modules.dep lists a module's dependencies, the one loaded
+  # first last; a depth-first walk puts every dependency before its users.
+  declare -A seen=()
+  order=()
+  dep_line() { # the modules.dep line of module NAME (file name without .ko*, '-' as '_')
+    awk -v n="$1" -F: '{ f=$1; sub(/.*\//, "", f); sub(/\.ko(\.(xz|zst|gz))?$/, "", f);
+      gsub(/-/, "_", f); if (f == n) { print; exit } }' "$moddir/modules.dep"
+  }
+  visit_path() { # a module path relative to $moddir
+    local p="$1"
+    [ -n "${seen[$p]:-}" ] && return
+    seen[$p]=1
+    local line deps d
+    line="$(grep -m1 "^$p:" "$moddir/modules.dep")"
+    deps="${line#*:}"
+    # Dependencies load in reverse of the order modules.dep lists them.
+    local rev=()
+    for d in $deps; do rev=("$d" "${rev[@]}"); done
+    for d in "${rev[@]}"; do visit_path "$d"; done
+    order+=("$p")
+  }
+  for m in "${MODULES[@]}"; do
+    n="${m//-/_}"
+    if grep -qE "/${m}\.ko" "$moddir/modules.builtin"; then continue; fi
+    line="$(dep_line "$n")"
+    if [ -z "$line" ]; then echo "live: module $m not found in $kver" >&2; exit 1; fi
+    visit_path "${line%%:*}"
+  done
+
+  stage="$work/kcache"
+  mkdir -p "$stage/modules"
+  cp "$kdir/boot/vmlinuz-$kver" "$stage/vmlinuz"
+  echo "$kver" >"$stage/kernel-version"
+  : >"$stage/modules.order"
+  for p in "${order[@]}"; do
+    base="$(basename "$p")"
+    # Compressed modules (.ko.xz/.ko.zst/.ko.gz) are unpacked here: busybox insmod needs .ko.
+    case "$base" in
+      *.ko.xz) name="${base%.xz}"; xz -dc "$moddir/$p" >"$stage/modules/$name" ;;
+      *.ko.zst) name="${base%.zst}"; zstd -qdc "$moddir/$p" >"$stage/modules/$name" ;;
+      *.ko.gz) name="${base%.gz}"; gzip -dc "$moddir/$p" >"$stage/modules/$name" ;;
+      *) name="$base"; cp "$moddir/$p" "$stage/modules/$name" ;;
+    esac
+    echo "$name" >>"$stage/modules.order"
+  done
+  rm -rf "$kdir"
+  touch "$stage/.done"
+  mkdir -p "$(dirname "$kcache")"
+  mv "$stage" "$kcache"
 fi
-kver="$(ls "$kdir/lib/modules")"
-moddir="$kdir/lib/modules/$kver"
-cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
+kver="$(cat "$kcache/kernel-version")"
+cp "$kcache/vmlinuz" "$out/vmlinuz"
 
 # 2. The initramfs tree.
 root="$work/root"
@@ -74,46 +126,9 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 printf 'bty-live test environment (kernel %s)\n' "$kver" >"$root/etc/issue"
 : >"$root/etc/resolv.conf"
-
-# Modules in dependency order: modules.dep lists a module's dependencies, the one loaded
-# first last; a depth-first walk puts every dependency before its users.
-declare -A seen=()
-order=()
-dep_line() { # relative path of module NAME and its dependencies, from modules.dep
-  awk -v n="$1" -F: '{ f=$1; sub(/.*\//, "", f); sub(/\.ko(\.(xz|zst|gz))?$/, "", f);
-    gsub(/-/, "_", f); if (f == n) { print; exit } }' "$moddir/modules.dep"
-}
-visit_path() { # a module path relative to $moddir
-  local p="$1"
-  [ -n "${seen[$p]:-}" ] && return
-  seen[$p]=1
-  local line deps d
-  line="$(grep -m1 "^$p:" "$moddir/modules.dep")"
-  deps="${line#*:}"
-  # Dependencies load in reverse of the order modules.dep lists them.
-  local rev=()
-  for d in $deps; do rev=("$d" "${rev[@]}"); done
-  for d in "${rev[@]}"; do visit_path "$d"; done
-  order+=("$p")
-}
-for m in "${MODULES[@]}"; do
-  n="${m//-/_}"
-  if grep -qE "/${m}\.ko" "$moddir/modules.builtin"; then continue; fi
-  line="$(dep_line "$n")"
-  if [ -z "$line" ]; then echo "live: module $m not found in $kver" >&2; exit 1; fi
-  visit_path "${line%%:*}"
-done
-: >"$root/etc/bty-live/modules"
-for p in "${order[@]}"; do
-  base="$(basename "$p")"
-  case "$base" in
-    *.ko.xz) name="${base%.xz}"; xz -dc "$moddir/$p" >"$root/lib/modules/$name" ;;
-    *.ko.zst) name="${base%.zst}"; zstd -qdc "$moddir/$p" >"$root/lib/modules/$name" ;;
-    *.ko.gz) name="${base%.gz}"; gzip -dc "$moddir/$p" >"$root/lib/modules/$name" ;;
-    *) name="$base"; cp "$moddir/$p" "$root/lib/modules/$name" ;;
-  esac
-  echo "$name" >>"$root/etc/bty-live/modules"
-done
+cp "$kcache/modules/"*.ko "$root/lib/modules/"
+cp "$kcache/modules.order" "$root/etc/bty-live/modules"
+nmods="$(wc -l <"$kcache/modules.order")"
 
 if [ -n "$bty" ]; then
   install -m 0755 "$bty" "$root/bin/bty"
@@ -129,4 +144,4 @@ gzip -9 -n -c "$work/initrd.cpio" >"$out/initrd.gz.tmp"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 echo "$kver" >"$out/kernel-version"
 echo "live: $out/vmlinuz ($kver, $(du -k "$out/vmlinuz" | cut -f1) KiB)," \
-  "$out/initrd.gz ($(du -k "$out/initrd.gz" | cut -f1) KiB, ${#order[@]} modules${bty:+, with $(basename "$bty")})" >&2
+  "$out/initrd.gz ($(du -k "$out/initrd.gz" | cut -f1) KiB, $nmods modules${bty:+, with $(basename "$bty")})" >&2
