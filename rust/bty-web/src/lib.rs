@@ -1,0 +1,191 @@
+//! `bty-web`: the provisioning server's control plane. Machines PXE-boot,
+//! the server records them and answers each boot according to the machine's
+//! policy; operators manage bindings over a JSON API.
+//!
+//! The binary is [`serve`] plus argument parsing; tests build the same server
+//! with [`App::prepare`] and [`App::serve`] on a loopback listener.
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod handlers;
+pub mod images;
+pub mod ipxe;
+pub mod machines;
+pub mod metrics;
+pub mod password;
+pub mod policy;
+pub mod pxe;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::audit::{Actor, NewEvent};
+use crate::config::Config;
+use crate::state::AppState;
+
+pub use crate::routes::router;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A server ready to accept connections.
+pub struct App {
+    pub state: AppState,
+}
+
+impl App {
+    /// Open the state, apply migrations, make sure the admin account exists
+    /// and load the catalog. Everything here is quick (no network) except a
+    /// catalog URL, which loads in the background.
+    pub async fn prepare(config: Config) -> anyhow::Result<App> {
+        let started = Instant::now();
+        let config = Arc::new(config);
+        let state_dir = &config.paths.state_dir;
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!(
+                "cannot create state directory {} (set BTY_PATHS_STATE_DIR to a writable place)",
+                state_dir.display()
+            )
+        })?;
+        let (db, reset) = db::Db::open(&state_dir.join("state.db"))?;
+        if let Some(r) = &reset {
+            let found = r.found_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let archived = r.archived_to.display().to_string();
+            tracing::warn!(%found, %archived, "state database was archived and replaced by a fresh one");
+            db.write_blocking(|c| {
+                audit::insert(
+                    c,
+                    &NewEvent::new(
+                        "system.schema.reset",
+                        Actor::System,
+                        format!(
+                            "state.db had schema version {found}, which this bty-web ({VERSION}) cannot use; \
+                             it was archived to {archived} and a fresh database created. Machines re-register on \
+                             their next PXE boot; bindings must be re-entered."
+                        ),
+                    )
+                    .subject("system", "state.db")
+                    .details(json!({"found_version": r.found_version, "schema_version": db::SCHEMA_VERSION,
+                                    "archived_to": archived})),
+                )
+            })?;
+        }
+        let admin = config.admin.clone();
+        let db2 = db.clone();
+        let default_password =
+            tokio::task::spawn_blocking(move || db2.write_blocking(|c| auth::ensure_admin(c, &admin)))
+                .await??;
+        if default_password {
+            tracing::warn!(
+                user = %config.admin.username,
+                "the admin password is the default `bty`: change it (PUT /auth/password) or set BTY_ADMIN_PASSWORD"
+            );
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .user_agent(format!("bty-web/{VERSION}"))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let state = AppState {
+            catalog: Arc::new(images::CatalogStore::new(config.paths.catalog.clone())),
+            ipxe: Arc::new(ipxe::Templates::new(config.boot.clone())),
+            metrics: Arc::new(metrics::Metrics::default()),
+            logins: Arc::new(auth::LoginLimiter::new(config.auth.login_attempts_per_minute)),
+            default_password: Arc::new(AtomicBool::new(default_password)),
+            http,
+            db,
+            config: config.clone(),
+            started,
+        };
+        let is_url =
+            config.paths.catalog.starts_with("http://") || config.paths.catalog.starts_with("https://");
+        if is_url {
+            let s = state.clone();
+            tokio::spawn(async move { load_catalog(&s).await });
+        } else {
+            load_catalog(&state).await;
+        }
+        let file = config.file.as_ref().map(|p| p.display().to_string());
+        state
+            .db
+            .write(move |c| {
+                audit::insert(
+                    c,
+                    &NewEvent::new("system.started", Actor::System, format!("bty-web {VERSION} started"))
+                        .subject("system", "bty-web")
+                        .details(json!({"version": VERSION, "config_file": file})),
+                )
+            })
+            .await?;
+        Ok(App { state })
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed")
+    }
+}
+
+async fn load_catalog(state: &AppState) {
+    let location = state.catalog.location().to_string();
+    match state.catalog.reload().await {
+        Ok(c) => tracing::info!(%location, images = c.images.len(), "catalog loaded"),
+        Err(e) => {
+            tracing::error!("{e}");
+            let details = json!({"location": location, "problems": e.problems});
+            let summary = e.to_string();
+            let _ = state
+                .db
+                .write(move |c| {
+                    audit::insert(
+                        c,
+                        &NewEvent::new("catalog.failed", Actor::System, summary)
+                            .subject("catalog", location)
+                            .details(details),
+                    )
+                })
+                .await;
+        }
+    }
+}
+
+/// Bind `[server] host:port` first (so a port clash fails at once and early
+/// connections queue), then prepare and serve.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set BTY_SERVER_HOST / BTY_SERVER_PORT)"))?;
+    let local = listener.local_addr()?;
+    let app = App::prepare(config).await?;
+    let shown = match &app.state.config.server.public_url {
+        Some(u) => u.clone(),
+        None if local.ip().is_unspecified() => format!("http://<this-host>:{}", local.port()),
+        None => format!("http://{local}"),
+    };
+    tracing::info!(
+        "bty-web {VERSION} serving on {shown} (listening on {local}, state in {})",
+        app.state.config.paths.state_dir.display()
+    );
+    app.serve(listener, shutdown).await
+}

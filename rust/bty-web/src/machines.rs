@@ -1,0 +1,367 @@
+//! Machine records: the operator's binding (`PUT /machines/{mac}`) and what
+//! the server observed, as stored in `machines` + `machine_labels`.
+
+use bty_core::catalog::Catalog;
+use bty_core::mac::MacAddr;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock;
+use crate::policy::{BootState, Policy};
+
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_LEN: usize = 64;
+pub const MAX_SERIAL_LEN: usize = 128;
+pub const PROVISIONING_MODES: [&str; 3] = ["none", "cijoe-offline", "cijoe-online"];
+
+/// A machine as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub mac: MacAddr,
+    pub labels: Vec<String>,
+    pub policy: String,
+    pub state: String,
+    pub image: Option<String>,
+    pub target_disk_serial: Option<String>,
+    pub sanboot_drive: Option<String>,
+    pub provisioning_mode: String,
+    pub discovered_at: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_flashed_at: Option<String>,
+    pub last_flash_status: Option<String>,
+    pub last_flash_reason: Option<String>,
+    pub inventory: Option<Value>,
+    pub inventory_at: Option<String>,
+    pub has_lshw: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Machine {
+    pub fn policy(&self) -> Policy {
+        Policy::parse(&self.policy).unwrap_or(Policy::Tui)
+    }
+    pub fn state(&self) -> BootState {
+        BootState::parse_or_pending(&self.state)
+    }
+}
+
+const SELECT: &str = "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_serial, m.sanboot_drive,
+    m.provisioning_mode, m.discovered_at, m.last_seen_at, m.last_seen_ip, m.last_flashed_at,
+    m.last_flash_status, m.last_flash_reason, m.inventory, m.inventory_at, m.lshw IS NOT NULL,
+    m.created_at, m.updated_at,
+    (SELECT group_concat(label, char(10)) FROM
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))
+    FROM machines m";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
+    let mac: String = r.get(0)?;
+    let inventory: Option<String> = r.get(13)?;
+    let labels: Option<String> = r.get(18)?;
+    Ok(Machine {
+        mac: mac.parse().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        policy: r.get(1)?,
+        state: r.get(2)?,
+        image: r.get(3)?,
+        target_disk_serial: r.get(4)?,
+        sanboot_drive: r.get(5)?,
+        provisioning_mode: r.get(6)?,
+        discovered_at: r.get(7)?,
+        last_seen_at: r.get(8)?,
+        last_seen_ip: r.get(9)?,
+        last_flashed_at: r.get(10)?,
+        last_flash_status: r.get(11)?,
+        last_flash_reason: r.get(12)?,
+        inventory: inventory.and_then(|s| serde_json::from_str(&s).ok()),
+        inventory_at: r.get(14)?,
+        has_lshw: r.get(15)?,
+        created_at: r.get(16)?,
+        updated_at: r.get(17)?,
+        labels: labels.map(|s| s.split('\n').map(str::to_string).collect()).unwrap_or_default(),
+    })
+}
+
+pub fn get(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<Machine>> {
+    conn.prepare_cached(&format!("{SELECT} WHERE m.mac = ?"))?
+        .query_row([mac.to_string()], from_row)
+        .optional()
+}
+
+/// `GET /machines` filters; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub label: Option<String>,
+    pub policy: Option<Policy>,
+    /// Case-insensitive substring of MAC, labels, image, IP or disk serial.
+    pub q: Option<String>,
+}
+
+pub fn list(conn: &Connection, f: &ListFilter) -> rusqlite::Result<Vec<Machine>> {
+    let mut sql = format!("{SELECT} WHERE 1 = 1");
+    let mut args: Vec<String> = Vec::new();
+    if let Some(label) = &f.label {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM machine_labels l WHERE l.mac = m.mac AND l.label = ?)");
+        args.push(label.clone());
+    }
+    if let Some(p) = f.policy {
+        sql.push_str(" AND m.policy = ?");
+        args.push(p.as_str().into());
+    }
+    if let Some(q) = f.q.as_ref().filter(|q| !q.is_empty()) {
+        sql.push_str(
+            " AND (instr(lower(m.mac || ' ' || coalesce(m.image, '') || ' ' || coalesce(m.last_seen_ip, '') || ' '
+                   || coalesce(m.target_disk_serial, '')), lower(?)) > 0
+              OR EXISTS (SELECT 1 FROM machine_labels l WHERE l.mac = m.mac AND instr(lower(l.label), lower(?)) > 0))",
+        );
+        args.push(q.clone());
+        args.push(q.clone());
+    }
+    sql.push_str(" ORDER BY m.mac");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+    rows.collect()
+}
+
+/// A rejected field, reported as 422 `{"error", "field", "reason"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn field_err(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), reason: reason.into() }
+}
+
+/// The operator's part of a machine record: the body of `PUT /machines/{mac}`.
+/// A PUT replaces all of it; omitted optional fields become empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineInput {
+    pub policy: Policy,
+    pub image: Option<String>,
+    pub target_disk_serial: Option<String>,
+    pub sanboot_drive: Option<String>,
+    pub provisioning_mode: String,
+    pub labels: Vec<String>,
+}
+
+const INPUT_FIELDS: [&str; 6] =
+    ["policy", "image", "target_disk_serial", "sanboot_drive", "provisioning_mode", "labels"];
+
+fn opt_string(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(field_err(field, "must be a string or null")),
+    }
+}
+
+fn valid_label(l: &str) -> bool {
+    let mut chars = l.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '='))
+}
+
+impl MachineInput {
+    /// Validate a PUT body against the current catalog. The first problem wins,
+    /// named by its field.
+    pub fn from_json(body: &Value, catalog: &Catalog) -> Result<MachineInput, FieldError> {
+        let Some(obj) = body.as_object() else {
+            return Err(field_err("", "the body must be a JSON object"));
+        };
+        if let Some(unknown) = obj.keys().find(|k| !INPUT_FIELDS.contains(&k.as_str())) {
+            return Err(field_err(
+                unknown,
+                format!("unknown field; known fields are {}", INPUT_FIELDS.join(", ")),
+            ));
+        }
+        let names: Vec<&str> = Policy::ALL.iter().map(|p| p.as_str()).collect();
+        let policy = match obj.get("policy") {
+            None | Some(Value::Null) => {
+                return Err(field_err("policy", format!("is required: one of {}", names.join(", "))))
+            }
+            Some(Value::String(s)) => Policy::parse(s).ok_or_else(|| {
+                field_err("policy", format!("unknown policy {s:?}; use one of {}", names.join(", ")))
+            })?,
+            Some(_) => return Err(field_err("policy", "must be a string")),
+        };
+        let image = opt_string(obj, "image")?;
+        if let Some(name) = &image {
+            if catalog.get(name).is_none() {
+                return Err(field_err(
+                    "image",
+                    format!("no image named {name:?} in the catalog; GET /images lists the names"),
+                ));
+            }
+        }
+        let target_disk_serial = opt_string(obj, "target_disk_serial")?;
+        if target_disk_serial
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_SERIAL_LEN || s.chars().any(char::is_control))
+        {
+            return Err(field_err(
+                "target_disk_serial",
+                format!("must be at most {MAX_SERIAL_LEN} printable characters"),
+            ));
+        }
+        if policy.flashes() {
+            if image.is_none() {
+                return Err(field_err("image", format!("policy {policy} needs an image from the catalog")));
+            }
+            if target_disk_serial.is_none() {
+                return Err(field_err(
+                    "target_disk_serial",
+                    format!("policy {policy} needs the serial of the disk to overwrite (see the machine's inventory)"),
+                ));
+            }
+        }
+        let sanboot_drive = opt_string(obj, "sanboot_drive")?;
+        if let Some(d) = &sanboot_drive {
+            let hex = d.strip_prefix("0x").or_else(|| d.strip_prefix("0X")).unwrap_or("");
+            if hex.is_empty() || hex.len() > 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(field_err(
+                    "sanboot_drive",
+                    "must be a BIOS drive number such as 0x80 (first disk) or 0x81",
+                ));
+            }
+        }
+        let provisioning_mode = opt_string(obj, "provisioning_mode")?.unwrap_or_else(|| "none".into());
+        if !PROVISIONING_MODES.contains(&provisioning_mode.as_str()) {
+            return Err(field_err(
+                "provisioning_mode",
+                format!("use one of {}", PROVISIONING_MODES.join(", ")),
+            ));
+        }
+        let mut labels = Vec::new();
+        match obj.get("labels") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    let Some(l) = item.as_str() else {
+                        return Err(field_err("labels", "must be an array of strings"));
+                    };
+                    if l.len() > MAX_LABEL_LEN || !valid_label(l) {
+                        return Err(field_err(
+                            "labels",
+                            format!("{l:?}: a label starts with a letter or digit and has at most {MAX_LABEL_LEN} of letters, digits, `.`, `_`, `-`, `:`, `=`"),
+                        ));
+                    }
+                    if !labels.iter().any(|x| x == l) {
+                        labels.push(l.to_string());
+                    }
+                }
+                if labels.len() > MAX_LABELS {
+                    return Err(field_err("labels", format!("at most {MAX_LABELS} labels")));
+                }
+            }
+            Some(_) => return Err(field_err("labels", "must be an array of strings")),
+        }
+        labels.sort();
+        Ok(MachineInput { policy, image, target_disk_serial, sanboot_drive, provisioning_mode, labels })
+    }
+}
+
+/// Replace the operator fields (creating the record if needed) and re-arm:
+/// any save of a binding resets the state to the policy's starting state.
+/// Returns the stored machine and whether it was created.
+pub fn put(conn: &mut Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::Result<(Machine, bool)> {
+    let now = clock::now_rfc3339();
+    let tx = conn.transaction()?;
+    let existed: bool =
+        tx.query_row("SELECT count(*) FROM machines WHERE mac = ?", [mac.to_string()], |r| {
+            r.get::<_, i64>(0)
+        })? > 0;
+    tx.execute(
+        "INSERT INTO machines (mac, policy, image, target_disk_serial, sanboot_drive, provisioning_mode, state,
+                               created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+         ON CONFLICT (mac) DO UPDATE SET policy = ?2, image = ?3, target_disk_serial = ?4, sanboot_drive = ?5,
+             provisioning_mode = ?6, state = ?7, updated_at = ?8",
+        params![
+            mac.to_string(),
+            input.policy.as_str(),
+            input.image,
+            input.target_disk_serial,
+            input.sanboot_drive,
+            input.provisioning_mode,
+            input.policy.armed_state().as_str(),
+            now,
+        ],
+    )?;
+    tx.execute("DELETE FROM machine_labels WHERE mac = ?", [mac.to_string()])?;
+    for l in &input.labels {
+        tx.execute("INSERT INTO machine_labels (mac, label) VALUES (?, ?)", params![mac.to_string(), l])?;
+    }
+    let m = get(&tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    tx.commit()?;
+    Ok((m, !existed))
+}
+
+pub fn delete(conn: &Connection, mac: MacAddr) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM machines WHERE mac = ?", [mac.to_string()])? > 0)
+}
+
+pub fn count_by_policy(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached("SELECT policy, count(*) FROM machines GROUP BY policy")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+pub fn lshw(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT lshw FROM machines WHERE mac = ?", [mac.to_string()], |r| {
+        r.get::<_, Option<String>>(0)
+    })
+    .optional()
+    .map(Option::flatten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        Catalog::parse("version = 1\n[[images]]\nname = \"deb\"\nsrc = \"deb.img\"\n").unwrap()
+    }
+
+    fn check(body: Value) -> Result<MachineInput, FieldError> {
+        MachineInput::from_json(&body, &catalog())
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (json!({}), "policy"),
+            (json!({"policy": "bty-flash"}), "policy"),
+            (json!({"policy": "flash"}), "image"),
+            (json!({"policy": "flash", "image": "deb"}), "target_disk_serial"),
+            (json!({"policy": "flash-once", "image": "nope", "target_disk_serial": "S"}), "image"),
+            (json!({"policy": "tui", "sanboot_drive": "80"}), "sanboot_drive"),
+            (json!({"policy": "tui", "labels": ["-x"]}), "labels"),
+            (json!({"policy": "tui", "labels": "x"}), "labels"),
+            (json!({"policy": "tui", "provisioning_mode": "cloud-init"}), "provisioning_mode"),
+            (json!({"policy": "tui", "hostname": "x"}), "hostname"),
+            (json!({"policy": "tui", "image": 3}), "image"),
+        ];
+        for (body, field) in cases {
+            let err = check(body.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err:?}");
+            assert!(!err.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn valid_input_is_normalised() {
+        let i = check(json!({"policy": "flash", "image": "deb", "target_disk_serial": " S1 ",
+            "labels": ["rack=2", "b", "a", "b"], "sanboot_drive": "0x81"}))
+        .unwrap();
+        assert_eq!(i.labels, ["a", "b", "rack=2"]);
+        assert_eq!(i.target_disk_serial.as_deref(), Some("S1"));
+        assert_eq!(i.provisioning_mode, "none");
+    }
+}

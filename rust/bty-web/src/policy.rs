@@ -1,0 +1,392 @@
+//! Boot policies and the per-machine state machine, as pure functions.
+//!
+//! The operator sets a machine's `policy` (intent); the server keeps its
+//! `state` (what it has observed). Every PXE contact, report and re-arm goes
+//! through one function here, so the rules live in one place and are tested
+//! exhaustively without a server. The invariant everything else rests on: a
+//! flash policy never offers the local disk unless the last flash reported
+//! done, so a machine never boots a half-written disk.
+
+use std::fmt;
+
+use bty_core::wire::{FlashStatus, PlanMode};
+
+/// What the operator wants this machine to do on network boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Live environment with the interactive flasher (default for new MACs).
+    Tui,
+    /// Flash, boot the local disk once, flash again on the next PXE contact.
+    Flash,
+    /// Flash, then boot the local disk until re-armed.
+    FlashOnce,
+    /// Report disks and hardware, then boot the local disk until re-armed.
+    Inventory,
+    /// Boot the local disk.
+    Local,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 5] =
+        [Policy::Tui, Policy::Flash, Policy::FlashOnce, Policy::Inventory, Policy::Local];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Tui => "tui",
+            Policy::Flash => "flash",
+            Policy::FlashOnce => "flash-once",
+            Policy::Inventory => "inventory",
+            Policy::Local => "local",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Flash policies need an image and a target disk.
+    pub fn flashes(self) -> bool {
+        matches!(self, Policy::Flash | Policy::FlashOnce)
+    }
+
+    /// The state a (re-)saved binding starts in: saving is how an operator re-arms.
+    pub fn armed_state(self) -> BootState {
+        match self {
+            Policy::Flash | Policy::FlashOnce | Policy::Inventory => BootState::Pending,
+            Policy::Tui | Policy::Local => BootState::Idle,
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the server has observed for the current policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootState {
+    /// Nothing to track (`tui`, `local`).
+    Idle,
+    /// Armed: the next PXE contact starts the work.
+    Pending,
+    /// The flash live environment was offered; no report yet.
+    Flashing,
+    /// The last flash reported done.
+    Flashed,
+    /// The last flash reported failure.
+    Failed,
+    /// The inventory live environment was offered; no inventory yet.
+    Inventorying,
+    /// An inventory arrived.
+    Inventoried,
+}
+
+impl BootState {
+    pub const ALL: [BootState; 7] = [
+        BootState::Idle,
+        BootState::Pending,
+        BootState::Flashing,
+        BootState::Flashed,
+        BootState::Failed,
+        BootState::Inventorying,
+        BootState::Inventoried,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootState::Idle => "idle",
+            BootState::Pending => "pending",
+            BootState::Flashing => "flashing",
+            BootState::Flashed => "flashed",
+            BootState::Failed => "failed",
+            BootState::Inventorying => "inventorying",
+            BootState::Inventoried => "inventoried",
+        }
+    }
+
+    /// Unknown text (a hand-edited database) reads as `pending`: the safe
+    /// reading, since it re-does the work instead of booting an unknown disk.
+    pub fn parse_or_pending(s: &str) -> BootState {
+        BootState::ALL.into_iter().find(|b| b.as_str() == s).unwrap_or(BootState::Pending)
+    }
+}
+
+impl fmt::Display for BootState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a PXE contact is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Offer {
+    /// Live environment that flashes the bound image.
+    Flash,
+    /// Live environment that reports inventory.
+    Inventory,
+    /// Live environment with the interactive flasher.
+    Interactive,
+    /// Boot the local disk.
+    Local,
+}
+
+impl Offer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Offer::Flash => "flash",
+            Offer::Inventory => "inventory",
+            Offer::Interactive => "interactive",
+            Offer::Local => "local",
+        }
+    }
+
+    pub fn plan_mode(self) -> PlanMode {
+        match self {
+            Offer::Flash => PlanMode::Flash,
+            Offer::Inventory => PlanMode::Inventory,
+            Offer::Interactive => PlanMode::Interactive,
+            Offer::Local => PlanMode::Local,
+        }
+    }
+}
+
+/// Does the bound image exist in the catalog right now?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageCheck {
+    Present,
+    Missing,
+}
+
+/// The outcome of a PXE contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub offer: Offer,
+    pub next_state: BootState,
+    /// Operator-facing explanation (audit log, iPXE echo).
+    pub reason: &'static str,
+    /// A new flash attempt starts with this offer (flash history row).
+    pub starts_flash: bool,
+    /// The previous attempt never reported: it is abandoned.
+    pub abandons_flash: bool,
+}
+
+fn decision(offer: Offer, next_state: BootState, reason: &'static str) -> Decision {
+    Decision { offer, next_state, reason, starts_flash: false, abandons_flash: false }
+}
+
+/// A PXE contact (`GET /pxe/{mac}`).
+pub fn on_pxe(policy: Policy, state: BootState, image: ImageCheck) -> Decision {
+    use BootState as S;
+    match policy {
+        Policy::Tui => decision(Offer::Interactive, state, "policy tui: interactive flasher"),
+        Policy::Local => decision(Offer::Local, state, "policy local: boot the local disk"),
+        Policy::Flash | Policy::FlashOnce if image == ImageCheck::Missing => decision(
+            Offer::Interactive,
+            state,
+            "the bound image is not in the catalog; offering the interactive flasher instead of flashing",
+        ),
+        Policy::Flash | Policy::FlashOnce => match state {
+            S::Flashed if policy == Policy::Flash => decision(
+                Offer::Local,
+                S::Pending,
+                "flashed: booting the local disk once; the next PXE boot flashes again",
+            ),
+            S::Flashed => {
+                decision(Offer::Local, S::Flashed, "flashed: booting the local disk until re-armed")
+            }
+            S::Flashing => Decision {
+                abandons_flash: true,
+                starts_flash: true,
+                ..decision(
+                    Offer::Flash,
+                    S::Flashing,
+                    "the previous flash never reported done: flashing again",
+                )
+            },
+            S::Failed => Decision {
+                starts_flash: true,
+                ..decision(Offer::Flash, S::Flashing, "the previous flash failed: flashing again")
+            },
+            S::Idle | S::Pending | S::Inventorying | S::Inventoried => {
+                Decision { starts_flash: true, ..decision(Offer::Flash, S::Flashing, "flash pending") }
+            }
+        },
+        Policy::Inventory => match state {
+            S::Inventoried => decision(
+                Offer::Local,
+                S::Inventoried,
+                "inventory received: booting the local disk until re-armed",
+            ),
+            S::Inventorying => decision(
+                Offer::Inventory,
+                S::Inventorying,
+                "no inventory arrived after the last offer: offering it again",
+            ),
+            _ => decision(Offer::Inventory, S::Inventorying, "inventory pending"),
+        },
+    }
+}
+
+/// What `GET /pxe/{mac}/plan` tells the live agent. Read-only: the PXE contact
+/// that booted the agent already moved the state.
+pub fn plan(policy: Policy, state: BootState, image: ImageCheck) -> (PlanMode, Option<&'static str>) {
+    use BootState as S;
+    match policy {
+        Policy::Tui => (PlanMode::Interactive, None),
+        Policy::Local => (PlanMode::Local, None),
+        Policy::Flash | Policy::FlashOnce if image == ImageCheck::Missing => {
+            (PlanMode::Interactive, Some("the bound image is not in the catalog"))
+        }
+        Policy::Flash | Policy::FlashOnce => match state {
+            S::Flashed => (PlanMode::Local, Some("already flashed; boot the local disk")),
+            _ => (PlanMode::Flash, None),
+        },
+        Policy::Inventory => match state {
+            S::Inventoried => (PlanMode::Local, Some("inventory already received")),
+            _ => (PlanMode::Inventory, None),
+        },
+    }
+}
+
+/// A `done`/`failed` report from the agent.
+pub fn on_status(policy: Policy, state: BootState, status: FlashStatus) -> BootState {
+    match (policy.flashes(), status) {
+        (true, FlashStatus::Done) => BootState::Flashed,
+        (true, FlashStatus::Failed) => BootState::Failed,
+        (false, _) => state,
+    }
+}
+
+/// An inventory report.
+pub fn on_inventory(policy: Policy, state: BootState) -> BootState {
+    match policy {
+        Policy::Inventory => BootState::Inventoried,
+        _ => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use BootState as S;
+
+    const IMG: ImageCheck = ImageCheck::Present;
+
+    #[test]
+    fn names_round_trip() {
+        for p in Policy::ALL {
+            assert_eq!(Policy::parse(p.as_str()), Some(p));
+        }
+        for s in BootState::ALL {
+            assert_eq!(BootState::parse_or_pending(s.as_str()), s);
+        }
+        assert_eq!(Policy::parse("bty-flash-always"), None);
+        assert_eq!(BootState::parse_or_pending("garbage"), S::Pending);
+    }
+
+    /// The safety invariant over every policy x state x image combination.
+    #[test]
+    fn flash_policies_never_boot_an_unfinished_disk() {
+        for p in [Policy::Flash, Policy::FlashOnce] {
+            for s in BootState::ALL {
+                let d = on_pxe(p, s, IMG);
+                if d.offer == Offer::Local {
+                    assert_eq!(s, S::Flashed, "{p} in {s} offered local");
+                }
+                let d = on_pxe(p, s, ImageCheck::Missing);
+                assert_eq!(d.offer, Offer::Interactive, "{p} in {s} with a missing image");
+                assert_eq!(d.next_state, s, "a missing image must not move the state");
+            }
+        }
+    }
+
+    #[test]
+    fn every_policy_and_state() {
+        for p in Policy::ALL {
+            for s in BootState::ALL {
+                let d = on_pxe(p, s, IMG);
+                let want: (Offer, BootState) = match (p, s) {
+                    (Policy::Tui, s) => (Offer::Interactive, s),
+                    (Policy::Local, s) => (Offer::Local, s),
+                    (Policy::Flash, S::Flashed) => (Offer::Local, S::Pending),
+                    (Policy::FlashOnce, S::Flashed) => (Offer::Local, S::Flashed),
+                    (Policy::Flash | Policy::FlashOnce, _) => (Offer::Flash, S::Flashing),
+                    (Policy::Inventory, S::Inventoried) => (Offer::Local, S::Inventoried),
+                    (Policy::Inventory, _) => (Offer::Inventory, S::Inventorying),
+                };
+                assert_eq!((d.offer, d.next_state), want, "{p} in {s}");
+                assert_eq!(d.starts_flash, d.offer == Offer::Flash, "{p} in {s}");
+                assert_eq!(d.abandons_flash, d.offer == Offer::Flash && s == S::Flashing, "{p} in {s}");
+                // The plan agrees with what the PXE contact would boot.
+                let (mode, _) = plan(p, d.next_state, IMG);
+                if d.offer != Offer::Local {
+                    assert_eq!(mode, d.offer.plan_mode(), "{p} in {s}");
+                }
+            }
+        }
+    }
+
+    /// Walk a machine through a sequence of events; returns the offers seen.
+    fn run(policy: Policy, steps: &[&str]) -> Vec<&'static str> {
+        let mut state = policy.armed_state();
+        let mut seen = Vec::new();
+        for step in steps {
+            match *step {
+                "pxe" => {
+                    let d = on_pxe(policy, state, IMG);
+                    seen.push(d.offer.as_str());
+                    state = d.next_state;
+                }
+                "done" => state = on_status(policy, state, FlashStatus::Done),
+                "failed" => state = on_status(policy, state, FlashStatus::Failed),
+                "inventory" => state = on_inventory(policy, state),
+                "rearm" => state = policy.armed_state(),
+                other => panic!("unknown step {other}"),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn flash_alternates_with_local_boot() {
+        let offers = run(Policy::Flash, &["pxe", "done", "pxe", "pxe", "done", "pxe", "pxe"]);
+        assert_eq!(offers, ["flash", "local", "flash", "local", "flash"]);
+    }
+
+    #[test]
+    fn crash_and_failure_are_retried() {
+        assert_eq!(
+            run(Policy::Flash, &["pxe", "pxe", "pxe", "done", "pxe"]),
+            ["flash", "flash", "flash", "local"]
+        );
+        assert_eq!(
+            run(Policy::FlashOnce, &["pxe", "failed", "pxe", "done", "pxe"]),
+            ["flash", "flash", "local"]
+        );
+    }
+
+    #[test]
+    fn flash_once_ends_in_local_until_rearmed() {
+        let offers =
+            run(Policy::FlashOnce, &["pxe", "done", "pxe", "pxe", "pxe", "rearm", "pxe", "done", "pxe"]);
+        assert_eq!(offers, ["flash", "local", "local", "local", "flash", "local"]);
+    }
+
+    #[test]
+    fn inventory_then_local_until_rearmed() {
+        let offers = run(Policy::Inventory, &["pxe", "pxe", "inventory", "pxe", "pxe", "rearm", "pxe"]);
+        assert_eq!(offers, ["inventory", "inventory", "local", "local", "inventory"]);
+    }
+
+    #[test]
+    fn reports_do_not_move_non_flash_policies() {
+        for p in [Policy::Tui, Policy::Local, Policy::Inventory] {
+            assert_eq!(on_status(p, S::Idle, FlashStatus::Done), S::Idle);
+        }
+        assert_eq!(on_inventory(Policy::Flash, S::Flashing), S::Flashing);
+        assert_eq!(plan(Policy::FlashOnce, S::Flashed, IMG).0, PlanMode::Local);
+        assert_eq!(plan(Policy::Flash, S::Pending, ImageCheck::Missing).0, PlanMode::Interactive);
+    }
+}

@@ -1,0 +1,84 @@
+//! What every handler can reach, passed explicitly as axum state.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+
+use crate::auth::LoginLimiter;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::images::CatalogStore;
+use crate::ipxe::Templates;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub catalog: Arc<CatalogStore>,
+    pub ipxe: Arc<Templates>,
+    pub metrics: Arc<Metrics>,
+    /// Client for proxying http(s) image origins.
+    pub http: reqwest::Client,
+    pub logins: Arc<LoginLimiter>,
+    /// The admin still has the default password (shown by `/auth/me`, `/healthz`).
+    pub default_password: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(s: &AppState) -> Self {
+        s.metrics.clone()
+    }
+}
+
+fn safe_host(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 255 && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]_".contains(c))
+}
+
+impl AppState {
+    /// The URL machines reach this server at: `[server] public_url`, else the
+    /// request's Host header (what the machine itself used to get here).
+    /// The Host is checked because it ends up inside iPXE scripts.
+    pub fn base_url(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        if let Some(u) = &self.config.server.public_url {
+            return Ok(u.clone());
+        }
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !safe_host(host) {
+            return Err(ApiError::BadRequest(
+                "missing or unusable Host header; set [server] public_url (BTY_SERVER_PUBLIC_URL)".into(),
+            ));
+        }
+        Ok(format!("http://{host}"))
+    }
+}
+
+/// The peer's address (IPv4-mapped IPv6 shown as IPv4), when known.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    pub fn string(&self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| match c.0.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        });
+        Ok(ClientIp(ip))
+    }
+}
