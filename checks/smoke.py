@@ -12,6 +12,10 @@ Scenarios (default: all, one VM at a time):
   bios-local SeaBIOS: PXE -> iPXE -> /pxe/{mac} answers "local" (sanboot of drive 0x80) ->
              the marker disk boots
   uefi-local OVMF: the same with iPXE `exit 1` handing back to the firmware's next entry
+  bios-flash the whole loop with a busybox stand-in agent (live/standin-agent.sh): PXE ->
+             live env -> flash the marker image -> status done -> reboot -> PXE -> local ->
+             the flashed disk's marker; the disk's bytes are compared with the image
+  uefi-flash the same under OVMF
 With --agent, the live environment carries that binary as /bin/bty and the PXE scenarios wait
 for it to run and end (it must be static; `bty agent` is what /init runs).
 
@@ -47,7 +51,10 @@ class Server:
 
     def __init__(self, live_dir: Path, cmdline_extra: str = "", policy: str = "live"):
         self.live_dir = live_dir
-        self.policy = policy  # what /pxe/{mac} answers: "live" (boot the live env) or "local"
+        # What /pxe/{mac} answers: "live" (the live env, then power off), "local" (boot the
+        # disk), or "flash" (the live env until a status "done" arrives, then "local").
+        self.policy = policy
+        self.flashed = False
         self.cmdline_extra = cmdline_extra
         self.requests: list[tuple[float, str, str]] = []
         outer = self
@@ -75,6 +82,8 @@ class Server:
                 data = self.rfile.read(n) if n else b""
                 outer.requests.append((time.monotonic(), "POST", self.path))
                 outer.posts.append((self.path, data))
+                if self.path.endswith("/status") and data.startswith(b"state=done"):
+                    outer.flashed = True
                 self.send_response(200)
                 self.send_header("Content-Length", "3")
                 self.end_headers()
@@ -92,7 +101,7 @@ class Server:
             # ${mac:hexhyp}: 52-54-00-..., not URL-encoded (${net0/mac} would be, as %3A).
             return f"#!ipxe\nchain {SERVER}/pxe/${{mac:hexhyp}}\n".encode()
         m = re.fullmatch(r"/pxe/([0-9a-f]{2}(?:-[0-9a-f]{2}){5})", path)
-        if m and self.policy == "local":
+        if m and (self.policy == "local" or (self.policy == "flash" and self.flashed)):
             # Hand back to the local disk: BIOS sanboot of the first drive; UEFI `exit 1` (the
             # firmware then tries its next boot entry, the disk; a plain `exit` was seen to
             # drop some firmware into its setup menu).
@@ -105,10 +114,16 @@ class Server:
             # initrd=initrd.gz names the initrd for the kernel's EFI stub (UEFI); the BIOS boot
             # protocol ignores it.
             args = (f"initrd=initrd.gz console=ttyS0 panic=-1 bty.server={SERVER} "
-                    f"bty.mac={mac} bty.poweroff=1 {self.cmdline_extra}").strip()
+                    f"bty.mac={mac} {self.cmdline_extra}").strip()
+            if self.policy != "flash":
+                args += " bty.poweroff=1"
             return (f"#!ipxe\necho bty smoke: booting the live environment\n"
                     f"kernel {SERVER}/boot/vmlinuz {args}\n"
                     f"initrd {SERVER}/boot/initrd.gz\nboot\n").encode()
+        if re.fullmatch(r"/pxe/[0-9a-f:]{17}/plan", path):
+            return b"image=/images/marker.img serial=bty-smoke-0\n"
+        if path == "/images/marker.img":
+            return (OUT / "disk" / "marker.img").read_bytes()
         m = re.fullmatch(r"/boot/(vmlinuz|initrd\.gz)", path)
         if m:
             return (self.live_dir / m.group(1)).read_bytes()
@@ -227,6 +242,43 @@ def local(firmware: str) -> dict[str, float]:
     return times
 
 
+def flash(firmware: str) -> dict[str, float]:
+    """The whole loop with a busybox stand-in for the agent (live/standin-agent.sh): PXE ->
+    live env -> flash the marker image onto the disk with the plan's serial -> report done ->
+    reboot -> PXE -> "local" -> the flashed disk boots."""
+    live = OUT / "live-standin"
+    subprocess.run([str(HERE / "live" / "build.sh"), str(live),
+                    str(HERE / "live" / "standin-agent.sh")], check=True,
+                   stderr=subprocess.DEVNULL)
+    work = fresh_dir(f"{firmware}-flash")
+    disk = work / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    image = (OUT / "disk" / "marker.img").read_bytes()
+    times: dict[str, float] = {}
+    with Server(live, policy="flash") as srv:
+        with vmlib.VM(work, firmware=firmware, mac=MAC, server_port=srv.port,
+                      disks=[vmlib.Disk(disk, "bty-smoke-0")]) as vm:
+            fail = r"Kernel panic|bty-live: agent failed|bty: flash failed"
+            m, times["flash starting"] = vm.wait_for(r"bty: flash starting", 300, fail=fail)
+            m, times["flash complete"] = vm.wait_for(r"bty: flash complete", 300,
+                                                     after=m.end(), fail=fail)
+            _, times["flashed disk's marker"] = vm.wait_for(
+                rf"BTY-MARKER-DISK-BOOTED fw={firmware}", 300, after=m.end(), fail=fail)
+            rc = vm.wait_exit(30)
+            if rc != vmlib.MARKER_EXIT_STATUS:
+                raise vmlib.VMError(f"QEMU exited with {rc}\n{vm.tail()}")
+        if not srv.flashed:
+            raise vmlib.VMError("the server never got status done")
+        with open(disk, "rb") as f:
+            if f.read(len(image)) != image:
+                raise vmlib.VMError("the disk does not start with the image's bytes")
+        d = times["flash complete"] - times["flash starting"]
+        print(f"  wrote {len(image) >> 20} MiB in ~{d:.1f}s ({len(image) / d / 2**20:.1f} MiB/s "
+              f"over HTTP through the guestfwd); disk bytes == image bytes", flush=True)
+    return times
+
+
 SCENARIOS = {
     "bios-pxe": lambda a: pxe("bios", a),
     "uefi-pxe": lambda a: pxe("uefi", a),
@@ -234,6 +286,8 @@ SCENARIOS = {
     "uefi-disk": lambda a: disk_boot("uefi"),
     "bios-local": lambda a: local("bios"),
     "uefi-local": lambda a: local("uefi"),
+    "bios-flash": lambda a: flash("bios"),
+    "uefi-flash": lambda a: flash("uefi"),
 }
 
 
