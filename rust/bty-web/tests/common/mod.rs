@@ -1,0 +1,174 @@
+//! A real bty-web on a loopback port with a temporary state directory.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use bty_web::config::Config;
+use bty_web::App;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub const MAC: &str = "52:54:00:12:34:56";
+
+pub struct TestServer {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub app: bty_web::state::AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A catalog with one local image (`local-img`, 1 MiB of patterned bytes).
+pub const CATALOG: &str = r#"version = 1
+
+[[images]]
+name = "local-img"
+src = "local.img"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+size_bytes = 1048576
+description = "test image"
+
+[[images]]
+name = "other-img"
+src = "other.img.zst"
+"#;
+
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tweak).await
+    }
+
+    /// Start on an existing state directory (restarts, pre-made databases).
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let state = dir.path().to_path_buf();
+        if !state.join("catalog.toml").exists() {
+            std::fs::write(state.join("catalog.toml"), CATALOG).unwrap();
+            std::fs::create_dir_all(state.join("images")).unwrap();
+            std::fs::write(state.join("images/local.img"), pattern(1 << 20)).unwrap();
+        }
+        let mut config = Config::for_state_dir(&state);
+        tweak(&mut config);
+        let app = App::prepare(config).await.expect("server prepares");
+        let state_handle = app.state.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer { url, dir, app: state_handle, stop: Some(tx), task: Some(task) }
+    }
+
+    /// Stop serving and hand back the state directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder().cookie_store(true).build().unwrap()
+    }
+
+    /// A logged-in client and its CSRF token.
+    pub async fn login(&self) -> (reqwest::Client, String) {
+        let c = Self::client();
+        let r = c
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": "bty", "password": "bty"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login: {}", r.text().await.unwrap());
+        let body: Value = r.json().await.unwrap();
+        (c, body["csrf_token"].as_str().unwrap().to_string())
+    }
+
+    /// An API token for Bearer requests.
+    pub async fn token(&self) -> String {
+        let (c, csrf) = self.login().await;
+        let r = c
+            .post(self.url("/auth/tokens"))
+            .header("x-csrf-token", csrf)
+            .json(&json!({"name": "tests"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(self.url(path)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(self.url(path)).await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Authenticated PUT /machines/{mac} with a Bearer token.
+    pub async fn put_machine(&self, token: &str, mac: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .put(self.url(&format!("/machines/{mac}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn authed_json(&self, token: &str, path: &str) -> Value {
+        let r = reqwest::Client::new().get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> u16 {
+        reqwest::Client::new().post(self.url(path)).json(&body).send().await.unwrap().status().as_u16()
+    }
+
+    /// Events (newest first) of one kind.
+    pub async fn events(&self, token: &str, kind: &str) -> Vec<Value> {
+        let v = self.authed_json(token, &format!("/events?kind={kind}&limit=1000")).await;
+        v["events"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
