@@ -52,6 +52,8 @@ impl TestServer {
         let state = dir.path().to_path_buf();
         if !state.join("catalog.toml").exists() {
             std::fs::write(state.join("catalog.toml"), CATALOG).unwrap();
+        }
+        if !state.join("images/local.img").exists() {
             std::fs::create_dir_all(state.join("images")).unwrap();
             std::fs::write(state.join("images/local.img"), pattern(1 << 20)).unwrap();
         }
