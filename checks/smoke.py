@@ -16,6 +16,8 @@ Scenarios (default: all, one VM at a time):
              live env -> flash the marker image -> status done -> reboot -> PXE -> local ->
              the flashed disk's marker; the disk's bytes are compared with the image
   uefi-flash the same under OVMF
+  bios-powercut  bios-flash, but the VM is killed when the flash starts and powered on again:
+             the next PXE boot flashes again (times after the cut count from the 2nd power-on)
 With --agent, the live environment carries that binary as /bin/bty and the PXE scenarios wait
 for it to run and end (it must be static; `bty agent` is what /init runs).
 
@@ -242,15 +244,16 @@ def local(firmware: str) -> dict[str, float]:
     return times
 
 
-def flash(firmware: str) -> dict[str, float]:
+def flash(firmware: str, power_cut: bool = False) -> dict[str, float]:
     """The whole loop with a busybox stand-in for the agent (live/standin-agent.sh): PXE ->
     live env -> flash the marker image onto the disk with the plan's serial -> report done ->
-    reboot -> PXE -> "local" -> the flashed disk boots."""
+    reboot -> PXE -> "local" -> the flashed disk boots. With power_cut, the VM is killed when
+    the flash starts and powered on again: no "done" arrived, so it flashes again."""
     live = OUT / "live-standin"
     subprocess.run([str(HERE / "live" / "build.sh"), str(live),
                     str(HERE / "live" / "standin-agent.sh")], check=True,
                    stderr=subprocess.DEVNULL)
-    work = fresh_dir(f"{firmware}-flash")
+    work = fresh_dir(f"{firmware}-{'powercut' if power_cut else 'flash'}")
     disk = work / "disk.raw"
     with open(disk, "wb") as f:
         f.truncate(64 << 20)
@@ -260,6 +263,13 @@ def flash(firmware: str) -> dict[str, float]:
         with vmlib.VM(work, firmware=firmware, mac=MAC, server_port=srv.port,
                       disks=[vmlib.Disk(disk, "bty-smoke-0")]) as vm:
             fail = r"Kernel panic|bty-live: agent failed|bty: flash failed"
+            if power_cut:
+                _, times["power cut at flash start"] = vm.wait_for(r"bty: flash starting", 300,
+                                                                  fail=fail)
+                vm.kill()
+                if srv.flashed:
+                    raise vmlib.VMError("status done arrived before the power cut")
+                vm.start()  # this power-on's times count from here
             m, times["flash starting"] = vm.wait_for(r"bty: flash starting", 300, fail=fail)
             m, times["flash complete"] = vm.wait_for(r"bty: flash complete", 300,
                                                      after=m.end(), fail=fail)
@@ -288,6 +298,7 @@ SCENARIOS = {
     "uefi-local": lambda a: local("uefi"),
     "bios-flash": lambda a: flash("bios"),
     "uefi-flash": lambda a: flash("uefi"),
+    "bios-powercut": lambda a: flash("bios", power_cut=True),
 }
 
 
