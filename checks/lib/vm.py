@@ -184,7 +184,7 @@ class VM:
                  net: bool = True, nic: str = "virtio-net-pci", memory_mib: int = 512,
                  smp: int = 1, no_reboot: bool = False, debug_exit: bool = True,
                  kernel: str | None = None, initrd: str | None = None, append: str | None = None,
-                 accel_name: str | None = None,
+                 accel_name: str | None = None, interactive: bool = False,
                  extra_args: list[str] | tuple = (), name: str = "vm"):
         if firmware not in ("bios", "uefi"):
             raise ValueError("firmware must be 'bios' or 'uefi'")
@@ -204,10 +204,13 @@ class VM:
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.accel_name = accel_name
         self.extra_args = list(extra_args)
+        self.interactive = interactive
         self.name = _no_comma("name", name)
         self.serial_log = self.workdir / f"{name}.serial.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
         self.vars = self.workdir / f"{name}.OVMF_VARS.fd"
+        self.serial_socket = self.workdir / f"{name}.serial.sock"  # with interactive=True
+        self._sock = None
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.boots = 0
@@ -221,9 +224,7 @@ class VM:
         acc = self.accel_name or accel()
         cmd = [QEMU, "-name", self.name, "-accel", acc, "-m", str(self.memory_mib),
                "-smp", str(self.smp), "-display", "none", "-nodefaults", "-no-user-config",
-               # append=on: one log across power cycles (a plain -serial file: truncates).
-               "-chardev", f"file,id=ser0,append=on,path={_no_comma('log', str(self.serial_log))}",
-               "-serial", "chardev:ser0",
+               "-chardev", self._serial_chardev(), "-serial", "chardev:ser0",
                "-rtc", "base=utc"]
         if acc == "kvm":
             cmd += ["-cpu", "host"]
@@ -272,6 +273,35 @@ class VM:
                 cmd += ["-append", self.append]
         return cmd + self.extra_args
 
+    def _serial_chardev(self) -> str:
+        log = _no_comma("serial log path", str(self.serial_log))
+        if self.interactive:
+            # COM1 on a unix socket (send() types into it), everything it prints also logged.
+            sock = _no_comma("socket path", str(self.serial_socket))
+            return f"socket,id=ser0,path={sock},server=on,wait=off,logfile={log},logappend=on"
+        # append=on: one log across power cycles (a plain -serial file: truncates).
+        return f"file,id=ser0,append=on,path={log}"
+
+    def send(self, text: str | bytes) -> None:
+        """Type on COM1 (interactive=True only), e.g. vm.send("ls /\r")."""
+        import socket
+        if not self.interactive:
+            raise VMError("send() needs VM(..., interactive=True)")
+        if self._sock is None:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(str(self.serial_socket))
+                    break
+                except OSError:
+                    s.close()
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            self._sock = s
+        self._sock.sendall(text.encode() if isinstance(text, str) else text)
+
     # -- lifecycle --
     def start(self) -> "VM":
         """Power on. The serial log is appended to across power cycles; `self.log_mark` is the
@@ -306,6 +336,9 @@ class VM:
 
     def kill(self) -> None:
         """Pull the plug: SIGKILL QEMU and its children (a power cut). Idempotent."""
+        if getattr(self, "_sock", None) is not None:
+            self._sock.close()
+            self._sock = None
         p = self.proc
         if p is None:
             return
