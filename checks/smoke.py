@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import os
 import re
 import shutil
 import subprocess
