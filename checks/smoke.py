@@ -164,7 +164,7 @@ def pxe(firmware: str, agent: bool) -> dict[str, float]:
     times: dict[str, float] = {}
     with Server(OUT / "live") as srv:
         vm = vmlib.VM(work, firmware=firmware, mac=MAC, server_port=srv.port, no_reboot=True,
-                      disks=[vmlib.Disk(disk, "bty-smoke-0")])
+                      disks=[vmlib.Disk(disk, "bty-smoke-0")], record_requests=True)
         with vm:
             t0 = vm.started_at
             fail = r"Kernel panic|bty-live: agent failed|bty-live: network failed"
@@ -199,6 +199,9 @@ def pxe(firmware: str, agent: bool) -> dict[str, float]:
         if paths[:4] != want:
             raise vmlib.VMError(f"unexpected request sequence {paths}")
         print(f"  guest address {ip}; requests: {' '.join(paths)}", flush=True)
+        seen = vm.requests_log.read_text(errors="replace")
+        if "User-Agent: iPXE" not in seen:
+            raise vmlib.VMError(f"{vm.requests_log} did not record iPXE's requests")
     return times
 
 

@@ -185,6 +185,7 @@ class VM:
                  smp: int = 1, no_reboot: bool = False, debug_exit: bool = True,
                  kernel: str | None = None, initrd: str | None = None, append: str | None = None,
                  accel_name: str | None = None, interactive: bool = False,
+                 record_requests: bool = False,
                  extra_args: list[str] | tuple = (), name: str = "vm"):
         if firmware not in ("bios", "uefi"):
             raise ValueError("firmware must be 'bios' or 'uefi'")
@@ -205,6 +206,8 @@ class VM:
         self.accel_name = accel_name
         self.extra_args = list(extra_args)
         self.interactive = interactive
+        self.record_requests = record_requests
+        self.requests_log = self.workdir / f"{name}.requests.log"  # guest->server bytes
         self.name = _no_comma("name", name)
         self.serial_log = self.workdir / f"{name}.serial.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
@@ -252,10 +255,14 @@ class VM:
                 netdev += f",bootfile={_no_comma('bootfile', self.bootfile)}"
             if self.server_port:
                 # cmd: guestfwd runs one `busybox nc` per guest connection (a plain tcp:
-                # guestfwd carries a single connection only). Keep nc the only process holding
-                # the guest's socket: when the server closes, nc exits and the guest sees the
-                # close (`tee LOG | nc` would keep it open and hang HTTP/1.0 replies).
+                # guestfwd carries a single connection only). The command is split into words
+                # and run without a shell: a pipeline needs an explicit `sh -c '...'`.
                 fwd = f"busybox nc 127.0.0.1 {int(self.server_port)}"
+                if self.record_requests:
+                    log = _no_comma("requests log", str(self.requests_log))
+                    if "'" in log or " " in log:
+                        raise ValueError(f"requests log path must not contain quotes/spaces: {log}")
+                    fwd = f"sh -c 'tee -a {log} | {fwd}'"
                 netdev += f",guestfwd=tcp:{SERVER_IP}:80-cmd:{fwd}"
             cmd += ["-netdev", netdev,
                     "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"]
