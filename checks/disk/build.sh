@@ -10,7 +10,9 @@
 #
 # Usage: checks/disk/build.sh OUT_DIR [TAG]     (TAG: [A-Za-z0-9._-]{1,32}, default 1)
 # Writes OUT_DIR/marker.img (+ identical marker-bios.img, marker-uefi.img), each with .img.zst
-# and a .sha256 file per file (sha256sum format). MARKER_SIZE_MIB sets the size (default 8).
+# and a .sha256 file per file (sha256sum format), and broken copies for integrity tests
+# (marker-corrupt.img, marker-truncated.img, + .zst). MARKER_SIZE_MIB sets the size of the
+# bootable part (default 8); MARKER_FILL_MIB=N appends an N MiB partition of pseudo-random data.
 # No root needed.
 set -euo pipefail
 
@@ -18,12 +20,17 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: $0 OUT_DIR [TAG]}"
 tag="${2:-1}"
 size_mib="${MARKER_SIZE_MIB:-8}"
+fill_mib="${MARKER_FILL_MIB:-0}"
 if ! [[ "$tag" =~ ^[A-Za-z0-9._-]{1,32}$ ]]; then
   echo "disk: TAG must match [A-Za-z0-9._-]{1,32}" >&2
   exit 2
 fi
 if ! [[ "$size_mib" =~ ^[0-9]+$ ]] || [ "$size_mib" -lt 4 ]; then
   echo "disk: MARKER_SIZE_MIB must be >= 4" >&2
+  exit 2
+fi
+if ! [[ "$fill_mib" =~ ^[0-9]+$ ]]; then
+  echo "disk: MARKER_FILL_MIB must be a number" >&2
   exit 2
 fi
 for tool in as ld sfdisk mkfs.vfat mmd mcopy grub-mkimage zstd sha256sum; do
@@ -58,18 +65,37 @@ touch -d "@$SOURCE_DATE_EPOCH" "$work/BOOTX64.EFI"
 printf 'bty marker disk, tag=%s\n' "$tag" >"$work/MARKER.TXT"
 touch -d "@$SOURCE_DATE_EPOCH" "$work/MARKER.TXT"
 
-# 3. The disk: GPT (fixed GUIDs), one EFI system partition from 1 MiB to the end.
+# 3. The disk: GPT (fixed GUIDs), one EFI system partition from 1 MiB on (MARKER_SIZE_MIB - 2
+#    MiB), then, with MARKER_FILL_MIB=N, an N MiB partition of seeded pseudo-random bytes (data
+#    that neither compresses nor reads as zeros, for throughput figures), then 1 MiB (backup GPT).
 img="$work/marker.img"
-truncate -s "${size_mib}M" "$img"
-sectors=$((size_mib * 2048))
+total_mib=$((size_mib + fill_mib))
+truncate -s "${total_mib}M" "$img"
 esp_start=2048
-esp_size=$((sectors - esp_start - 2048))   # leave 1 MiB at the end (backup GPT + slack)
+esp_size=$(((size_mib - 2) * 2048))
+fill_start=$((esp_start + esp_size))
+fill_line=""
+if [ "$fill_mib" -gt 0 ]; then
+  fill_line="start=$fill_start, size=$((fill_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=6B7A0C1E-5C2B-4E8E-9F0A-B7E0000F1110, name=\"filler\""
+fi
 sfdisk -q --no-reread --no-tell-kernel "$img" <<SFD
 label: gpt
 label-id: 6B7A0C1E-5C2B-4E8E-9F0A-B7E0000D15C0
 first-lba: 2048
 start=$esp_start, size=$esp_size, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=6B7A0C1E-5C2B-4E8E-9F0A-B7E0000E5500, name="EFI system partition"
+$fill_line
 SFD
+if [ "$fill_mib" -gt 0 ]; then
+  python3 - "$img" $((fill_start * 512)) $((fill_mib << 20)) <<'PY'
+import random, sys
+path, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random("bty-marker-filler")
+with open(path, "r+b") as f:
+    f.seek(off)
+    for _ in range(n >> 20):
+        f.write(rng.randbytes(1 << 20))
+PY
+fi
 # The boot code goes in front of the protective MBR's partition table (bytes 0..439).
 dd if="$work/boot.bin" of="$img" conv=notrunc status=none
 
@@ -87,9 +113,26 @@ dd if="$esp" of="$img" bs=512 seek="$esp_start" conv=notrunc status=none
 for name in marker marker-bios marker-uefi; do
   cp "$img" "$out/$name.img.tmp"
   mv "$out/$name.img.tmp" "$out/$name.img"
-  zstd -q -f -19 --no-progress "$out/$name.img" -o "$out/$name.img.zst"
-  (cd "$out" && sha256sum "$name.img" >"$name.img.sha256" && sha256sum "$name.img.zst" >"$name.img.zst.sha256")
+  zstd -q -f -19 -T0 --no-progress "$out/$name.img" -o "$out/$name.img.zst"
 done
+# Broken copies for the integrity tests (catalog them under marker.img's digest):
+#   marker-corrupt.img(.zst)    one byte flipped inside the ESP (at 3 MiB)
+#   marker-truncated.img(.zst)  the first half of marker.img / of marker.img.zst
+cp "$img" "$out/marker-corrupt.img"
+printf '\xff' | dd of="$out/marker-corrupt.img" bs=1 seek=$((3 << 20)) conv=notrunc status=none
+if cmp -s "$img" "$out/marker-corrupt.img"; then
+  printf '\x00' | dd of="$out/marker-corrupt.img" bs=1 seek=$((3 << 20)) conv=notrunc status=none
+fi
+zstd -q -f -19 -T0 --no-progress "$out/marker-corrupt.img" -o "$out/marker-corrupt.img.zst"
+head -c $(($(stat -c %s "$img") / 2)) "$img" >"$out/marker-truncated.img"
+head -c $(($(stat -c %s "$out/marker.img.zst") / 2)) "$out/marker.img.zst" >"$out/marker-truncated.img.zst"
+(
+  cd "$out"
+  for f in marker.img marker-bios.img marker-uefi.img marker-corrupt.img marker-truncated.img; do
+    sha256sum "$f" >"$f.sha256"
+    sha256sum "$f.zst" >"$f.zst.sha256"
+  done
+)
 echo "$tag" >"$out/marker.tag"
-echo "disk: $out/marker.img (${size_mib} MiB, tag=$tag, boot code $bsize bytes," \
+echo "disk: $out/marker.img (${total_mib} MiB, filler ${fill_mib} MiB, tag=$tag, boot code $bsize bytes," \
   "BOOTX64.EFI $(stat -c %s "$work/BOOTX64.EFI") bytes, zst $(stat -c %s "$out/marker.img.zst") bytes)" >&2
