@@ -256,10 +256,10 @@ def flash(firmware: str, power_cut: bool = False) -> dict[str, float]:
                     str(HERE / "live" / "standin-agent.sh")], check=True,
                    stderr=subprocess.DEVNULL)
     work = fresh_dir(f"{firmware}-{'powercut' if power_cut else 'flash'}")
-    disk = work / "disk.raw"
-    with open(disk, "wb") as f:
-        f.truncate(64 << 20)
     image = (OUT / "disk" / "marker.img").read_bytes()
+    disk = work / "disk.raw"
+    with open(disk, "wb") as f:  # larger than the image, as a real target is
+        f.truncate(max(64 << 20, len(image) + (16 << 20)))
     times: dict[str, float] = {}
     with Server(live, policy="flash") as srv:
         with vmlib.VM(work, firmware=firmware, mac=MAC, server_port=srv.port,
