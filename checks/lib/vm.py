@@ -55,9 +55,11 @@ class VMError(Exception):
 @dataclasses.dataclass
 class Disk:
     path: str | os.PathLike
-    serial: str = "bty-disk-0"  # virtio-blk serial: at most 20 characters
+    serial: str = "bty-disk-0"  # at most 20 characters
     bootindex: int | None = None  # default: 2, 3, ... in list order (the NIC has 1)
     format: str = "raw"
+    bus: str = "virtio"  # "virtio" (virtio-blk-pci, /dev/vdX), "nvme" (/dev/nvmeXn1),
+    #                      "sata" (AHCI, /dev/sdX)
 
 
 def _no_comma(what: str, value: str) -> str:
@@ -266,12 +268,24 @@ class VM:
                 netdev += f",guestfwd=tcp:{SERVER_IP}:80-cmd:{fwd}"
             cmd += ["-netdev", netdev,
                     "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"]
+        ahci = False
         for i, d in enumerate(self.disks):
             bi = d.bootindex if d.bootindex is not None else 2 + i
             path = _no_comma("disk path", str(Path(d.path).resolve()))
-            cmd += ["-drive", f"file={path},format={d.format},if=none,id=d{i}",
-                    "-device", f"virtio-blk-pci,drive=d{i},serial={_no_comma('serial', d.serial)},"
-                               f"bootindex={bi}"]
+            serial = _no_comma("serial", d.serial)
+            cmd += ["-drive", f"file={path},format={d.format},if=none,id=d{i}"]
+            if d.bus == "virtio":
+                cmd += ["-device", f"virtio-blk-pci,drive=d{i},serial={serial},bootindex={bi}"]
+            elif d.bus == "nvme":
+                cmd += ["-device", f"nvme,drive=d{i},serial={serial},bootindex={bi}"]
+            elif d.bus == "sata":
+                if not ahci:  # q35 has an AHCI controller built in, but its ports are taken
+                    cmd += ["-device", "ahci,id=ahci0"]
+                    ahci = True
+                cmd += ["-device", f"ide-hd,drive=d{i},bus=ahci0.{i},serial={serial},"
+                                   f"bootindex={bi}"]
+            else:
+                raise ValueError(f"unknown disk bus {d.bus!r}")
         if self.kernel:
             cmd += ["-kernel", self.kernel]
             if self.initrd:
@@ -289,8 +303,9 @@ class VM:
         # append=on: one log across power cycles (a plain -serial file: truncates).
         return f"file,id=ser0,append=on,path={log}"
 
-    def send(self, text: str | bytes) -> None:
-        """Type on COM1 (interactive=True only), e.g. vm.send("ls /\r")."""
+    def send(self, text: str | bytes, pace: float = 0.005) -> None:
+        """Type on COM1 (interactive=True only), e.g. vm.send("ls /\r"). One byte every `pace`
+        seconds: a long line sent at once was seen to lose characters in the guest's shell."""
         import socket
         if not self.interactive:
             raise VMError("send() needs VM(..., interactive=True)")
@@ -307,7 +322,11 @@ class VM:
                         raise
                     time.sleep(0.1)
             self._sock = s
-        self._sock.sendall(text.encode() if isinstance(text, str) else text)
+        data = text.encode() if isinstance(text, str) else text
+        for i in range(len(data)):
+            self._sock.sendall(data[i:i + 1])
+            if pace:
+                time.sleep(pace)
 
     # -- lifecycle --
     def start(self) -> "VM":
