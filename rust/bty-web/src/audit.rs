@@ -73,7 +73,7 @@ pub fn is_tripwire(kind: &str) -> bool {
     kind.ends_with("failed") || kind.ends_with(".reset") || kind == "pxe.client.orphan"
 }
 
-/// Record inside an open transaction (PXE decisions record together with the
+/// Record as part of a larger write (PXE decisions record together with the
 /// state change they describe, so the log cannot disagree with the machine).
 pub fn insert(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
     let (subject_kind, subject_id) = match &e.subject {

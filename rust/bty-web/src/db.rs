@@ -1,14 +1,19 @@
 //! `state.db`: connections, forward migrations and the rotation of databases
 //! this binary does not understand.
 //!
-//! One writer connection serialises every write (SQLite allows one writer at
-//! a time anyway; queueing in-process is cheaper than `SQLITE_BUSY` retries)
-//! and a couple of reader connections serve queries concurrently under WAL.
-//! Blocking SQLite calls run on tokio's blocking pool, never on the async
-//! workers.
+//! Writes go to one writer thread that owns the write connection (SQLite
+//! allows one writer at a time anyway; queueing in-process is cheaper than
+//! `SQLITE_BUSY` retries). It commits in groups: whatever writes are queued
+//! when it becomes free run in one transaction, each inside its own
+//! savepoint, and every caller is answered only after that transaction has
+//! committed. A burst of PXE contacts then costs one commit, not one each,
+//! and no acknowledged write is ever lost or merged with a failed one.
+//! A couple of reader connections serve queries concurrently under WAL, on
+//! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
@@ -23,6 +28,8 @@ pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const READERS: usize = 2;
+/// Most writes folded into one commit; bounds how long one caller can wait.
+const MAX_GROUP: usize = 256;
 
 /// A database that was set aside because this binary could not use it.
 #[derive(Debug, Clone)]
@@ -38,15 +45,101 @@ pub struct Db {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: mpsc::Sender<Box<dyn Job>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: PathBuf,
 }
 
+/// One queued write: run inside a savepoint, answered after the commit.
+trait Job: Send {
+    /// Run against the open transaction; `false` rolls this job back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Hand the result over once the group's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), rusqlite::Error>);
+}
+
+struct WriteJob<T, E, F> {
+    f: Option<F>,
+    result: Option<Result<T, E>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, E>>,
+}
+
+impl<T, E, F> Job for WriteJob<T, E, F>
+where
+    F: FnOnce(&Connection) -> Result<T, E> + Send,
+    T: Send,
+    E: From<rusqlite::Error> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), rusqlite::Error>) {
+        let this = *self;
+        let r = match (commit, this.result) {
+            (Ok(()), Some(r)) => r,
+            // A job that failed was rolled back on its own; its error stands.
+            (Err(_), Some(Err(e))) => Err(e),
+            (Err(e), _) => Err(E::from(e)),
+            (Ok(()), None) => return,
+        };
+        let _ = this.reply.send(r);
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let commit = run_group(&conn, &mut group);
+        for job in group {
+            job.finish(commit.as_ref().map(|_| ()).map_err(clone_error));
+        }
+    }
+}
+
+fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => rusqlite::Error::SqliteFailure(*code, msg.clone()),
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in group.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn))).unwrap_or(false);
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        if let Err(e) = conn.execute_batch(end) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    conn.execute_batch("COMMIT").inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
+}
+
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding a connection leaves SQLite itself consistent
-    // (the transaction is rolled back when the guard's statement drops).
+    // A panic during a read leaves the connection usable: readers never hold
+    // a transaction open across calls.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -154,9 +247,14 @@ impl Db {
         for _ in 0..READERS {
             readers.push(Mutex::new(open_conn(path)?));
         }
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        std::thread::Builder::new()
+            .name("bty-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .context("cannot start the database writer thread")?;
         let db = Db {
             inner: Arc::new(Inner {
-                writer: Mutex::new(conn),
+                writer: tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: path.to_path_buf(),
@@ -169,15 +267,20 @@ impl Db {
         &self.inner.path
     }
 
-    /// Run `f` on the writer connection on the blocking pool.
+    /// Run `f` atomically on the writer; returns once it has committed.
+    /// `f` must not start its own transaction (it runs inside a savepoint).
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        join(tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer))).await)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Box::new(WriteJob { f: Some(f), result: None, reply });
+        if self.inner.writer.send(job).is_err() {
+            return Err(E::from(writer_gone()));
+        }
+        answer.await.unwrap_or_else(|_| Err(E::from(writer_gone())))
     }
 
     /// Run `f` on one of the reader connections on the blocking pool.
@@ -196,11 +299,16 @@ impl Db {
             .await,
         )
     }
+}
 
-    /// Synchronous access for startup work that runs before serving.
-    pub fn write_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        f(&mut lock(&self.inner.writer))
-    }
+fn writer_gone() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(
+            "the database write did not complete (it panicked, or the writer stopped); see the server log"
+                .into(),
+        ),
+    )
 }
 
 fn join<T>(r: Result<T, tokio::task::JoinError>) -> T {
@@ -216,13 +324,42 @@ fn join<T>(r: Result<T, tokio::task::JoinError>) -> T {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fresh_database_is_stamped() {
+    #[tokio::test]
+    async fn fresh_database_is_stamped() {
         let dir = tempfile::tempdir().unwrap();
         let (db, reset) = Db::open(&dir.path().join("state.db")).unwrap();
         assert!(reset.is_none());
-        let v = db.write_blocking(|c| user_version(c).unwrap());
-        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(db.read(user_version).await.unwrap(), SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn failed_writes_roll_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&dir.path().join("state.db")).unwrap();
+        let put = |k: &'static str, fail: bool| {
+            let db = db.clone();
+            async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO settings (key, value, updated_at) VALUES (?, 'v', 't')", [k])?;
+                    if fail {
+                        return Err(rusqlite::Error::QueryReturnedNoRows);
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let (a, b, c) = tokio::join!(put("a", false), put("b", true), put("c", false));
+        assert!(a.is_ok() && b.is_err() && c.is_ok());
+        let keys: Vec<String> = db
+            .read(|c| {
+                let mut s = c.prepare("SELECT key FROM settings ORDER BY key")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, ["a", "c"]);
     }
 
     #[test]
@@ -236,14 +373,14 @@ mod tests {
             )
             .unwrap();
         }
-        let (db, reset) = Db::open(&path).unwrap();
+        let (_db, reset) = Db::open(&path).unwrap();
         let reset = reset.unwrap();
         assert_eq!(reset.found_version, Some(99));
         let name = reset.archived_to.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("state.db.99.") && name.ends_with("Z.bak"), "{name}");
         let old = Connection::open(&reset.archived_to).unwrap();
         assert_eq!(old.query_row("SELECT x FROM future", [], |r| r.get::<_, i64>(0)).unwrap(), 42);
-        assert_eq!(db.write_blocking(|c| user_version(c).unwrap()), SCHEMA_VERSION);
+        assert_eq!(user_version(&Connection::open(&path).unwrap()).unwrap(), SCHEMA_VERSION);
     }
 
     #[test]

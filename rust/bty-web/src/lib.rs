@@ -59,34 +59,38 @@ impl App {
                 state_dir.display()
             )
         })?;
+        for dir in [&config.paths.boot_dir, &config.paths.images_dir] {
+            // Created so operators see where files go; a read-only mount is
+            // fine as long as it already holds the files.
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create directory");
+            }
+        }
         let (db, reset) = db::Db::open(&state_dir.join("state.db"))?;
         if let Some(r) = &reset {
             let found = r.found_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
             let archived = r.archived_to.display().to_string();
             tracing::warn!(%found, %archived, "state database was archived and replaced by a fresh one");
-            db.write_blocking(|c| {
+            let summary = format!(
+                "state.db had schema version {found}, which this bty-web ({VERSION}) cannot use; it was archived \
+                 to {archived} and a fresh database created. Machines re-register on their next PXE boot; \
+                 bindings must be re-entered."
+            );
+            let details = json!({"found_version": r.found_version, "schema_version": db::SCHEMA_VERSION,
+                                 "archived_to": archived});
+            db.write(move |c| {
                 audit::insert(
                     c,
-                    &NewEvent::new(
-                        "system.schema.reset",
-                        Actor::System,
-                        format!(
-                            "state.db had schema version {found}, which this bty-web ({VERSION}) cannot use; \
-                             it was archived to {archived} and a fresh database created. Machines re-register on \
-                             their next PXE boot; bindings must be re-entered."
-                        ),
-                    )
-                    .subject("system", "state.db")
-                    .details(json!({"found_version": r.found_version, "schema_version": db::SCHEMA_VERSION,
-                                    "archived_to": archived})),
+                    &NewEvent::new("system.schema.reset", Actor::System, summary)
+                        .subject("system", "state.db")
+                        .details(details),
                 )
-            })?;
+            })
+            .await?;
         }
         let admin = config.admin.clone();
-        let db2 = db.clone();
-        let default_password =
-            tokio::task::spawn_blocking(move || db2.write_blocking(|c| auth::ensure_admin(c, &admin)))
-                .await??;
+        // Hashing on the writer thread is fine here: nothing is served yet.
+        let default_password = db.write(move |c| auth::ensure_admin(c, &admin)).await?;
         if default_password {
             tracing::warn!(
                 user = %config.admin.username,

@@ -269,14 +269,13 @@ impl MachineInput {
 /// Replace the operator fields (creating the record if needed) and re-arm:
 /// any save of a binding resets the state to the policy's starting state.
 /// Returns the stored machine and whether it was created.
-pub fn put(conn: &mut Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::Result<(Machine, bool)> {
+pub fn put(conn: &Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::Result<(Machine, bool)> {
     let now = clock::now_rfc3339();
-    let tx = conn.transaction()?;
     let existed: bool =
-        tx.query_row("SELECT count(*) FROM machines WHERE mac = ?", [mac.to_string()], |r| {
+        conn.query_row("SELECT count(*) FROM machines WHERE mac = ?", [mac.to_string()], |r| {
             r.get::<_, i64>(0)
         })? > 0;
-    tx.execute(
+    conn.execute(
         "INSERT INTO machines (mac, policy, image, target_disk_serial, sanboot_drive, provisioning_mode, state,
                                created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
@@ -293,12 +292,11 @@ pub fn put(conn: &mut Connection, mac: MacAddr, input: &MachineInput) -> rusqlit
             now,
         ],
     )?;
-    tx.execute("DELETE FROM machine_labels WHERE mac = ?", [mac.to_string()])?;
+    conn.execute("DELETE FROM machine_labels WHERE mac = ?", [mac.to_string()])?;
     for l in &input.labels {
-        tx.execute("INSERT INTO machine_labels (mac, label) VALUES (?, ?)", params![mac.to_string(), l])?;
+        conn.execute("INSERT INTO machine_labels (mac, label) VALUES (?, ?)", params![mac.to_string(), l])?;
     }
-    let m = get(&tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    tx.commit()?;
+    let m = get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok((m, !existed))
 }
 

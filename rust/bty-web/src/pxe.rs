@@ -1,7 +1,8 @@
 //! What happens when a machine talks to the server: PXE contacts, plan
-//! requests, status and inventory reports. Each is one transaction that reads
-//! the record, applies [`crate::policy`], stores the new state and records the
-//! audit event, so concurrent contacts of one MAC serialise cleanly.
+//! requests, status and inventory reports. Each runs as one atomic database
+//! write ([`crate::db::Db::write`]) that reads the record, applies
+//! [`crate::policy`], stores the new state and records the audit event, so
+//! concurrent contacts of one MAC serialise cleanly.
 
 use bty_core::catalog::Catalog;
 use bty_core::mac::MacAddr;
@@ -67,25 +68,24 @@ pub struct Contact {
 }
 
 pub fn contact(
-    conn: &mut Connection,
+    conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
     catalog: &Catalog,
 ) -> rusqlite::Result<Contact> {
     let now = clock::now_rfc3339();
-    let tx = conn.transaction()?;
-    let discovered = see(&tx, mac, ip, &now)?;
-    let mut m = machines::get(&tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let discovered = see(conn, mac, ip, &now)?;
+    let mut m = machines::get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
     if d.next_state != state {
-        tx.prepare_cached("UPDATE machines SET state = ?2 WHERE mac = ?1")?
+        conn.prepare_cached("UPDATE machines SET state = ?2 WHERE mac = ?1")?
             .execute(params![mac.to_string(), d.next_state.as_str()])?;
         m.state = d.next_state.as_str().to_string();
     }
     if d.abandons_flash {
-        tx.execute(
+        conn.execute(
             "UPDATE flash_history SET status = 'abandoned', finished_at = ?2,
                  reason = 'the machine PXE-booted again before reporting (crash or power loss?)'
              WHERE mac = ?1 AND status = 'running'",
@@ -93,7 +93,7 @@ pub fn contact(
         )?;
     }
     if d.starts_flash {
-        tx.execute(
+        conn.execute(
             "INSERT INTO flash_history (mac, image, started_at, status) VALUES (?1, ?2, ?3, 'running')",
             params![mac.to_string(), m.image, now],
         )?;
@@ -104,7 +104,7 @@ pub fn contact(
         d.reason.to_string()
     };
     audit::insert(
-        &tx,
+        conn,
         &NewEvent::new("pxe.offered", Actor::PxeClient, format!("{mac}: {} ({reason})", d.offer.as_str()))
             .machine(mac)
             .ip(ip.map(str::to_string))
@@ -118,7 +118,6 @@ pub fn contact(
                 "image_missing": image == ImageCheck::Missing && policy.flashes(),
             })),
     )?;
-    tx.commit()?;
     Ok(Contact { machine: m, decision: d, discovered })
 }
 
@@ -131,15 +130,14 @@ pub struct PlanDecision {
 }
 
 pub fn plan(
-    conn: &mut Connection,
+    conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
     catalog: &Catalog,
 ) -> rusqlite::Result<PlanDecision> {
     let now = clock::now_rfc3339();
-    let tx = conn.transaction()?;
-    see(&tx, mac, ip, &now)?;
-    let m = machines::get(&tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    see(conn, mac, ip, &now)?;
+    let m = machines::get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let image = image_check(&m, catalog);
     let (mode, why) = policy::plan(m.policy(), m.state(), image);
     let reason = why.map(|w| match (&m.image, image) {
@@ -147,13 +145,12 @@ pub fn plan(
         _ => w.to_string(),
     });
     audit::insert(
-        &tx,
+        conn,
         &NewEvent::new("pxe.plan", Actor::PxeClient, format!("{mac}: plan {}", mode.as_str()))
             .machine(mac)
             .ip(ip.map(str::to_string))
             .details(json!({"policy": m.policy, "state": m.state, "mode": mode.as_str(), "reason": reason, "image": m.image})),
     )?;
-    tx.commit()?;
     Ok(PlanDecision { machine: m, mode, reason })
 }
 
@@ -203,40 +200,38 @@ fn orphan(conn: &Connection, mac: MacAddr, ip: Option<&str>, what: &str) -> rusq
 
 /// `POST /pxe/{mac}/status` and `/done`. `None`: unknown MAC (recorded as orphan).
 pub fn status(
-    conn: &mut Connection,
+    conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
     report: &StatusReport,
 ) -> rusqlite::Result<Option<Machine>> {
     let now = clock::now_rfc3339();
-    let tx = conn.transaction()?;
-    let Some(m) = machines::get(&tx, mac)? else {
-        orphan(&tx, mac, ip, "status report")?;
-        tx.commit()?;
+    let Some(m) = machines::get(conn, mac)? else {
+        orphan(conn, mac, ip, "status report")?;
         return Ok(None);
     };
     let next = policy::on_status(m.policy(), m.state(), report.status);
     let st = report.status.as_str();
     match report.status {
-        FlashStatus::Done => tx.execute(
+        FlashStatus::Done => conn.execute(
             "UPDATE machines SET state = ?2, last_flashed_at = ?3, last_flash_status = 'done', last_flash_reason = NULL,
                  last_seen_at = ?3, last_seen_ip = ?4 WHERE mac = ?1",
             params![mac.to_string(), next.as_str(), now, ip],
         )?,
-        FlashStatus::Failed => tx.execute(
+        FlashStatus::Failed => conn.execute(
             "UPDATE machines SET state = ?2, last_flash_status = 'failed', last_flash_reason = ?5,
                  last_seen_at = ?3, last_seen_ip = ?4 WHERE mac = ?1",
             params![mac.to_string(), next.as_str(), now, ip, report.reason],
         )?,
     };
-    let updated = tx.execute(
+    let updated = conn.execute(
         "UPDATE flash_history SET status = ?2, finished_at = ?3, reason = ?4
          WHERE id = (SELECT max(id) FROM flash_history WHERE mac = ?1 AND status = 'running')",
         params![mac.to_string(), st, now, report.reason],
     )?;
     if updated == 0 {
         // A report without an offer (interactive flash, or a USB-booted agent).
-        tx.execute(
+        conn.execute(
             "INSERT INTO flash_history (mac, image, finished_at, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![mac.to_string(), m.image, now, st, report.reason],
         )?;
@@ -251,7 +246,7 @@ pub fn status(
         ),
     };
     audit::insert(
-        &tx,
+        conn,
         &NewEvent::new(kind, Actor::PxeClient, summary).machine(mac).ip(ip.map(str::to_string)).details(
             json!({
                 "status": st,
@@ -265,23 +260,20 @@ pub fn status(
             }),
         ),
     )?;
-    let out = machines::get(&tx, mac)?;
-    tx.commit()?;
+    let out = machines::get(conn, mac)?;
     Ok(out)
 }
 
 /// `POST /pxe/{mac}/inventory`. `None`: unknown MAC (recorded as orphan).
 pub fn inventory(
-    conn: &mut Connection,
+    conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
     report: &InventoryReport,
 ) -> rusqlite::Result<Option<Machine>> {
     let now = clock::now_rfc3339();
-    let tx = conn.transaction()?;
-    let Some(m) = machines::get(&tx, mac)? else {
-        orphan(&tx, mac, ip, "inventory report")?;
-        tx.commit()?;
+    let Some(m) = machines::get(conn, mac)? else {
+        orphan(conn, mac, ip, "inventory report")?;
         return Ok(None);
     };
     let next = policy::on_inventory(m.policy(), m.state());
@@ -289,7 +281,7 @@ pub fn inventory(
     let lshw = report.lshw.as_ref().map(|v| v.to_string());
     let lshw_dropped = lshw.as_ref().is_some_and(|s| s.len() > MAX_LSHW_BYTES);
     let lshw = lshw.filter(|_| !lshw_dropped);
-    tx.execute(
+    conn.execute(
         "UPDATE machines SET state = ?2, inventory = ?3, inventory_at = ?4, lshw = coalesce(?5, lshw),
              last_seen_at = ?4, last_seen_ip = ?6 WHERE mac = ?1",
         params![mac.to_string(), next.as_str(), inv.to_string(), now, lshw, ip],
@@ -300,15 +292,14 @@ pub fn inventory(
         summary.push_str(&format!("; lshw larger than {MAX_LSHW_BYTES} bytes was not stored"));
     }
     audit::insert(
-        &tx,
+        conn,
         &NewEvent::new("machine.inventory", Actor::PxeClient, summary)
             .machine(mac)
             .ip(ip.map(str::to_string))
             .details(json!({"disks": report.disks.len(), "serials": serials, "lshw_dropped": lshw_dropped,
                    "policy": m.policy, "state": m.state, "next_state": next.as_str()})),
     )?;
-    let out = machines::get(&tx, mac)?;
-    tx.commit()?;
+    let out = machines::get(conn, mac)?;
     Ok(out)
 }
 

@@ -114,10 +114,8 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let limit = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
     let mut router = Router::new();
-    let mut paths: Vec<&'static str> = ROUTES.iter().map(|r| r.path).collect();
-    paths.dedup();
     let mut seen = std::collections::HashSet::new();
-    for path in paths.into_iter().filter(|p| seen.insert(*p)) {
+    for path in ROUTES.iter().map(|r| r.path).filter(|p| seen.insert(*p)) {
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
         for r in ROUTES.iter().filter(|r| r.path == path) {
             let ep = if streams_body(r) {
