@@ -310,6 +310,37 @@ pub fn count_by_policy(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>
     rows.collect()
 }
 
+/// One flash attempt (`flash_history`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlashRecord {
+    pub id: i64,
+    pub image: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// `running`, `done`, `failed` or `abandoned` (PXE-booted again without a report).
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// Newest first.
+pub fn flashes(conn: &Connection, mac: MacAddr, limit: u32) -> rusqlite::Result<Vec<FlashRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, image, started_at, finished_at, status, reason FROM flash_history
+         WHERE mac = ? ORDER BY id DESC LIMIT ?",
+    )?;
+    let rows = stmt.query_map(params![mac.to_string(), limit], |r| {
+        Ok(FlashRecord {
+            id: r.get(0)?,
+            image: r.get(1)?,
+            started_at: r.get(2)?,
+            finished_at: r.get(3)?,
+            status: r.get(4)?,
+            reason: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 pub fn lshw(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT lshw FROM machines WHERE mac = ?", [mac.to_string()], |r| {
         r.get::<_, Option<String>>(0)

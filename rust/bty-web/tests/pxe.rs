@@ -174,6 +174,13 @@ async fn flash_alternates_and_retries_unreported_flashes() {
     assert_eq!(r.status(), 204);
     assert_eq!(boot(&s, MAC).await, "local");
     assert_eq!(s.events(&token, "machine.flashed").await.len(), 2);
+    let history = s.authed_json(&token, &format!("/machines/{MAC}/flashes")).await;
+    let statuses: Vec<&str> =
+        history.as_array().unwrap().iter().map(|f| f["status"].as_str().unwrap()).collect();
+    // Three offers before the first report: two were abandoned by a re-boot.
+    assert_eq!(statuses, ["done", "failed", "done", "abandoned", "abandoned"]);
+    assert_eq!(history[1]["reason"], "disk vanished");
+    assert_eq!(history[0]["image"], "local-img");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,3 +144,18 @@ pub async fn lshw(State(app): State<AppState>, MacParam(mac): MacParam) -> Resul
         }
     }
 }
+
+/// Flash attempts, newest first (at most 100).
+pub async fn flashes(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+    let found = app
+        .db
+        .read(move |c| match machines::get(c, mac)? {
+            Some(_) => machines::flashes(c, mac, 100).map(Some),
+            None => Ok(None),
+        })
+        .await?;
+    match found {
+        Some(rows) => Ok(Json(rows).into_response()),
+        None => Err(ApiError::not_found(format!("no machine {mac}"))),
+    }
+}
