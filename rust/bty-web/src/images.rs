@@ -44,7 +44,8 @@ impl CatalogStore {
         self.last_error.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn is_url(&self) -> bool {
+    /// A catalog fetched over HTTP (loaded in the background at startup).
+    pub fn is_remote(&self) -> bool {
         let l = self.location.to_ascii_lowercase();
         l.starts_with("http://") || l.starts_with("https://")
     }
@@ -53,7 +54,7 @@ impl CatalogStore {
     /// server has none yet); any other problem keeps the previous catalog.
     pub async fn reload(&self) -> Result<Arc<Catalog>, CatalogError> {
         let location = self.location.clone();
-        let missing_local = !self.is_url() && !Path::new(&location).exists();
+        let missing_local = !self.is_remote() && !Path::new(&location).exists();
         let result = if missing_local {
             Ok(Catalog::empty())
         } else {
@@ -83,7 +84,8 @@ pub struct ImageInfo<'a> {
     pub name: &'a str,
     /// Where machines fetch it: always this server.
     pub url: String,
-    pub src: &'a str,
+    /// The origin, with any `user:password@` blanked (the listing is open).
+    pub src: String,
     pub source: &'static str,
     pub sha256: Option<&'a str>,
     pub format: Option<&'static str>,
@@ -96,7 +98,7 @@ pub fn info<'a>(e: &'a CatalogEntry, base: &str) -> ImageInfo<'a> {
     ImageInfo {
         name: &e.name,
         url: format!("{base}/images/{}", e.name),
-        src: &e.src,
+        src: redact_userinfo(&e.src),
         source: match e.src() {
             ImageSrc::Url(_) => "http",
             ImageSrc::Local(_) => "local",
@@ -106,6 +108,17 @@ pub fn info<'a>(e: &'a CatalogEntry, base: &str) -> ImageInfo<'a> {
         size_bytes: e.size_bytes,
         arch: e.arch.as_deref(),
         description: e.description.as_deref(),
+    }
+}
+
+fn redact_userinfo(src: &str) -> String {
+    let Some((scheme, rest)) = src.split_once("://") else {
+        return src.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => src.to_string(),
     }
 }
 
@@ -184,4 +197,14 @@ pub async fn proxy(client: &reqwest::Client, url: &str, method: Method, headers:
         )
     };
     resp.body(body).unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_not_listed() {
+        assert_eq!(super::redact_userinfo("https://u:p@h.example/a@b.img"), "https://***@h.example/a@b.img");
+        assert_eq!(super::redact_userinfo("https://h.example/a@b.img"), "https://h.example/a@b.img");
+        assert_eq!(super::redact_userinfo("local.img"), "local.img");
+    }
 }

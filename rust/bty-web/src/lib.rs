@@ -113,9 +113,7 @@ impl App {
             config: config.clone(),
             started,
         };
-        let is_url =
-            config.paths.catalog.starts_with("http://") || config.paths.catalog.starts_with("https://");
-        if is_url {
+        if state.catalog.is_remote() {
             let s = state.clone();
             tokio::spawn(async move { load_catalog(&s).await });
         } else {
