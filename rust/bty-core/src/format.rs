@@ -107,7 +107,9 @@ fn is_tar_header(head: &[u8]) -> bool {
 /// for data without a recognised signature (raw disk images have none).
 /// Tarballs, compressed or not, are refused with an "extract first" message.
 pub fn detect(head: &[u8], name: &str) -> Result<ImageFormat> {
-    let by_magic = if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+    // Skippable frames (0x184D2A50..=0x184D2A5F, little-endian) lead pzstd output.
+    let zstd_skippable = head.len() >= 4 && head[1..4] == [0x2A, 0x4D, 0x18] && head[0] & 0xF0 == 0x50;
+    let by_magic = if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) || zstd_skippable {
         Some(ImageFormat::Zstd)
     } else if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
         Some(ImageFormat::Xz)
@@ -172,6 +174,29 @@ pub fn arch_hint(name: &str) -> Option<&'static str> {
     table.iter().find(|(t, _)| lower.contains(t)).map(|(_, a)| *a)
 }
 
+/// Wrap a published byte stream in the decompressor its format needs.
+/// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
+/// end. qcow2 is not a stream format: see [`crate::qcow2`].
+pub fn decoder(format: ImageFormat, r: Box<dyn std::io::Read + Send>) -> Result<Box<dyn std::io::Read + Send>> {
+    use std::io::BufReader;
+    Ok(match format {
+        ImageFormat::Raw => r,
+        ImageFormat::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, r))
+                .map_err(|e| Error::io("cannot start zstd decoder", e))?;
+            // Images made with `zstd --long` need a window above the default limit.
+            d.window_log_max(31).map_err(|e| Error::io("cannot configure zstd decoder", e))?;
+            Box::new(d)
+        }
+        ImageFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Qcow2 => {
+            return Err(Error::usage("qcow2 images need random access and cannot be decoded as a stream"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +208,7 @@ mod tests {
         assert_eq!(detect(b"QFI\xfb\0\0\0\x03", "x.raw").unwrap(), ImageFormat::Qcow2);
         assert_eq!(detect(b"BZh91AY", "x").unwrap(), ImageFormat::Bzip2);
         assert_eq!(detect(b"\xfd7zXZ\0\0", "x").unwrap(), ImageFormat::Xz);
+        assert_eq!(detect(b"\x50\x2a\x4d\x18\x04\0\0\0", "x.img.zst").unwrap(), ImageFormat::Zstd);
     }
 
     #[test]
@@ -215,27 +241,4 @@ mod tests {
         assert_eq!(ImageFormat::parse("img.zst"), Some(ImageFormat::Zstd));
         assert_eq!(arch_hint("debian-13-arm64.img"), Some("aarch64"));
     }
-}
-
-/// Wrap a published byte stream in the decompressor its format needs.
-/// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
-/// end. qcow2 is not a stream format: see [`crate::qcow2`].
-pub fn decoder(format: ImageFormat, r: Box<dyn std::io::Read + Send>) -> Result<Box<dyn std::io::Read + Send>> {
-    use std::io::BufReader;
-    Ok(match format {
-        ImageFormat::Raw => r,
-        ImageFormat::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, r))
-                .map_err(|e| Error::io("cannot start zstd decoder", e))?;
-            // Images made with `zstd --long` need a window above the default limit.
-            d.window_log_max(31).map_err(|e| Error::io("cannot configure zstd decoder", e))?;
-            Box::new(d)
-        }
-        ImageFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r))),
-        ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
-        ImageFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r))),
-        ImageFormat::Qcow2 => {
-            return Err(Error::usage("qcow2 images need random access and cannot be decoded as a stream"))
-        }
-    })
 }
