@@ -85,10 +85,9 @@ impl ServerClient {
             }
             match self.http.get(&url).call() {
                 Ok(resp) if resp.status().is_success() => {
-                    return resp
-                        .into_body()
-                        .read_json::<Plan>()
-                        .map_err(|e| Error::failure(format!("the server's plan at {url} is not valid: {e}")));
+                    return resp.into_body().read_json::<Plan>().map_err(|e| {
+                        Error::failure(format!("the server's plan at {url} is not valid: {e}"))
+                    });
                 }
                 Ok(resp) => last = Some(format!("HTTP {}", resp.status().as_u16())),
                 Err(e) => last = Some(e.to_string()),
@@ -120,12 +119,15 @@ impl ServerClient {
     }
 
     /// Report the outcome of a flash. Reasons are cut to what the server accepts.
-    pub fn post_status(&self, status: FlashStatus, reason: Option<&str>, duration_s: Option<f64>, bytes: Option<u64>) -> Result<()> {
+    pub fn post_status(
+        &self,
+        status: FlashStatus,
+        reason: Option<&str>,
+        duration_s: Option<f64>,
+        bytes: Option<u64>,
+    ) -> Result<()> {
         let reason = reason.map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
-        self.post_json(
-            "/status",
-            &StatusReport { status, reason, duration_s, bytes_written: bytes },
-        )
+        self.post_json("/status", &StatusReport { status, reason, duration_s, bytes_written: bytes })
     }
 }
 

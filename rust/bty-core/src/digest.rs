@@ -61,10 +61,9 @@ impl Expected {
     /// Compare against what the stream hashed to. The message says the target
     /// already holds the bytes, because a stream cannot be checked before it is written.
     pub fn check(&self, got: &Digests, what: &str) -> Result<()> {
-        for (name, want, have) in [
-            ("SHA-256", &self.sha256, &got.sha256),
-            ("BLAKE3", &self.blake3, &got.blake3),
-        ] {
+        for (name, want, have) in
+            [("SHA-256", &self.sha256, &got.sha256), ("BLAKE3", &self.blake3, &got.blake3)]
+        {
             if let Some(want) = want {
                 if !constant_time_eq(want.as_bytes(), have.as_bytes()) {
                     return Err(Error::integrity(format!(
@@ -121,6 +120,9 @@ mod tests {
     #[test]
     fn digest_parsing() {
         assert!(parse_hex_digest("SHA-256", "xyz", 64).is_err());
-        assert_eq!(parse_hex_digest("SHA-256", &format!("sha256:{}", "AB".repeat(32)), 64).unwrap(), "ab".repeat(32));
+        assert_eq!(
+            parse_hex_digest("SHA-256", &format!("sha256:{}", "AB".repeat(32)), 64).unwrap(),
+            "ab".repeat(32)
+        );
     }
 }

@@ -244,7 +244,8 @@ impl SystemView {
         }
         let size_bytes = read_u64(&dir.join("size")).unwrap_or(0) * 512;
         let dev = dir.join("device");
-        let devpath = std::fs::canonicalize(&dir).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        let devpath =
+            std::fs::canonicalize(&dir).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
         let transport = if name.starts_with("loop") {
             Some("loop")
         } else if name.starts_with("nvme") || devpath.contains("/nvme") {
@@ -263,9 +264,8 @@ impl SystemView {
             None
         }
         .map(str::to_string);
-        let serial = read_trim(&dev.join("serial"))
-            .or_else(|| read_trim(&dir.join("serial")))
-            .or_else(|| {
+        let serial =
+            read_trim(&dev.join("serial")).or_else(|| read_trim(&dir.join("serial"))).or_else(|| {
                 // SCSI/SATA unit serial number page: 4-byte header, then ASCII.
                 let raw = std::fs::read(dev.join("vpd_pg80")).ok()?;
                 let s = String::from_utf8_lossy(raw.get(4..)?).trim().trim_matches(char::from(0)).to_string();
@@ -337,8 +337,10 @@ impl SystemView {
     /// The whole disk at `path` (symlinks such as /dev/disk/by-id followed).
     /// A partition is an error that names its disk; a regular file is `None`.
     pub fn disk_for_path(&self, path: &Path) -> Result<Option<Disk>> {
-        let real = std::fs::canonicalize(path).map_err(|e| Error::io(format!("cannot resolve {}", path.display()), e))?;
-        let meta = std::fs::metadata(&real).map_err(|e| Error::io(format!("cannot stat {}", real.display()), e))?;
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| Error::io(format!("cannot resolve {}", path.display()), e))?;
+        let meta =
+            std::fs::metadata(&real).map_err(|e| Error::io(format!("cannot stat {}", real.display()), e))?;
         if !meta.file_type().is_block_device() {
             return Ok(None);
         }

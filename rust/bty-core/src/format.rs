@@ -177,7 +177,10 @@ pub fn arch_hint(name: &str) -> Option<&'static str> {
 /// Wrap a published byte stream in the decompressor its format needs.
 /// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
 /// end. qcow2 is not a stream format: see [`crate::qcow2`].
-pub fn decoder(format: ImageFormat, r: Box<dyn std::io::Read + Send>) -> Result<Box<dyn std::io::Read + Send>> {
+pub fn decoder(
+    format: ImageFormat,
+    r: Box<dyn std::io::Read + Send>,
+) -> Result<Box<dyn std::io::Read + Send>> {
     use std::io::BufReader;
     Ok(match format {
         ImageFormat::Raw => r,
@@ -188,9 +191,15 @@ pub fn decoder(format: ImageFormat, r: Box<dyn std::io::Read + Send>) -> Result<
             d.window_log_max(31).map_err(|e| Error::io("cannot configure zstd decoder", e))?;
             Box::new(d)
         }
-        ImageFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r))),
-        ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
-        ImageFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        ImageFormat::Xz => {
+            Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r)))
+        }
+        ImageFormat::Gzip => {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r)))
+        }
+        ImageFormat::Bzip2 => {
+            Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r)))
+        }
         ImageFormat::Qcow2 => {
             return Err(Error::usage("qcow2 images need random access and cannot be decoded as a stream"))
         }

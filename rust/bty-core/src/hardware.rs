@@ -87,7 +87,10 @@ pub fn summary_at(proc_root: &Path, sys_root: &Path) -> HardwareSummary {
             nics.push(Nic {
                 mac: read(&dir.join("address")),
                 driver,
-                speed_mbps: read(&dir.join("speed")).and_then(|s| s.parse::<i64>().ok()).filter(|&s| s > 0).map(|s| s as u64),
+                speed_mbps: read(&dir.join("speed"))
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .filter(|&s| s > 0)
+                    .map(|s| s as u64),
                 operstate: read(&dir.join("operstate")),
                 name,
             });

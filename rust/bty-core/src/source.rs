@@ -78,8 +78,12 @@ impl Source {
         match self {
             Source::File(p) => {
                 let f = open_file(p)?;
-                let len = f.metadata().map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len();
-                Ok(OpenedSource { reader: Box::new(ExactLen::new(f, len, p.display().to_string())), len: Some(len) })
+                let len =
+                    f.metadata().map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len();
+                Ok(OpenedSource {
+                    reader: Box::new(ExactLen::new(f, len, p.display().to_string())),
+                    len: Some(len),
+                })
             }
             Source::Http(url) => http_get(url, None),
         }
@@ -92,7 +96,8 @@ impl Source {
         match self {
             Source::File(p) => {
                 let mut f = open_file(p)?;
-                f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(format!("cannot seek {}", p.display()), e))?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(|e| Error::io(format!("cannot seek {}", p.display()), e))?;
                 read_up_to(&mut f, n).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))
             }
             Source::Http(url) => {
@@ -111,10 +116,7 @@ impl Source {
                 std::fs::metadata(p).map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len(),
             )),
             Source::Http(url) => {
-                let resp = agent()
-                    .head(url)
-                    .call()
-                    .map_err(|e| http_error(url, e))?;
+                let resp = agent().head(url).call().map_err(|e| http_error(url, e))?;
                 Ok(content_length(&resp))
             }
         }

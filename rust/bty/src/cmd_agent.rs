@@ -50,7 +50,11 @@ pub fn marker(msg: &str) {
 }
 
 pub fn run(mut a: Args) -> i32 {
-    let boot = if a.server.is_none() || a.mac.is_none() { BootArgs::from_proc().unwrap_or_default() } else { BootArgs::default() };
+    let boot = if a.server.is_none() || a.mac.is_none() {
+        BootArgs::from_proc().unwrap_or_default()
+    } else {
+        BootArgs::default()
+    };
     a.poweroff |= boot.poweroff;
     let (Some(server), Some(mac)) = (a.server.clone().or(boot.server), a.mac.clone().or(boot.mac)) else {
         marker("agent: no server or MAC (pass --server and --mac, or boot with bty.server= bty.mac=)");
@@ -104,7 +108,8 @@ pub fn run(mut a: Args) -> i32 {
 }
 
 fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<(), Error> {
-    let image = plan.image.as_ref().ok_or_else(|| Error::failure("the plan says flash but names no image"))?;
+    let image =
+        plan.image.as_ref().ok_or_else(|| Error::failure("the plan says flash but names no image"))?;
     let serial = plan
         .target_disk_serial
         .as_deref()
@@ -115,7 +120,10 @@ fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<(
             .into_iter()
             .map(|d| format!("{} ({})", d.path, d.serial.unwrap_or_else(|| "no serial".into())))
             .collect();
-        Error::failure(format!("no disk with serial {serial:?} on this machine; disks here: {}", seen.join(", ")))
+        Error::failure(format!(
+            "no disk with serial {serial:?} on this machine; disks here: {}",
+            seen.join(", ")
+        ))
     })?;
     let req = FlashRequest {
         source: Source::parse(&image.url)?,

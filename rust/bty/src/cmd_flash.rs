@@ -50,9 +50,10 @@ fn request(a: &Args) -> Result<FlashRequest, Error> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::io(format!("cannot read block map {}", p.display()), e))?;
-            Some(bty_core::bmap::parse(&text).map_err(|e| {
-                Error::new(e.kind(), format!("{}: {}", p.display(), e))
-            })?)
+            Some(
+                bty_core::bmap::parse(&text)
+                    .map_err(|e| Error::new(e.kind(), format!("{}: {}", p.display(), e)))?,
+            )
         }
     };
     Ok(FlashRequest { source, target: a.target.clone(), expected, bmap, verify: a.verify, format_hint: None })
@@ -76,7 +77,14 @@ pub fn run(a: Args) -> i32 {
     }
     if a.dry_run {
         if !json {
-            println!("{}", if plan.is_valid() { "dry run: the plan is valid; nothing was written" } else { "dry run: the plan is NOT valid" });
+            println!(
+                "{}",
+                if plan.is_valid() {
+                    "dry run: the plan is valid; nothing was written"
+                } else {
+                    "dry run: the plan is NOT valid"
+                }
+            );
         }
         return if plan.is_valid() { 0 } else { 1 };
     }

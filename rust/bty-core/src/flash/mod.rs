@@ -71,11 +71,17 @@ impl Plan {
     /// Human-readable plan for terminals.
     pub fn human(&self) -> String {
         use crate::disks::human_size;
-        let size = |s: Option<u64>| s.map(|b| format!("{} ({b} bytes)", human_size(b))).unwrap_or("unknown".into());
+        let size =
+            |s: Option<u64>| s.map(|b| format!("{} ({b} bytes)", human_size(b))).unwrap_or("unknown".into());
         let mut out = String::new();
         out += &format!("source:  {}\n", self.source);
         out += &format!("format:  {}\n", self.format);
-        out += &format!("size:    {} published, {} on disk ({})\n", size(self.published_size), size(self.virtual_size), self.virtual_size_source);
+        out += &format!(
+            "size:    {} published, {} on disk ({})\n",
+            size(self.published_size),
+            size(self.virtual_size),
+            self.virtual_size_source
+        );
         let t = &self.target;
         let what = match t.kind {
             TargetKind::BlockDevice => format!(
@@ -98,9 +104,21 @@ impl Plan {
         if self.verify {
             checks.push("read-back verification".into());
         }
-        out += &format!("checks:  {}\n", if checks.is_empty() { "none (pass --sha256 to verify the download)".into() } else { checks.join(", ") });
+        out += &format!(
+            "checks:  {}\n",
+            if checks.is_empty() {
+                "none (pass --sha256 to verify the download)".into()
+            } else {
+                checks.join(", ")
+            }
+        );
         if let Some(b) = &self.bmap {
-            out += &format!("bmap:    {} ranges, {} mapped of {}\n", b.ranges, human_size(b.mapped_bytes), human_size(b.image_size));
+            out += &format!(
+                "bmap:    {} ranges, {} mapped of {}\n",
+                b.ranges,
+                human_size(b.mapped_bytes),
+                human_size(b.image_size)
+            );
         }
         for n in &self.notes {
             out += &format!("note:    {n}\n");
@@ -148,7 +166,9 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
     let name = req.source.name();
     let head = req.source.read_at(0, format::MAGIC_LEN)?;
     let fmt = match format::detect(&head, &name) {
-        Ok(ImageFormat::Raw) if req.format_hint.is_some() && format::from_name(&name).is_none() => req.format_hint.unwrap(),
+        Ok(ImageFormat::Raw) if req.format_hint.is_some() && format::from_name(&name).is_none() => {
+            req.format_hint.unwrap()
+        }
         other => other?,
     };
     if let Some(hint) = req.format_hint {
@@ -192,7 +212,9 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         }
     } else if let (Some(given), Some(side)) = (&expected.sha256, &sidecar_sha256) {
         if given != side {
-            notes.push(format!("the .sha256 sidecar says {side}; checking against the given --sha256 {given}"));
+            notes.push(format!(
+                "the .sha256 sidecar says {side}; checking against the given --sha256 {given}"
+            ));
         }
     }
     let bmap = req.bmap.as_ref().map(|b| BmapSummary {

@@ -210,6 +210,17 @@ pub fn execute(
     handles.buffered.sync_all().map_err(|e| Error::io("fsync of the target failed", e))?;
     let sync_s = t_sync.elapsed().as_secs_f64();
 
+    // Verify before the partition-table fix-ups: they rewrite GPT headers
+    // inside the image range on purpose.
+    let t_verify = Instant::now();
+    let verified = if plan.verify {
+        let want = written_blake3.clone().expect("verify hash requested");
+        verify_readback(plan, req, total, &want, &mut *on_progress, started)?;
+        true
+    } else {
+        false
+    };
+    let verify_s = t_verify.elapsed().as_secs_f64();
     let mut gpt_backup_moved = false;
     let mut partition_table_reread = None;
     if target.kind == TargetKind::BlockDevice {
@@ -222,15 +233,6 @@ pub fn execute(
         partition_table_reread = Some(reread_partitions(&handles.buffered));
     }
 
-    let t_verify = Instant::now();
-    let verified = if plan.verify {
-        let want = written_blake3.clone().expect("verify hash requested");
-        verify_readback(plan, req, total, &want, &mut *on_progress, started)?;
-        true
-    } else {
-        false
-    };
-    let verify_s = t_verify.elapsed().as_secs_f64();
     let total_s = started.elapsed().as_secs_f64();
     Ok(FlashSummary {
         source: plan.source.clone(),
@@ -250,7 +252,13 @@ pub fn execute(
     })
 }
 
-fn progress(phase: Phase, sh: &Shared, total: Option<u64>, source_total: Option<u64>, started: Instant) -> Progress {
+fn progress(
+    phase: Phase,
+    sh: &Shared,
+    total: Option<u64>,
+    source_total: Option<u64>,
+    started: Instant,
+) -> Progress {
     let elapsed = started.elapsed().as_secs_f64();
     let bytes = sh.decoded.load(Ordering::Relaxed);
     Progress {
@@ -343,7 +351,8 @@ fn decode_thread(
             let Source::File(p) = &req.source else {
                 return Err(Error::usage("qcow2 images are read from local files only"));
             };
-            let f = std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            let f =
+                std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             Box::new(crate::qcow2::Qcow2Reader::open(f)?)
         }
         f => format::decoder(f, input)?,
@@ -398,7 +407,10 @@ fn hash_local(source: &Source) -> Result<Digests> {
     let mut d = StreamDigests::new();
     let mut buf = vec![0u8; FETCH_CHUNK];
     loop {
-        let n = opened.reader.read(&mut buf).map_err(|e| Error::io(format!("cannot read {}", source.display()), e))?;
+        let n = opened
+            .reader
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", source.display()), e))?;
         if n == 0 {
             return Ok(d.finish());
         }
@@ -410,7 +422,7 @@ fn hash_local(source: &Source) -> Result<Digests> {
 /// busy disk keeps its old view until re-plugged, which is reported, not fatal.
 fn reread_partitions(f: &std::fs::File) -> bool {
     const BLKRRPART: libc::c_ulong = 0x125f; // _IO(0x12, 95)
-    // SAFETY: BLKRRPART takes no argument.
+                                             // SAFETY: BLKRRPART takes no argument.
     unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART as _) == 0 }
 }
 

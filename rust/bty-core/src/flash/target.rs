@@ -197,7 +197,13 @@ impl TargetInfo {
                 Ok(TargetHandles { direct, buffered, direct_io: true })
             }
             TargetKind::File => {
-                let f = OpenOptions::new().write(true).read(true).create(true).truncate(true).open(p).map_err(perm_hint)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .read(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(p)
+                    .map_err(perm_hint)?;
                 let buffered = f.try_clone().map_err(|e| Error::io("cannot duplicate target handle", e))?;
                 Ok(TargetHandles { direct: f, buffered, direct_io: false })
             }

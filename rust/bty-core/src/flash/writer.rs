@@ -91,7 +91,13 @@ struct BmapCursor {
 }
 
 impl Sink {
-    pub fn new(handles: TargetHandles, align: u64, zeros: ZeroPolicy, bmap: Option<&Bmap>, verify: bool) -> Self {
+    pub fn new(
+        handles: TargetHandles,
+        align: u64,
+        zeros: ZeroPolicy,
+        bmap: Option<&Bmap>,
+        verify: bool,
+    ) -> Self {
         let bmap = bmap.map(|b| BmapCursor {
             ranges: b
                 .ranges
@@ -118,11 +124,11 @@ impl Sink {
     /// Accept the image bytes at `offset` (chunks arrive in order, each
     /// starting where the previous ended).
     pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        if let Some(h) = self.verify_hash.as_mut() {
-            h.update(data);
-        }
         if self.bmap.is_some() {
             return self.put_mapped(offset, data);
+        }
+        if let Some(h) = self.verify_hash.as_mut() {
+            h.update(data);
         }
         self.put_region(offset, data)
     }
@@ -145,6 +151,10 @@ impl Sink {
             let upto = re.min(end);
             let slice = &data[(pos - offset) as usize..(upto - offset) as usize];
             cur.hasher.update(slice);
+            // Read-back covers mapped ranges only: unmapped ones keep old data.
+            if let Some(h) = self.verify_hash.as_mut() {
+                h.update(slice);
+            }
             let done = upto == re;
             self.write_at(pos, slice)?;
             pos = upto;
@@ -201,7 +211,10 @@ impl Sink {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let map = |e: io::Error| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                Error::io(format!("the target is full at byte {offset}: the image is larger than the target"), e)
+                Error::io(
+                    format!("the target is full at byte {offset}: the image is larger than the target"),
+                    e,
+                )
             } else {
                 Error::io(format!("write failed at byte {offset}"), e)
             }
@@ -214,7 +227,10 @@ impl Sink {
             if direct_ok {
                 self.handles.direct.write_all_at(&data[..aligned], offset).map_err(map)?;
                 if aligned < data.len() {
-                    self.handles.buffered.write_all_at(&data[aligned..], offset + aligned as u64).map_err(map)?;
+                    self.handles
+                        .buffered
+                        .write_all_at(&data[aligned..], offset + aligned as u64)
+                        .map_err(map)?;
                 }
             } else {
                 self.handles.buffered.write_all_at(data, offset).map_err(map)?;
@@ -225,7 +241,8 @@ impl Sink {
     }
 
     /// End of stream: check the block map was fully covered, fix the file
-    /// length, and return the handles plus the BLAKE3 of the image as written.
+    /// length, and return the handles plus the BLAKE3 of what was written
+    /// (the whole image, or only its mapped ranges with a block map).
     pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<String>, SinkStats)> {
         if let Some(cur) = &self.bmap {
             if cur.idx < cur.ranges.len() {
@@ -238,7 +255,10 @@ impl Sink {
         }
         if !self.handles.direct_io {
             // Trailing holes still count towards the file's length.
-            self.handles.buffered.set_len(total).map_err(|e| Error::io("cannot set target file length", e))?;
+            self.handles
+                .buffered
+                .set_len(total)
+                .map_err(|e| Error::io("cannot set target file length", e))?;
         }
         Ok((self.handles, self.verify_hash.map(|h| h.finalize().to_hex().to_string()), self.stats))
     }

@@ -51,7 +51,12 @@ pub fn write_file(path: &Path, data: &[u8]) {
 }
 
 pub fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Compress `raw` with the external tool for `ext`, returning the new path.
@@ -59,10 +64,23 @@ pub fn compress(raw: &Path, ext: &str) -> PathBuf {
     let out = PathBuf::from(format!("{}.{ext}", raw.display()));
     let status = match ext {
         "zst" => Command::new("zstd").args(["-q", "-f", "-3", "-o"]).arg(&out).arg(raw).status(),
-        "xz" => Command::new("sh").arg("-c").arg(format!("xz -T2 -c -1 '{}' > '{}'", raw.display(), out.display())).status(),
-        "gz" => Command::new("sh").arg("-c").arg(format!("gzip -c -1 '{}' > '{}'", raw.display(), out.display())).status(),
-        "bz2" => Command::new("sh").arg("-c").arg(format!("bzip2 -c -1 '{}' > '{}'", raw.display(), out.display())).status(),
-        "qcow2" => Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(raw).arg(&out).status(),
+        "xz" => Command::new("sh")
+            .arg("-c")
+            .arg(format!("xz -T2 -c -1 '{}' > '{}'", raw.display(), out.display()))
+            .status(),
+        "gz" => Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -c -1 '{}' > '{}'", raw.display(), out.display()))
+            .status(),
+        "bz2" => Command::new("sh")
+            .arg("-c")
+            .arg(format!("bzip2 -c -1 '{}' > '{}'", raw.display(), out.display()))
+            .status(),
+        "qcow2" => Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(raw)
+            .arg(&out)
+            .status(),
         _ => panic!("unknown ext {ext}"),
     }
     .unwrap_or_else(|e| panic!("cannot run compressor for {ext}: {e}"));
@@ -100,7 +118,9 @@ pub fn serve(body: Vec<u8>, cut_after: Option<usize>) -> (String, std::thread::J
                     let text = String::from_utf8_lossy(&req).to_string();
                     let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
                     if path.ends_with(".sha256") || path.ends_with(".bmap") {
-                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        let _ = s.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
                         continue;
                     }
                     let range = text
