@@ -46,13 +46,22 @@ while pos < size:
     pos = end
 os.close(fd)
 mapped = sum(b - a + 1 for a, b, _ in ranges)
-with open(path + ".bmap", "w") as out:
-    out.write('<?xml version="1.0" ?>\n<bmap version="2.0">\n')
-    out.write(f"    <ImageSize> {size} </ImageSize>\n    <BlockSize> {BS} </BlockSize>\n")
-    out.write(f"    <BlocksCount> {size // BS} </BlocksCount>\n    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n")
-    out.write("    <ChecksumType> sha256 </ChecksumType>\n    <BlockMap>\n")
-    for a, b, h in ranges:
-        span = f"{a}" if a == b else f"{a}-{b}"
-        out.write(f'        <Range chksum="{h}"> {span} </Range>\n')
-    out.write("    </BlockMap>\n</bmap>\n")
+def render(file_checksum):
+    rows = "".join(
+        f'        <Range chksum="{h}"> {a if a == b else f"{a}-{b}"} </Range>\n' for a, b, h in ranges
+    )
+    return (
+        '<?xml version="1.0" ?>\n<bmap version="2.0">\n'
+        f"    <ImageSize> {size} </ImageSize>\n    <BlockSize> {BS} </BlockSize>\n"
+        f"    <BlocksCount> {size // BS} </BlocksCount>\n    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n"
+        "    <ChecksumType> sha256 </ChecksumType>\n"
+        f"    <BmapFileChecksum> {file_checksum} </BmapFileChecksum>\n"
+        f"    <BlockMap>\n{rows}    </BlockMap>\n</bmap>\n"
+    )
+
+
+# bmaptool checks BmapFileChecksum: SHA-256 of the file with that field zeroed.
+digest = hashlib.sha256(render("0" * 64).encode()).hexdigest()
+with open(path + ".bmap", "w") as f:
+    f.write(render(digest))
 print(f"{path}: {size} bytes, {mapped * BS} mapped in {len(ranges)} ranges")

@@ -46,6 +46,9 @@ pub struct Plan {
     /// Bytes that land on the target, when knowable up front.
     pub virtual_size: Option<u64>,
     pub virtual_size_source: String,
+    /// False when `virtual_size` is a lower bound (the first of possibly
+    /// several zstd frames); the stream's own framing then proves completeness.
+    pub virtual_size_exact: bool,
     pub target: TargetInfo,
     pub expected: Expected,
     pub sidecar_sha256: Option<String>,
@@ -138,8 +141,8 @@ pub struct FlashSummary {
     pub format: ImageFormat,
     /// Digests of the published stream (what catalogs publish).
     pub published: Option<Digests>,
-    /// BLAKE3 of the image as written (the decompressed stream).
-    pub written_blake3: Option<String>,
+    /// XXH3-128 of what was written, compared by the read-back (`--verify`).
+    pub written_checksum: Option<String>,
     pub bytes_read: u64,
     pub image_bytes: u64,
     pub bytes_written: u64,
@@ -177,7 +180,20 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         }
     }
     let published_size = req.source.len()?;
-    let (virtual_size, virtual_size_source) = crate::inspect::virtual_size(&req.source, fmt, &head)?;
+    let (virtual_size, virtual_size_source, virtual_size_exact) = match fmt {
+        // Proving a zstd file is one frame means walking every block header,
+        // which on a cold cache reads the whole image before writing starts.
+        // The first frame's declared size is a lower bound; zstd itself checks
+        // each frame's size and completeness while decoding.
+        ImageFormat::Zstd => match zstd::zstd_safe::get_frame_content_size(&head) {
+            Ok(Some(n)) => (Some(n), "zstd frame header (at least)".to_string(), false),
+            _ => (None, "unknown: the first zstd frame does not record its size".to_string(), false),
+        },
+        _ => {
+            let (v, s) = crate::inspect::virtual_size(&req.source, fmt, &head)?;
+            (v, s, true)
+        }
+    };
     let target = TargetInfo::probe(&req.target)?;
     let mut notes = Vec::new();
     let mut problems = target.problems(virtual_size);
@@ -227,7 +243,7 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         ranges: b.ranges.len(),
     });
     if let (Some(b), Some(v)) = (&req.bmap, virtual_size) {
-        if b.image_size != v {
+        if b.image_size != v && (virtual_size_exact || b.image_size < v) {
             problems.push(format!(
                 "the block map describes a {}-byte image but this image is {v} bytes; use the .bmap made for this image",
                 b.image_size
@@ -254,6 +270,7 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         published_size,
         virtual_size,
         virtual_size_source,
+        virtual_size_exact,
         target,
         expected,
         sidecar_sha256,

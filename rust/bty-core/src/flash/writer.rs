@@ -79,7 +79,13 @@ pub struct Sink {
     align: usize,
     zeros: ZeroPolicy,
     bmap: Option<BmapCursor>,
-    verify_hash: Option<blake3::Hasher>,
+    /// Read-back checksum of what was written. XXH3-128 rather than a
+    /// cryptographic hash: it guards against failing media, not adversaries,
+    /// and runs at memory speed on both sides of the comparison.
+    /// Per-chunk checksums (chunk index, XXH3-128) so the read-back can
+    /// check chunks in parallel and in any order.
+    verify: Option<Vec<(u64, u128)>>,
+    chunk_hash: Option<xxhash_rust::xxh3::Xxh3>,
     pub stats: SinkStats,
 }
 
@@ -116,21 +122,32 @@ impl Sink {
             align: align.max(512) as usize,
             zeros,
             bmap,
-            verify_hash: verify.then(blake3::Hasher::new),
+            verify: verify.then(Vec::new),
+            chunk_hash: None,
             stats: SinkStats::default(),
         }
     }
 
     /// Accept the image bytes at `offset` (chunks arrive in order, each
     /// starting where the previous ended).
+    /// Chunks arrive in order, each [`CHUNK`] bytes at a multiple of
+    /// [`CHUNK`] (the last may be shorter).
     pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.verify.is_some() {
+            self.chunk_hash = Some(xxhash_rust::xxh3::Xxh3::new());
+        }
         if self.bmap.is_some() {
-            return self.put_mapped(offset, data);
+            self.put_mapped(offset, data)?;
+        } else {
+            if let Some(h) = self.chunk_hash.as_mut() {
+                h.update(data);
+            }
+            self.put_region(offset, data)?;
         }
-        if let Some(h) = self.verify_hash.as_mut() {
-            h.update(data);
+        if let (Some(v), Some(h)) = (self.verify.as_mut(), self.chunk_hash.take()) {
+            v.push((offset / CHUNK as u64, h.digest128()));
         }
-        self.put_region(offset, data)
+        Ok(())
     }
 
     fn put_mapped(&mut self, offset: u64, data: &[u8]) -> Result<()> {
@@ -152,7 +169,7 @@ impl Sink {
             let slice = &data[(pos - offset) as usize..(upto - offset) as usize];
             cur.hasher.update(slice);
             // Read-back covers mapped ranges only: unmapped ones keep old data.
-            if let Some(h) = self.verify_hash.as_mut() {
+            if let Some(h) = self.chunk_hash.as_mut() {
                 h.update(slice);
             }
             let done = upto == re;
@@ -241,9 +258,9 @@ impl Sink {
     }
 
     /// End of stream: check the block map was fully covered, fix the file
-    /// length, and return the handles plus the BLAKE3 of what was written
-    /// (the whole image, or only its mapped ranges with a block map).
-    pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<String>, SinkStats)> {
+    /// length, and return the handles plus the per-chunk checksums of what was
+    /// written (the whole image, or only its mapped ranges with a block map).
+    pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<Vec<(u64, u128)>>, SinkStats)> {
         if let Some(cur) = &self.bmap {
             if cur.idx < cur.ranges.len() {
                 return Err(Error::integrity(format!(
@@ -260,7 +277,7 @@ impl Sink {
                 .set_len(total)
                 .map_err(|e| Error::io("cannot set target file length", e))?;
         }
-        Ok((self.handles, self.verify_hash.map(|h| h.finalize().to_hex().to_string()), self.stats))
+        Ok((self.handles, self.verify, self.stats))
     }
 }
 
