@@ -16,15 +16,18 @@ fn fixture(dir: &Path, size: usize) -> (std::path::PathBuf, Vec<u8>) {
     (raw, data)
 }
 
+/// The raw image and its zstd, xz, gzip, bzip2 and qcow2 versions.
+fn every_format(raw: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = vec![raw.to_path_buf()];
+    all.extend(["zst", "xz", "gz", "bz2", "qcow2"].iter().map(|ext| compress(raw, ext)));
+    all
+}
+
 #[test]
 fn every_format_to_a_file_is_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, data) = fixture(dir.path(), 6 * MIB + 4096);
-    let mut sources = vec![raw.clone()];
-    for ext in ["zst", "xz", "gz", "bz2", "qcow2"] {
-        sources.push(compress(&raw, ext));
-    }
-    for src in sources {
+    for src in every_format(&raw) {
         let out = dir.path().join("out.img");
         let o = run(&["flash", src.to_str().unwrap(), out.to_str().unwrap(), "--yes", "--verify"]);
         assert_eq!(code(&o), 0, "{}: {}{}", src.display(), stdout(&o), stderr(&o));
@@ -59,14 +62,7 @@ fn zero_blocks_become_holes_in_file_targets() {
 fn digest_mismatch_is_an_integrity_failure_for_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, _) = fixture(dir.path(), 2 * MIB);
-    for src in [
-        raw.clone(),
-        compress(&raw, "zst"),
-        compress(&raw, "xz"),
-        compress(&raw, "gz"),
-        compress(&raw, "bz2"),
-        compress(&raw, "qcow2"),
-    ] {
+    for src in every_format(&raw) {
         let out = dir.path().join("out.img");
         let wrong = "ab".repeat(32);
         let o = run(&[
@@ -370,14 +366,7 @@ fn loop_device_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, data) = fixture(dir.path(), 4 * MIB);
     let Some(lo) = Loop::new(dir.path(), 8 * MIB as u64) else { return };
-    for src in [
-        raw.clone(),
-        compress(&raw, "zst"),
-        compress(&raw, "xz"),
-        compress(&raw, "gz"),
-        compress(&raw, "bz2"),
-        compress(&raw, "qcow2"),
-    ] {
+    for src in every_format(&raw) {
         let o = run(&["flash", src.to_str().unwrap(), &lo.dev, "--yes"]);
         assert_eq!(code(&o), 0, "{}: {}", src.display(), stderr(&o));
         let dev = std::fs::read(&lo.dev).unwrap();
