@@ -54,6 +54,9 @@ pub fn is_zero(block: &[u8]) -> bool {
     acc == 0 && words.remainder().iter().all(|&b| b == 0)
 }
 
+/// (chunk index, XXH3-128 of the bytes written in that chunk), in order.
+pub type ChunkSums = Vec<(u64, u128)>;
+
 /// How unwritten regions are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroPolicy {
@@ -84,7 +87,7 @@ pub struct Sink {
     /// and runs at memory speed on both sides of the comparison.
     /// Per-chunk checksums (chunk index, XXH3-128) so the read-back can
     /// check chunks in parallel and in any order.
-    verify: Option<Vec<(u64, u128)>>,
+    verify: Option<ChunkSums>,
     chunk_hash: Option<xxhash_rust::xxh3::Xxh3>,
     pub stats: SinkStats,
 }
@@ -260,7 +263,7 @@ impl Sink {
     /// End of stream: check the block map was fully covered, fix the file
     /// length, and return the handles plus the per-chunk checksums of what was
     /// written (the whole image, or only its mapped ranges with a block map).
-    pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<Vec<(u64, u128)>>, SinkStats)> {
+    pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<ChunkSums>, SinkStats)> {
         if let Some(cur) = &self.bmap {
             if cur.idx < cur.ranges.len() {
                 return Err(Error::integrity(format!(
