@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::{Phase, Progress};
 use super::target::TargetKind;
-use super::writer::{AlignedBuf, RangeChecker, Sink, ZeroPolicy, CHUNK};
+use super::writer::{AlignedBuf, Sink, ZeroPolicy, CHUNK};
 use super::{FlashRequest, FlashSummary, Plan, Timings};
 use crate::digest::{Digests, StreamDigests};
 use crate::error::{Error, ErrorKind, Result};
@@ -47,22 +47,6 @@ impl Shared {
     }
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-}
-
-/// Where the write thread hands a buffer once it is written.
-enum ReturnPath {
-    Pool(SyncSender<AlignedBuf>),
-    Checker(SyncSender<(u64, AlignedBuf)>),
-}
-
-impl ReturnPath {
-    fn send(&self, offset: u64, buf: AlignedBuf) {
-        // A closed channel means the pipeline is stopping; the error is recorded elsewhere.
-        let _ = match self {
-            ReturnPath::Pool(tx) => tx.send(buf).map_err(drop),
-            ReturnPath::Checker(tx) => tx.send((offset, buf)).map_err(drop),
-        };
     }
 }
 
@@ -121,12 +105,11 @@ pub fn execute(
     };
     let capacity = target.size_bytes;
 
-    let (published, total, sink, checker) = std::thread::scope(|s| {
+    let (published, total, sink) = std::thread::scope(|s| {
         let (pool_tx, pool_rx) = sync_channel::<AlignedBuf>(POOL);
         for _ in 0..POOL {
             pool_tx.send(AlignedBuf::new(CHUNK)).unwrap();
         }
-        let pool_tx = ReturnPath::Pool(pool_tx);
         let (chunk_tx, chunk_rx) = sync_channel::<(u64, AlignedBuf)>(POOL);
 
         let decoder_input: Box<dyn Read + Send>;
@@ -147,27 +130,6 @@ pub fn execute(
             r.map_err(|e| shared_d.fail(e)).ok()
         });
         let shared_w = &shared;
-        // With a block map, written buffers pass through the range checker
-        // before returning to the pool.
-        let (recycle_tx, checker) = match &req.bmap {
-            None => (pool_tx, None),
-            Some(b) => {
-                let (tx, rx) = sync_channel::<(u64, AlignedBuf)>(POOL);
-                let mut rc = RangeChecker::new(b);
-                let shared_c = &shared;
-                let checker = s.spawn(move || {
-                    for (offset, buf) in rx {
-                        if let Err(e) = rc.check(offset, buf.data()) {
-                            shared_c.fail(e);
-                            break;
-                        }
-                        pool_tx.send(offset, buf);
-                    }
-                    rc
-                });
-                (ReturnPath::Checker(tx), Some(checker))
-            }
-        };
         let write = s.spawn(move || {
             let mut sink = sink;
             for (offset, buf) in chunk_rx {
@@ -178,7 +140,7 @@ pub fn execute(
                     shared_w.fail(e);
                     break;
                 }
-                recycle_tx.send(offset, buf);
+                let _ = pool_tx.send(buf);
             }
             sink
         });
@@ -205,10 +167,9 @@ pub fn execute(
         }
         let total = decode.join().expect("decode thread panicked");
         let sink = write.join().expect("write thread panicked");
-        let checker = checker.map(|c| c.join().expect("range checker thread panicked"));
         let published = fetch.map(|f| f.join().expect("fetch thread panicked"));
         on_progress(&progress(Phase::Write, &shared, total_hint, plan.published_size, started));
-        (published.flatten(), total, sink, checker)
+        (published.flatten(), total, sink)
     });
 
     if let Some(e) = shared.first_error.lock().unwrap().take() {
@@ -240,9 +201,6 @@ pub fn execute(
                 b.image_size
             )));
         }
-    }
-    if let Some(c) = &checker {
-        c.finish(total)?;
     }
     let (handles, chunk_sums, stats) = sink.finish(total)?;
     let written_checksum = chunk_sums.as_ref().map(|sums| {

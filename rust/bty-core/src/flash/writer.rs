@@ -92,76 +92,11 @@ pub struct Sink {
     pub stats: SinkStats,
 }
 
-/// Byte ranges `[start, end)` a block map marks as mapped, with their SHA-256.
-fn mapped_ranges(b: &Bmap) -> Vec<(u64, u64, Option<String>)> {
-    b.ranges
-        .iter()
-        .map(|r| {
-            let start = r.first_block * b.block_size;
-            let end = ((r.last_block + 1) * b.block_size).min(b.image_size);
-            (start, end, r.sha256.clone())
-        })
-        .collect()
-}
-
 struct BmapCursor {
+    /// (start, end, expected sha256) in bytes, sorted.
     ranges: Vec<(u64, u64, Option<String>)>,
     idx: usize,
-}
-
-/// Checks each mapped range's SHA-256 as the image streams by. It runs on
-/// its own thread: hashing and writing are the two largest costs of a bmap
-/// flash, and neither should wait for the other.
-pub struct RangeChecker {
-    cursor: BmapCursor,
     hasher: sha2::Sha256,
-}
-
-impl RangeChecker {
-    pub fn new(b: &Bmap) -> Self {
-        RangeChecker { cursor: BmapCursor { ranges: mapped_ranges(b), idx: 0 }, hasher: sha2::Sha256::new() }
-    }
-
-    /// Feed the image bytes at `offset`, in stream order.
-    pub fn check(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset + data.len() as u64;
-        let mut pos = offset;
-        while let Some((rs, re, want)) = self.cursor.ranges.get(self.cursor.idx) {
-            if *rs >= end {
-                break;
-            }
-            let from = pos.max(*rs);
-            let upto = (*re).min(end);
-            self.hasher.update(&data[(from - offset) as usize..(upto - offset) as usize]);
-            if upto < *re {
-                break;
-            }
-            let got = hex::encode(std::mem::take(&mut self.hasher).finalize());
-            if let Some(want) = want {
-                if *want != got {
-                    return Err(Error::integrity(format!(
-                        "block map range {rs}-{re} has SHA-256 {got}, the .bmap says {want}; \
-                         the image and its block map do not match (or the image is corrupt)"
-                    )));
-                }
-            }
-            pos = upto;
-            self.cursor.idx += 1;
-        }
-        Ok(())
-    }
-
-    /// End of stream: every mapped range must have been seen.
-    pub fn finish(&self, total: u64) -> Result<()> {
-        if self.cursor.idx < self.cursor.ranges.len() {
-            return Err(Error::integrity(format!(
-                "the image ended at byte {total} but the block map has data up to byte {}; \
-                 the image is truncated or the .bmap belongs to another image",
-                self.cursor.ranges.last().map(|r| r.1).unwrap_or(0)
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Sink {
@@ -172,7 +107,19 @@ impl Sink {
         bmap: Option<&Bmap>,
         verify: bool,
     ) -> Self {
-        let bmap = bmap.map(|b| BmapCursor { ranges: mapped_ranges(b), idx: 0 });
+        let bmap = bmap.map(|b| BmapCursor {
+            ranges: b
+                .ranges
+                .iter()
+                .map(|r| {
+                    let start = r.first_block * b.block_size;
+                    let end = ((r.last_block + 1) * b.block_size).min(b.image_size);
+                    (start, end, r.sha256.clone())
+                })
+                .collect(),
+            idx: 0,
+            hasher: sha2::Sha256::new(),
+        });
         Sink {
             handles,
             align: align.max(512) as usize,
@@ -184,7 +131,9 @@ impl Sink {
         }
     }
 
-    /// Accept the image bytes at `offset`. Chunks arrive in order, each [`CHUNK`] bytes at a multiple of
+    /// Accept the image bytes at `offset` (chunks arrive in order, each
+    /// starting where the previous ended).
+    /// Chunks arrive in order, each [`CHUNK`] bytes at a multiple of
     /// [`CHUNK`] (the last may be shorter).
     pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         if self.verify.is_some() {
@@ -221,6 +170,7 @@ impl Sink {
             }
             let upto = re.min(end);
             let slice = &data[(pos - offset) as usize..(upto - offset) as usize];
+            cur.hasher.update(slice);
             // Read-back covers mapped ranges only: unmapped ones keep old data.
             if let Some(h) = self.chunk_hash.as_mut() {
                 h.update(slice);
@@ -229,7 +179,18 @@ impl Sink {
             self.write_at(pos, slice)?;
             pos = upto;
             if done {
-                self.bmap.as_mut().unwrap().idx += 1;
+                let cur = self.bmap.as_mut().unwrap();
+                let (rs, re, want) = cur.ranges[cur.idx].clone();
+                let got = hex::encode(std::mem::take(&mut cur.hasher).finalize());
+                if let Some(want) = want {
+                    if want != got {
+                        return Err(Error::integrity(format!(
+                            "block map range {rs}-{re} has SHA-256 {got}, the .bmap says {want}; \
+                             the image and its block map do not match (or the image is corrupt)"
+                        )));
+                    }
+                }
+                cur.idx += 1;
             }
         }
         Ok(())
@@ -299,9 +260,19 @@ impl Sink {
         Ok(())
     }
 
-    /// End of stream: fix the file length, and return the handles plus the per-chunk checksums of what was
+    /// End of stream: check the block map was fully covered, fix the file
+    /// length, and return the handles plus the per-chunk checksums of what was
     /// written (the whole image, or only its mapped ranges with a block map).
     pub fn finish(self, total: u64) -> Result<(TargetHandles, Option<ChunkSums>, SinkStats)> {
+        if let Some(cur) = &self.bmap {
+            if cur.idx < cur.ranges.len() {
+                return Err(Error::integrity(format!(
+                    "the image ended at byte {total} but the block map has data up to byte {}; \
+                     the image is truncated or the .bmap belongs to another image",
+                    cur.ranges.last().map(|r| r.1).unwrap_or(0)
+                )));
+            }
+        }
         if !self.handles.direct_io {
             // Trailing holes still count towards the file's length.
             self.handles
