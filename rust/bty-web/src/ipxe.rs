@@ -159,7 +159,7 @@ mod tests {
             "#!ipxe\n\
              # bty: aa:bb:cc:dd:ee:ff policy=flash offer=flash\n\
              echo bty: why\n\
-             kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=ttyS0,115200 console=tty0 \
+             kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 \
              bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff\n\
              initrd http://10.0.0.2:8080/boot/initrd.gz\n\
              boot\n"
@@ -170,7 +170,7 @@ mod tests {
             "#!ipxe\n\
              # bty: aa:bb:cc:dd:ee:ff policy=tui offer=interactive\n\
              echo bty: why\n\
-             kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=ttyS0,115200 console=tty0 \
+             kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 \
              bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff bty.mode=interactive \
              bty.squashfs=http://10.0.0.2:8080/boot/root.squashfs quiet loglevel=3\n\
              initrd http://10.0.0.2:8080/boot/initrd.gz\n\

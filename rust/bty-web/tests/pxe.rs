@@ -10,7 +10,7 @@ fn live(base: &str, mac: &str, policy: &str, offer: &str, reason: &str, interact
     let mode = if interactive { " bty.mode=interactive" } else { "" };
     format!(
         "#!ipxe\n# bty: {mac} policy={policy} offer={offer}\necho bty: {reason}\n\
-         kernel {base}/boot/vmlinuz initrd=initrd.gz console=ttyS0,115200 console=tty0 bty.server={base} bty.mac={mac}{mode}\n\
+         kernel {base}/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 bty.server={base} bty.mac={mac}{mode}\n\
          initrd {base}/boot/initrd.gz\nboot\n"
     )
 }
