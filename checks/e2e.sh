@@ -13,7 +13,8 @@ checks/deps.sh
 # The initramfs has no libc: the agent is linked statically (glibc, so no DNS: bty-web's
 # public URL is numeric in the tests).
 host=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
+# Stripped: a third of the size, and the initramfs is what iPXE downloads on every boot.
+CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
     cargo build --release --locked -q -p bty --target "$host"
 agent=target/static/$host/release/bty
 checks/live/build.sh checks/out/live-agent "$agent"
