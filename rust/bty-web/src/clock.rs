@@ -30,3 +30,17 @@ pub fn compact(t: OffsetDateTime) -> String {
 pub fn from_unix(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs).map(rfc3339).unwrap_or_else(|_| secs.to_string())
 }
+
+/// `2026-01-02T03-04-05Z`: RFC 3339 made safe for directory names; sorts as text.
+pub fn dir_stamp(t: OffsetDateTime) -> String {
+    t.format(format_description!("[year]-[month]-[day]T[hour]-[minute]-[second]Z"))
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// The inverse of [`dir_stamp`] (ignoring any `-N` suffix), as unix seconds.
+pub fn parse_dir_stamp(s: &str) -> Option<i64> {
+    let s = s.get(..20)?;
+    time::PrimitiveDateTime::parse(s, format_description!("[year]-[month]-[day]T[hour]-[minute]-[second]Z"))
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}

@@ -103,6 +103,13 @@ const KEYS: &[KeyDef] = &[
         help: "catalog.toml path or http(s) URL (default <state_dir>/catalog.toml)",
     },
     KeyDef {
+        section: "paths",
+        key: "backup_dir",
+        kind: Kind::OptText,
+        default: None,
+        help: "where backups go, one timestamped directory each (default <state_dir>/backups)",
+    },
+    KeyDef {
         section: "admin",
         key: "username",
         kind: Kind::Text,
@@ -172,6 +179,34 @@ const KEYS: &[KeyDef] = &[
         default: Some("10"),
         help: "login attempts allowed per source IP per minute (429 beyond)",
     },
+    KeyDef {
+        section: "tuning",
+        key: "backup_max_parallel",
+        kind: Kind::Int { min: 1, max: 16 },
+        default: Some("1"),
+        help: "backups allowed to run at once (more are refused until one ends)",
+    },
+    KeyDef {
+        section: "tuning",
+        key: "backup_tick_seconds",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: Some("60"),
+        help: "how often the backup scheduler checks whether a scheduled backup is due",
+    },
+    KeyDef {
+        section: "netboot",
+        key: "release_base_url",
+        kind: Kind::OptText,
+        default: None,
+        help: "http(s) URL of the live-environment releases: <base>/<tag>/SHA256SUMS and the files it lists",
+    },
+    KeyDef {
+        section: "netboot",
+        key: "tag",
+        kind: Kind::OptText,
+        default: None,
+        help: "release to fetch (default v<this bty-web's version>)",
+    },
 ];
 
 impl KeyDef {
@@ -236,6 +271,20 @@ pub struct PathsConfig {
     pub images_dir: PathBuf,
     /// A local path or an `http(s)://` URL.
     pub catalog: String,
+    pub backup_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TuningConfig {
+    pub backup_max_parallel: usize,
+    pub backup_tick_seconds: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetbootConfig {
+    /// Without a trailing slash.
+    pub release_base_url: Option<String>,
+    pub tag: String,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +325,8 @@ pub struct Config {
     pub boot: BootConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub tuning: TuningConfig,
+    pub netboot: NetbootConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     values: BTreeMap<String, (Value, Origin)>,
@@ -475,6 +526,9 @@ impl Config {
                     .unwrap_or_else(|| state_dir.join("images")),
                 catalog: text("paths.catalog")
                     .unwrap_or_else(|| state_dir.join("catalog.toml").to_string_lossy().into_owned()),
+                backup_dir: text("paths.backup_dir")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| state_dir.join("backups")),
                 state_dir,
             },
             admin: AdminConfig {
@@ -495,6 +549,15 @@ impl Config {
             auth: AuthConfig {
                 session_ttl_hours: int("auth.session_ttl_hours"),
                 login_attempts_per_minute: int("auth.login_attempts_per_minute") as u32,
+            },
+            tuning: TuningConfig {
+                backup_max_parallel: int("tuning.backup_max_parallel") as usize,
+                backup_tick_seconds: int("tuning.backup_tick_seconds"),
+            },
+            netboot: NetbootConfig {
+                release_base_url: text("netboot.release_base_url")
+                    .map(|u| u.trim_end_matches('/').to_string()),
+                tag: text("netboot.tag").unwrap_or_else(|| format!("v{}", env!("CARGO_PKG_VERSION"))),
             },
             file,
             values,
@@ -574,7 +637,7 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
         "server.host" if s.trim().is_empty() => {
             Err("must not be empty; use 0.0.0.0 for every address".into())
         }
-        "server.public_url" => {
+        "server.public_url" | "netboot.release_base_url" => {
             let lower = s.to_ascii_lowercase();
             let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
             match rest {

@@ -16,6 +16,8 @@ pub enum ApiError {
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
+    /// The request is fine but clashes with work in progress (409).
+    Conflict(String),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     Unprocessable {
@@ -60,6 +62,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, json!({ "error": m })),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "error": m })),
             ApiError::Unprocessable { field, reason } => (

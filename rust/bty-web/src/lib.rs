@@ -7,6 +7,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
+pub mod bundle;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -66,6 +68,7 @@ impl App {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot create directory");
             }
         }
+        let state_lock = backup::lock_state_dir(state_dir)?;
         let (db, reset) = db::Db::open(&state_dir.join("state.db"))?;
         if let Some(r) = &reset {
             let found = r.found_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
@@ -110,6 +113,8 @@ impl App {
             default_password: Arc::new(AtomicBool::new(default_password)),
             http,
             db,
+            backups: Arc::new(tokio::sync::Semaphore::new(config.tuning.backup_max_parallel)),
+            state_lock: Arc::new(state_lock),
             config: config.clone(),
             started,
         };
@@ -140,8 +145,15 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // The scheduler holds the state (and so the state directory's lock):
+        // it ends with the server.
+        let scheduler = tokio::spawn(handlers::backups::scheduler(self.state.clone()));
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed")
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed");
+        scheduler.abort();
+        let _ = scheduler.await;
+        served
     }
 }
 

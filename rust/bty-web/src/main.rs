@@ -29,6 +29,137 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Back up state.db (consistent while the server runs) into a new
+    /// timestamped directory under DEST (default: [paths] backup_dir).
+    Backup {
+        #[arg(value_name = "DEST")]
+        dest: Option<PathBuf>,
+    },
+    /// Put a backup (its directory, or a .db file) in place as state.db.
+    /// bty-web must be stopped. Checks the backup with PRAGMA integrity_check first.
+    Restore {
+        #[arg(value_name = "SRC")]
+        src: PathBuf,
+        /// Replace an existing state.db (which is kept as state.db.pre-restore.<time>.bak).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the portable bundle DEST/inventory.json (version 3: each machine's
+    /// MAC, hardware and known disks; no bindings, catalog or audit log).
+    Export {
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+    },
+    /// Import a bundle (inventory.json, or the directory holding it). New
+    /// machines get policy `inventory` and no binding; existing ones keep theirs.
+    Import {
+        #[arg(value_name = "SRC")]
+        src: PathBuf,
+    },
+}
+
+/// The offline subcommands work on the database directly, like the server
+/// would: same migrations, and an audit event for what they did.
+fn offline(config: &bty_web::config::Config, command: Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use bty_web::{audit, backup, bundle};
+    let state_db = config.paths.state_dir.join(backup::DB_FILE);
+    let record = |e: audit::NewEvent| -> anyhow::Result<()> {
+        let c = rusqlite::Connection::open(&state_db)?;
+        c.busy_timeout(std::time::Duration::from_secs(30))?;
+        audit::insert(&c, &e)?;
+        Ok(())
+    };
+    match command {
+        Command::Backup { dest } => {
+            if !state_db.is_file() {
+                anyhow::bail!("no database at {} (set BTY_PATHS_STATE_DIR)", state_db.display());
+            }
+            let dir = dest.unwrap_or_else(|| config.paths.backup_dir.clone());
+            match backup::create(&state_db, &dir) {
+                Ok(info) => {
+                    record(
+                        audit::NewEvent::new(
+                            "backup.created",
+                            audit::Actor::System,
+                            format!("backup {} (command line)", info.name),
+                        )
+                        .subject("backup", info.name.clone()),
+                    )?;
+                    println!("{}", dir.join(&info.name).display());
+                }
+                Err(e) => {
+                    let _ = record(
+                        audit::NewEvent::new(
+                            "backup.failed",
+                            audit::Actor::System,
+                            format!("backup failed: {e:#}"),
+                        )
+                        .subject("backup", dir.display().to_string()),
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        Command::Restore { src, force } => {
+            let r = backup::restore(&src, &config.paths.state_dir, force)?;
+            println!(
+                "restored {} ({} machines, schema {}) to {}",
+                r.restored_from.display(),
+                r.machines,
+                r.schema_version,
+                state_db.display()
+            );
+            if let Some(p) = r.previous_kept_as {
+                println!("the previous database is kept as {}", p.display());
+            }
+        }
+        Command::Export { dest } => {
+            let c =
+                rusqlite::Connection::open_with_flags(&state_db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .with_context(|| {
+                        format!("cannot open {} (set BTY_PATHS_STATE_DIR)", state_db.display())
+                    })?;
+            let b = bundle::export(&c)?;
+            let path = bundle::write(&b, &dest)?;
+            println!("exported {} machine(s) to {}", b.machines.len(), path.display());
+        }
+        Command::Import { src } => {
+            let b = bundle::read(&src)?;
+            let (db, _) = bty_web::db::Db::open(&state_db)?;
+            drop(db); // migrated; now import in one transaction of our own
+            let mut c = rusqlite::Connection::open(&state_db)?;
+            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            let tx = c.transaction()?;
+            let r = bundle::import(&tx, &b)?;
+            audit::insert(
+                &tx,
+                &audit::NewEvent::new(
+                    "machines.imported",
+                    audit::Actor::System,
+                    format!(
+                        "imported {}: {} new, {} updated, {} unchanged",
+                        src.display(),
+                        r.created,
+                        r.updated,
+                        r.unchanged
+                    ),
+                )
+                .subject("system", "import")
+                .details(serde_json::to_value(&r)?),
+            )?;
+            tx.commit()?;
+            println!(
+                "{} new, {} updated, {} unchanged (from {})",
+                r.created,
+                r.updated,
+                r.unchanged,
+                src.display()
+            );
+        }
+        Command::Serve | Command::ShowConfig { .. } => unreachable!("handled by main"),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -64,6 +195,16 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        c @ (Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Export { .. }
+        | Command::Import { .. }) => match offline(&config, c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bty-web: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::handlers::{auth, events, files, machines, pxe, system};
+use crate::handlers::{auth, backups, events, files, machines, pxe, system};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,12 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/machines/{mac}/flashes", Operator),
     route(Method::GET, "/events", Operator),
     route(Method::POST, "/events/{id}/ack", Operator),
+    route(Method::GET, "/backups", Operator),
+    route(Method::POST, "/backups", Operator),
+    route(Method::GET, "/backups/schedule", Operator),
+    route(Method::PUT, "/backups/schedule", Operator),
+    route(Method::GET, "/backups/{name}/{file}", Operator),
+    route(Method::DELETE, "/backups/{name}", Operator),
     route(Method::POST, "/auth/login", Open),
     route(Method::POST, "/auth/logout", Operator),
     route(Method::GET, "/auth/me", Operator),
@@ -101,6 +107,12 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/machines/{mac}/flashes") => get(machines::flashes),
         ("GET", "/events") => get(events::list),
         ("POST", "/events/{id}/ack") => post(events::ack),
+        ("GET", "/backups") => get(backups::list),
+        ("POST", "/backups") => post(backups::create),
+        ("GET", "/backups/schedule") => get(backups::schedule_get),
+        ("PUT", "/backups/schedule") => put(backups::schedule_put),
+        ("GET", "/backups/{name}/{file}") => get(backups::download),
+        ("DELETE", "/backups/{name}") => delete(backups::remove),
         ("POST", "/auth/login") => post(auth::login),
         ("POST", "/auth/logout") => post(auth::logout),
         ("GET", "/auth/me") => get(auth::me),

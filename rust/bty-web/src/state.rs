@@ -30,6 +30,10 @@ pub struct AppState {
     pub logins: Arc<LoginLimiter>,
     /// The admin still has the default password (shown by `/auth/me`, `/healthz`).
     pub default_password: Arc<AtomicBool>,
+    /// Permits for backups running at once (`[tuning] backup_max_parallel`).
+    pub backups: Arc<tokio::sync::Semaphore>,
+    /// Held for the server's lifetime: one bty-web per state directory.
+    pub state_lock: Arc<crate::backup::StateLock>,
     pub started: Instant,
 }
 

@@ -2,6 +2,7 @@
 //! domain module, shape the response.
 
 pub mod auth;
+pub mod backups;
 pub mod events;
 pub mod files;
 pub mod machines;
