@@ -42,10 +42,7 @@ in
 
   config = lib.mkIf cfg.enable {
     # `bty flash` from the console is the way out when the agent fails; the agent says so.
-    programs.bty = {
-      enable = true;
-      inherit (cfg) package;
-    };
+    environment.systemPackages = [ cfg.package ];
 
     systemd.services.bty-flash-on-boot = {
       description = "bty: flash this machine as its provisioning server says";
