@@ -39,8 +39,11 @@ let
       "http://\${next-server}:${toString port}/pxe-bootstrap.ipxe";
 
   ipxe = cfg.tftp.ipxePackage.override {
+    # The user class marks requests from this binary, so ProxyDHCP offers it only to
+    # firmware (and to other iPXE builds, such as QEMU's NIC ROMs), never to itself again.
     embedScript = pkgs.writeText "bty-chain.ipxe" ''
       #!ipxe
+      set user-class bty
       dhcp || goto retry
       chain ${bootstrapUrl} || goto retry
       :retry
@@ -264,7 +267,8 @@ in
           }
         ];
 
-        # The CLI (show-config, backup, restore) then sees the same configuration as the service.
+        # The CLI (show-config, backup, restore) is on PATH and sees the service's configuration.
+        environment.systemPackages = [ cfg.package ];
         environment.etc."bty/bty.toml".source = configFile;
         environment.sessionVariables.BTY_CONFIG_FILE = "/etc/bty/bty.toml";
 
@@ -382,14 +386,14 @@ in
           }
           // lib.optionalAttrs cfg.proxyDhcp.enable {
             dhcp-range = "${cfg.proxyDhcp.subnet},proxy";
-            # Machines already running our iPXE (user class "iPXE") are left to its embedded
-            # script; only firmware PXE gets the boot offer, so there is no chain loop.
-            dhcp-userclass = "set:ipxe,iPXE";
+            # Machines already running our iPXE (user class "bty", set by its embedded script)
+            # are left to that script: no boot offer, so no chain loop.
+            dhcp-userclass = "set:bty,bty";
             pxe-prompt = "\"bty\",0";
             pxe-service = [
-              "tag:!ipxe,x86PC,\"bty (BIOS)\",undionly.kpxe"
-              "tag:!ipxe,X86-64_EFI,\"bty (UEFI)\",ipxe.efi"
-              "tag:!ipxe,BC_EFI,\"bty (UEFI)\",ipxe.efi"
+              "tag:!bty,x86PC,\"bty (BIOS)\",undionly.kpxe"
+              "tag:!bty,X86-64_EFI,\"bty (UEFI)\",ipxe.efi"
+              "tag:!bty,BC_EFI,\"bty (UEFI)\",ipxe.efi"
             ];
           };
         };
