@@ -156,7 +156,7 @@
               bzip2
               sqlite
               # The Nix side: formatting and the module evaluation script.
-              nixfmt-rfc-style
+              nixfmt
             ];
           };
         }
@@ -181,6 +181,6 @@
         )
       );
 
-      formatter = forAllSystems (_system: pkgs: pkgs.nixfmt-rfc-style);
+      formatter = forAllSystems (_system: pkgs: pkgs.nixfmt);
     };
 }

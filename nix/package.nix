@@ -5,18 +5,24 @@
   lib,
   craneLib,
   pkg-config,
+  zstd,
+  gptfdisk,
+  e2fsprogs,
+  util-linux,
+  procps,
 }:
 
 let
   root = ../.;
 
-  # Only what cargo needs: Rust sources, Cargo.{toml,lock}, and the files bty-web embeds with
+  # Only what cargo needs: Rust sources, Cargo.{toml,lock}, rustfmt.toml, and the files bty-web embeds with
   # include_str!/include_bytes! (iPXE templates, SQL migrations). Changing a Nix file, the README
   # or the VM suite does not rebuild the binaries.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.unions [
       (craneLib.fileset.commonCargoSources root)
+      (root + "/rustfmt.toml")
       (root + "/rust/bty-web/templates")
       (root + "/rust/bty-web/migrations")
     ];
@@ -68,6 +74,15 @@ in
     // {
       inherit cargoArtifacts;
       cargoTestExtraArgs = "--workspace -- --test-threads=2";
+      # The tests make their fixture images with the compressors (gzip, xz, bzip2 and tar
+      # come with stdenv) and check partition tables with sgdisk.
+      nativeCheckInputs = [
+        zstd
+        gptfdisk
+        e2fsprogs
+        util-linux
+        procps
+      ];
     }
   );
 
