@@ -11,5 +11,7 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads=2
+echo "== Nix: every .nix file parses (checks/nix-eval.sh; set NIXPKGS=... to also evaluate the modules)"
+checks/nix-eval.sh
 echo "== end-to-end VM suite (checks/e2e.sh: real QEMU, iPXE, bty-web and bty agent)"
 checks/e2e.sh

@@ -1,0 +1,207 @@
+# Evaluates nixos-modules/*.nix with nixpkgs' lib and the stubs beside this file, and checks
+# what the modules produce for a few configurations. Run by checks/nix-eval.sh:
+#   nix-instantiate --eval --strict --json checks/nix/eval-modules.nix --arg nixpkgsLib PATH
+# The result is a list of { name; ok; detail; } (ok = false never aborts the others).
+{ nixpkgsLib }:
+
+let
+  lib = import nixpkgsLib;
+  stubs = import ./stubs.nix { inherit lib; };
+  modules = ../../nixos-modules;
+
+  eval =
+    config:
+    (lib.evalModules {
+      modules = [
+        stubs.module
+        (modules + "/bty-web.nix")
+        (modules + "/bty-live.nix")
+        (modules + "/bty-usb.nix")
+        (modules + "/appliance.nix")
+        config
+      ];
+      specialArgs = {
+        inherit (stubs) pkgs;
+        modulesPath = "/stub/nixos/modules";
+      };
+    }).config;
+
+  failedAssertions = c: map (a: a.message) (lib.filter (a: !a.assertion) c.assertions);
+
+  # Forces the whole configuration, so type errors anywhere in it surface here.
+  evaluates = c: (builtins.tryEval (builtins.deepSeq (builtins.toJSON (lib.filterAttrs (n: _: n != "_module") c)) true)).success;
+
+  check = name: ok: detail: { inherit name ok detail; };
+
+  web = eval { services.bty-web.enable = true; };
+  webUnit = web.systemd.services.bty-web;
+
+  web80 = eval {
+    services.bty-web = {
+      enable = true;
+      openFirewall = true;
+      adminPasswordFile = "/run/secrets/bty";
+      settings.server.port = 80;
+      settings.server.public_url = "http://10.0.0.1";
+      settings.limits.max_upload_bytes = 1024 * 1024 * 1024;
+      proxyDhcp = {
+        enable = true;
+        subnet = "10.0.0.0";
+      };
+      tftp.enable = true;
+    };
+  };
+  web80Unit = web80.systemd.services.bty-web;
+
+  live = eval { services.bty-live.enable = true; };
+  usb = eval { services.bty-usb.enable = true; };
+  appliance = eval { services.bty-appliance.enable = true; };
+
+  rendered = c: lib.filterAttrsRecursive (_: v: v != null) c.services.bty-web.settings;
+in
+[
+  (check "bty-web: default configuration evaluates, no failed assertion" (
+    evaluates web && failedAssertions web == [ ]
+  ) (failedAssertions web))
+  (check "bty-web: bty.toml gets server.port 8080, paths.state_dir /var/lib/bty, no null keys"
+    (
+      let
+        r = rendered web;
+      in
+      r.server.port == 8080 && r.paths.state_dir == "/var/lib/bty" && !(r.server ? public_url)
+    )
+    (rendered web)
+  )
+  (check "bty-web: StateDirectory=bty, dedicated user, no capability on port 8080" (
+    webUnit.serviceConfig.StateDirectory == "bty"
+    && webUnit.serviceConfig.User == "bty-web"
+    && webUnit.serviceConfig.CapabilityBoundingSet == [ ]
+    && webUnit.serviceConfig.AmbientCapabilities == [ ]
+    && web.users.users ? bty-web
+  ) webUnit.serviceConfig)
+  (check "bty-web: hardened (ProtectSystem=strict, NoNewPrivileges, syscall filter, no DNS/TFTP unless asked)" (
+    webUnit.serviceConfig.ProtectSystem == "strict"
+    && webUnit.serviceConfig.NoNewPrivileges
+    && lib.elem "@system-service" webUnit.serviceConfig.SystemCallFilter
+    && !(web.services.dnsmasq.enable or false)
+  ) null)
+  (check "bty-web: the CLI sees the service's bty.toml (/etc/bty/bty.toml, BTY_CONFIG_FILE)" (
+    web.environment.etc ? "bty/bty.toml"
+    && web.environment.sessionVariables.BTY_CONFIG_FILE == "/etc/bty/bty.toml"
+  ) null)
+  (check "bty-web: port 80 gets CAP_NET_BIND_SERVICE and nothing else" (
+    web80Unit.serviceConfig.CapabilityBoundingSet == [ "CAP_NET_BIND_SERVICE" ]
+    && web80Unit.serviceConfig.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ]
+  ) web80Unit.serviceConfig.CapabilityBoundingSet)
+  (check "bty-web: adminPasswordFile is a systemd credential, not a setting" (
+    web80Unit.serviceConfig.LoadCredential == [ "admin-password:/run/secrets/bty" ]
+    && !((rendered web80) ? admin)
+  ) web80Unit.serviceConfig.LoadCredential)
+  (check "bty-web: freeform settings pass through (limits.max_upload_bytes)" (
+    (rendered web80).limits.max_upload_bytes == 1073741824
+  ) (rendered web80).limits)
+  (check "bty-web: ProxyDHCP + TFTP via dnsmasq, DNS off, proxy range on the subnet" (
+    web80.services.dnsmasq.enable
+    && web80.services.dnsmasq.settings.port == 0
+    && web80.services.dnsmasq.settings.dhcp-range == "10.0.0.0,proxy"
+    && web80.services.dnsmasq.settings.enable-tftp
+  ) web80.services.dnsmasq.settings)
+  (check "bty-web: openFirewall opens 80/tcp and 67, 69, 4011/udp" (
+    lib.elem 80 (lib.flatten web80.networking.firewall.allowedTCPPorts)
+    && lib.all (p: lib.elem p (lib.flatten web80.networking.firewall.allowedUDPPorts)) [
+      67
+      69
+      4011
+    ]
+  ) web80.networking.firewall)
+  (check "bty-web: settings.admin.password is refused (it would be world-readable in the store)" (
+    failedAssertions (eval {
+      services.bty-web = {
+        enable = true;
+        settings.admin.password = "secret";
+      };
+    }) != [ ]
+  ) null)
+  (check "bty-web: ProxyDHCP without a subnet is refused" (
+    failedAssertions (eval {
+      services.bty-web = {
+        enable = true;
+        proxyDhcp.enable = true;
+      };
+    }) != [ ]
+  ) null)
+  (check "bty-web: a stateDir outside /var/lib is a type error" (
+    !(evaluates (eval {
+      services.bty-web = {
+        enable = true;
+        stateDir = "/srv/bty";
+      };
+    }))
+  ) null)
+  (check "bty-web: settings.server.port must be a port" (
+    !(evaluates (eval {
+      services.bty-web = {
+        enable = true;
+        settings.server.port = 70000;
+      };
+    }))
+  ) null)
+  (check "bty-web: liveEnvironment sets boot.initrd and extra_kernel_args from passthru.kernelParams" (
+    let
+      c = eval {
+        services.bty-web = {
+          enable = true;
+          liveEnvironment = stubs.fakeDrv "live" // {
+            kernelParams = [
+              "init=/nix/store/x/init"
+              "loglevel=4"
+            ];
+          };
+        };
+      };
+    in
+    c.services.bty-web.settings.boot.initrd == "initrd"
+    && c.services.bty-web.settings.boot.extra_kernel_args == "init=/nix/store/x/init loglevel=4"
+    && lib.hasInfix "ln -sfn" c.systemd.services.bty-web.preStart
+  ) null)
+  (check "bty-live: flash-on-boot unless bty.mode=interactive, TUI on tty1 only then" (
+    let
+      f = live.systemd.services.bty-flash-on-boot;
+      t = live.systemd.services.bty-tui-on-tty1;
+    in
+    evaluates live
+    && lib.elem "!bty.mode=interactive" f.unitConfig.ConditionKernelCommandLine
+    && lib.elem "bty.server" f.unitConfig.ConditionKernelCommandLine
+    && lib.elem "bty.mode=interactive" t.unitConfig.ConditionKernelCommandLine
+    && t.serviceConfig.TTYPath == "/dev/tty1"
+    && lib.elem "getty@tty1.service" t.conflicts
+  ) null)
+  (check "bty-usb: BTY_IMAGES (exFAT) at /var/lib/bty/images, root autologin on tty1 only" (
+    let
+      fs = usb.fileSystems."/var/lib/bty/images";
+    in
+    evaluates usb
+    && fs.fsType == "exfat"
+    && fs.device == "/dev/disk/by-label/BTY_IMAGES"
+    && lib.elem "nofail" fs.options
+    && lib.hasInfix "--autologin root" (lib.last usb.systemd.services."getty@tty1".serviceConfig.ExecStart)
+    && !(usb.services.getty ? autologinUser)
+  ) null)
+  (check "appliance: users bty and odus, odus with passwordless sudo, SSH, bty-web with TFTP" (
+    evaluates appliance
+    && failedAssertions appliance == [ ]
+    && appliance.users.users.bty.isNormalUser
+    && lib.elem "wheel" appliance.users.users.odus.extraGroups
+    && (lib.head appliance.security.sudo.extraRules).users == [ "odus" ]
+    && appliance.services.openssh.enable
+    && appliance.services.bty-web.enable
+    && appliance.services.dnsmasq.enable
+    && appliance.systemd.services ? bty-appliance-first-boot
+  ) null)
+  (check "modules that are not enabled add nothing" (
+    let
+      c = eval { };
+    in
+    c.systemd.services == { } && c.fileSystems == { } && c.environment.systemPackages == [ ]
+  ) null)
+]

@@ -1,0 +1,111 @@
+# The network-booted live environment's two entry points. bty-web puts
+# `bty.server=URL bty.mac=MAC` on the kernel command line, plus `bty.mode=interactive` when the
+# machine's policy is `tui`; exactly one of these units runs, chosen by that word.
+#
+#   bty-flash-on-boot.service  `bty agent`: inventory, plan, flash/verify, report, reboot
+#   bty-tui-on-tty1.service    `bty-tui` on tty1 in place of the login prompt
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.bty-live;
+
+  # bty-tui takes --server/--mac; the kernel command line is where bty-web put them.
+  tuiStart = pkgs.writeShellScript "bty-tui-on-tty1" ''
+    set -u
+    server="" mac=""
+    for word in $(cat /proc/cmdline); do
+      case "$word" in
+        bty.server=*) server="''${word#*=}" ;;
+        bty.mac=*) mac="''${word#*=}" ;;
+      esac
+    done
+    exec ${lib.getExe' cfg.package "bty-tui"} --server "$server" --mac "$mac"
+  '';
+in
+{
+  imports = [ ./bty-program.nix ];
+
+  options.services.bty-live = {
+    enable = lib.mkEnableOption "the bty live environment's flash-on-boot and TUI units";
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = config.programs.bty.package;
+      defaultText = lib.literalExpression "config.programs.bty.package";
+      description = "The bty package providing `bty` (the agent) and `bty-tui`.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    # `bty flash` from the console is the way out when the agent fails; the agent says so.
+    environment.systemPackages = [ cfg.package ];
+
+    systemd.services.bty-flash-on-boot = {
+      description = "bty: flash this machine as its provisioning server says";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # Several conditions must all hold: a server and MAC to ask, and not the TUI path.
+      unitConfig.ConditionKernelCommandLine = [
+        "bty.server"
+        "bty.mac"
+        "!bty.mode=interactive"
+      ];
+      # A failed agent must not reboot: the machine would PXE-boot into the same failure in a
+      # loop. It stays at the console with the reason printed, and the server has it too.
+      # A successful agent reboots (or powers off with bty.poweroff=1) by itself, after
+      # syncing: its `bty: ...; rebooting` marker is the last thing on the serial console, and
+      # nothing in this RAM-backed system needs an orderly shutdown.
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe' cfg.package "bty"} agent";
+        StandardOutput = "journal+console";
+        StandardError = "journal+console";
+        # A flash of a large image takes as long as it takes.
+        TimeoutStartSec = "infinity";
+      };
+    };
+
+    # The same shape as nixpkgs' display managers on a VT (greetd): after the getty so it
+    # replaces it, conflicting with it so the getty is stopped, never respawned on tty1.
+    systemd.services.bty-tui-on-tty1 = {
+      description = "bty: the interactive flasher on tty1";
+      wantedBy = [ "multi-user.target" ];
+      wants = [
+        "network-online.target"
+        "systemd-user-sessions.service"
+      ];
+      after = [
+        "network-online.target"
+        "systemd-user-sessions.service"
+        "getty@tty1.service"
+      ];
+      conflicts = [ "getty@tty1.service" ];
+      unitConfig.ConditionKernelCommandLine = [
+        "bty.server"
+        "bty.mac"
+        "bty.mode=interactive"
+      ];
+      restartIfChanged = false;
+      serviceConfig = {
+        Type = "idle";
+        ExecStart = tuiStart;
+        StandardInput = "tty";
+        StandardOutput = "tty";
+        StandardError = "journal";
+        TTYPath = "/dev/tty1";
+        TTYReset = true;
+        TTYVHangup = true;
+        TTYVTDisallocate = true;
+        UtmpIdentifier = "tty1";
+        # Quitting the TUI brings it back, as a getty would; other VTs have shells.
+        Restart = "always";
+        RestartSec = 1;
+      };
+    };
+  };
+}

@@ -1,0 +1,403 @@
+# services.bty-web: the provisioning server on an existing NixOS host or an appliance.
+#
+# bty-web reads one bty.toml (`--config`); `settings` is rendered to it with pkgs.formats.toml,
+# in the nixpkgs settings style (RFC 42): any key bty-web knows can be set, the ones this module
+# relies on are declared. The admin password never goes through the Nix store: it comes from
+# `adminPasswordFile` as a systemd credential.
+#
+# TFTP and ProxyDHCP are served by dnsmasq for now (bty-web will serve them itself, PRODUCT §6):
+# TFTP hands PXE firmware an iPXE binary whose embedded script chains to bty-web's
+# /pxe-bootstrap.ipxe; ProxyDHCP adds the PXE boot offer to the LAN's DHCP without assigning
+# addresses, so the LAN's own DHCP server stays as it is.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.bty-web;
+  settingsFormat = pkgs.formats.toml { };
+
+  # TOML has no null: unset optional keys are left out, and bty-web applies its own default.
+  configFile = settingsFormat.generate "bty.toml" (
+    lib.filterAttrsRecursive (_: v: v != null) cfg.settings
+  );
+
+  bootDir = if cfg.settings.paths.boot_dir != null then cfg.settings.paths.boot_dir else "${cfg.stateDir}/boot";
+
+  port = cfg.settings.server.port;
+
+  # The script the iPXE binaries served over TFTP run: get an address, then hand over to
+  # bty-web, which answers per MAC. Without a public_url the TFTP server's own address
+  # (next-server) is used: TFTP and bty-web run on the same host.
+  bootstrapUrl =
+    if cfg.settings.server.public_url != null then
+      "${lib.removeSuffix "/" cfg.settings.server.public_url}/pxe-bootstrap.ipxe"
+    else
+      "http://\${next-server}:${toString port}/pxe-bootstrap.ipxe";
+
+  ipxe = cfg.tftp.ipxePackage.override {
+    # The user class marks requests from this binary, so ProxyDHCP offers it only to
+    # firmware (and to other iPXE builds, such as QEMU's NIC ROMs), never to itself again.
+    embedScript = pkgs.writeText "bty-chain.ipxe" ''
+      #!ipxe
+      set user-class bty
+      dhcp || goto retry
+      chain ${bootstrapUrl} || goto retry
+      :retry
+      echo bty: cannot reach ${bootstrapUrl}; retrying in 10 s
+      sleep 10
+      dhcp
+      chain ${bootstrapUrl}
+    '';
+  };
+
+  # PXE clients ask for BASENAME.0 when the ProxyDHCP offer names BASENAME (the "layer"
+  # suffix), others for the name as given: both exist.
+  tftpRoot = pkgs.runCommand "bty-tftp-root" { } ''
+    mkdir -p $out
+    for f in undionly.kpxe ipxe.efi; do
+      cp ${ipxe}/$f $out/$f
+      ln -s $f $out/$f.0
+    done
+  '';
+
+  # Reads the admin password from the systemd credential, when there is one, into the
+  # BTY_ADMIN_PASSWORD override bty-web already knows; the value never appears on a command
+  # line or in the unit.
+  start = pkgs.writeShellScript "bty-web-start" ''
+    set -eu
+    if [ -n "''${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$CREDENTIALS_DIRECTORY/admin-password" ]; then
+      BTY_ADMIN_PASSWORD="$(cat "$CREDENTIALS_DIRECTORY/admin-password")"
+      export BTY_ADMIN_PASSWORD
+    fi
+    exec ${lib.getExe' cfg.package "bty-web"} --config ${configFile} serve
+  '';
+
+  live = cfg.liveEnvironment;
+in
+{
+  imports = [ ./bty-program.nix ];
+
+  options.services.bty-web = {
+    enable = lib.mkEnableOption "bty-web, the bty provisioning server (HTTP API, iPXE, machine registry)";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = config.programs.bty.package;
+      defaultText = lib.literalExpression "config.programs.bty.package";
+      description = "The bty package whose `bty-web` binary is run.";
+    };
+
+    stateDir = lib.mkOption {
+      type = lib.types.strMatching "/var/lib/[^/].*";
+      default = "/var/lib/bty";
+      description = ''
+        bty-web's state directory (`paths.state_dir`): state.db, boot/, images/, catalog.toml,
+        backups/. It must be under /var/lib: systemd creates it (StateDirectory=) owned by
+        the service's user.
+      '';
+    };
+
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = "bty-web";
+      description = "User bty-web runs as; created when left at the default.";
+    };
+
+    group = lib.mkOption {
+      type = lib.types.str;
+      default = "bty-web";
+      description = ''
+        Group of the state directory. Members (e.g. the appliance's operator) can read it;
+        with `imagesGroupWritable` they can also add images.
+      '';
+    };
+
+    imagesGroupWritable = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Let members of `group` write to the images directory (`<stateDir>/images`).";
+    };
+
+    adminPasswordFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.externalPath;
+      default = null;
+      example = "/run/secrets/bty-admin-password";
+      description = ''
+        File holding the operator password (`admin.password`), read at each start through
+        a systemd credential; it replaces the stored password. Outside the Nix store, which
+        is world-readable. When null, the password stored in state.db is kept (on first
+        start: bty-web's default, `bty`).
+      '';
+    };
+
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Open the HTTP port, and the TFTP and ProxyDHCP ports when those are enabled.";
+    };
+
+    tftp = {
+      enable = lib.mkEnableOption "a TFTP server (dnsmasq) handing PXE firmware an iPXE binary chained to bty-web";
+      ipxePackage = lib.mkPackageOption pkgs "ipxe" { };
+    };
+
+    proxyDhcp = {
+      enable = lib.mkEnableOption ''
+        ProxyDHCP (dnsmasq): PXE boot offers alongside the LAN's own DHCP server, which keeps
+        assigning addresses. Implies `tftp.enable`'';
+      subnet = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "192.168.1.0";
+        description = "Network address of the LAN to answer PXE clients on (dnsmasq `dhcp-range=SUBNET,proxy`).";
+      };
+      interfaces = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        example = [ "eth0" ];
+        description = "Interfaces dnsmasq answers on (all but loopback when empty).";
+      };
+    };
+
+    liveEnvironment = lib.mkOption {
+      type = lib.types.nullOr lib.types.package;
+      default = null;
+      example = lib.literalExpression "bty.packages.x86_64-linux.live-x86";
+      description = ''
+        The network-booted live environment (a directory with `vmlinuz` and `initrd`, and
+        `passthru.kernelParams`), e.g. this flake's `live-x86`. Its files are linked into the
+        boot directory at each start and its kernel parameters become
+        `boot.extra_kernel_args`. When null, upload them with `PUT /boot/NAME`.
+      '';
+    };
+
+    settings = lib.mkOption {
+      default = { };
+      description = ''
+        bty.toml, rendered with pkgs.formats.toml. See `bty-web show-config` for every key.
+        Keys left null are not written, so bty-web's own default applies.
+        `admin.password` does not belong here (the store is world-readable): use
+        `adminPasswordFile`.
+      '';
+      type = lib.types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          server = lib.mkOption {
+            default = { };
+            type = lib.types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                host = lib.mkOption {
+                  type = lib.types.str;
+                  default = "0.0.0.0";
+                  description = "Address to listen on.";
+                };
+                port = lib.mkOption {
+                  type = lib.types.port;
+                  default = 8080;
+                  description = "HTTP port (below 1024 the unit gets CAP_NET_BIND_SERVICE, nothing else).";
+                };
+                public_url = lib.mkOption {
+                  type = lib.types.nullOr lib.types.str;
+                  default = null;
+                  example = "http://192.168.1.10:8080";
+                  description = "URL machines use to reach the server (default: each request's Host header).";
+                };
+              };
+            };
+          };
+          paths = lib.mkOption {
+            default = { };
+            type = lib.types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                state_dir = lib.mkOption {
+                  type = lib.types.str;
+                  default = cfg.stateDir;
+                  defaultText = lib.literalExpression "config.services.bty-web.stateDir";
+                  readOnly = true;
+                  description = "Set through `stateDir`, which also names the systemd StateDirectory.";
+                };
+                boot_dir = lib.mkOption {
+                  type = lib.types.nullOr lib.types.str;
+                  default = null;
+                  description = "Live environment files and iPXE binaries (default `<stateDir>/boot`).";
+                };
+              };
+            };
+          };
+          boot = lib.mkOption {
+            default = { };
+            type = lib.types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                kernel = lib.mkOption {
+                  type = lib.types.str;
+                  default = "vmlinuz";
+                  description = "Live kernel's file name in the boot directory.";
+                };
+                initrd = lib.mkOption {
+                  type = lib.types.str;
+                  default = "initrd.gz";
+                  description = "Live initrd's file name in the boot directory.";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = !(cfg.settings ? admin && cfg.settings.admin ? password);
+            message = "services.bty-web.settings.admin.password would be world-readable in the Nix store; use services.bty-web.adminPasswordFile.";
+          }
+          {
+            assertion = cfg.proxyDhcp.enable -> cfg.proxyDhcp.subnet != null;
+            message = "services.bty-web.proxyDhcp.subnet must name the LAN (e.g. \"192.168.1.0\") for ProxyDHCP.";
+          }
+        ];
+
+        # The CLI (show-config, backup, restore) is on PATH and sees the service's configuration.
+        environment.systemPackages = [ cfg.package ];
+        environment.etc."bty/bty.toml".source = configFile;
+        environment.sessionVariables.BTY_CONFIG_FILE = "/etc/bty/bty.toml";
+
+        users.users = lib.mkIf (cfg.user == "bty-web") {
+          bty-web = {
+            isSystemUser = true;
+            inherit (cfg) group;
+            home = cfg.stateDir;
+            description = "bty provisioning server";
+          };
+        };
+        users.groups = lib.mkIf (cfg.group == "bty-web") { bty-web = { }; };
+
+        systemd.services.bty-web = {
+          description = "bty provisioning server";
+          documentation = [ "https://example.invalid/bty" ];
+          wantedBy = [ "multi-user.target" ];
+          wants = [ "network-online.target" ];
+          after = [ "network-online.target" ];
+          restartTriggers = [ configFile ];
+
+          # Boot files from the Nix store are linked, not copied: they change with the system
+          # and take no space; an operator's PUT /boot/NAME replaces a link with a file.
+          preStart = lib.optionalString (live != null) ''
+            mkdir -p ${lib.escapeShellArg bootDir}
+            ln -sfn ${live}/vmlinuz ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.kernel}"}
+            ln -sfn ${live}/initrd ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.initrd}"}
+          '' + lib.optionalString cfg.imagesGroupWritable ''
+            mkdir -p ${lib.escapeShellArg "${cfg.stateDir}/images"}
+            chmod 2770 ${lib.escapeShellArg "${cfg.stateDir}/images"}
+          '';
+
+          serviceConfig = {
+            Type = "exec";
+            ExecStart = start;
+            User = cfg.user;
+            Group = cfg.group;
+            StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
+            StateDirectoryMode = "0750";
+            WorkingDirectory = cfg.stateDir;
+            LoadCredential = lib.optional (cfg.adminPasswordFile != null) "admin-password:${cfg.adminPasswordFile}";
+            Restart = "on-failure";
+            RestartSec = 2;
+            # SIGTERM lets bty-web finish in-flight requests and checkpoint the SQLite WAL.
+            KillSignal = "SIGTERM";
+            TimeoutStopSec = 30;
+
+            # Hardening: bty-web needs the network, its state directory and nothing else.
+            UMask = "0027";
+            AmbientCapabilities = lib.optional (port < 1024) "CAP_NET_BIND_SERVICE";
+            CapabilityBoundingSet = lib.optional (port < 1024) "CAP_NET_BIND_SERVICE";
+            NoNewPrivileges = true;
+            ProtectSystem = "strict";
+            ProtectHome = true;
+            PrivateTmp = true;
+            PrivateDevices = true;
+            PrivateUsers = port >= 1024;
+            ProtectHostname = true;
+            ProtectClock = true;
+            ProtectKernelTunables = true;
+            ProtectKernelModules = true;
+            ProtectKernelLogs = true;
+            ProtectControlGroups = true;
+            ProtectProc = "invisible";
+            ProcSubset = "pid";
+            RestrictAddressFamilies = [
+              "AF_INET"
+              "AF_INET6"
+              "AF_UNIX"
+            ];
+            RestrictNamespaces = true;
+            RestrictRealtime = true;
+            RestrictSUIDSGID = true;
+            LockPersonality = true;
+            MemoryDenyWriteExecute = true;
+            RemoveIPC = true;
+            SystemCallArchitectures = "native";
+            SystemCallFilter = [
+              "@system-service"
+              "~@privileged"
+              "~@resources"
+            ];
+          };
+        };
+
+        networking.firewall = lib.mkIf cfg.openFirewall {
+          allowedTCPPorts = [ port ];
+          allowedUDPPorts =
+            lib.optional (cfg.tftp.enable || cfg.proxyDhcp.enable) 69
+            ++ lib.optionals cfg.proxyDhcp.enable [
+              67
+              4011
+            ];
+        };
+      }
+
+      (lib.mkIf (live != null) {
+        services.bty-web.settings.boot = {
+          initrd = lib.mkDefault "initrd";
+          extra_kernel_args = lib.mkDefault (toString (live.kernelParams or [ ]));
+        };
+      })
+
+      (lib.mkIf (cfg.tftp.enable || cfg.proxyDhcp.enable) {
+        services.dnsmasq = {
+          enable = true;
+          # DNS stays with whatever the host uses: dnsmasq does TFTP (and ProxyDHCP) only.
+          resolveLocalQueries = false;
+          settings = {
+            port = 0;
+            enable-tftp = true;
+            tftp-root = "${tftpRoot}";
+            tftp-secure = true;
+            interface = lib.mkIf (cfg.proxyDhcp.interfaces != [ ]) cfg.proxyDhcp.interfaces;
+          }
+          // lib.optionalAttrs cfg.proxyDhcp.enable {
+            dhcp-range = "${cfg.proxyDhcp.subnet},proxy";
+            # Machines already running our iPXE (user class "bty", set by its embedded script)
+            # are left to that script: no boot offer, so no chain loop.
+            dhcp-userclass = "set:bty,bty";
+            pxe-prompt = "\"bty\",0";
+            pxe-service = [
+              "tag:!bty,x86PC,\"bty (BIOS)\",undionly.kpxe"
+              "tag:!bty,X86-64_EFI,\"bty (UEFI)\",ipxe.efi"
+              "tag:!bty,BC_EFI,\"bty (UEFI)\",ipxe.efi"
+            ];
+          };
+        };
+      })
+    ]
+  );
+}
