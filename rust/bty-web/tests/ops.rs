@@ -179,6 +179,8 @@ fn spawn_server(state: &Path) -> (Child, String) {
             return (child, format!("http://127.0.0.1:{port}"));
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("bty-web did not start on {}", state.display());
 }
 
