@@ -139,6 +139,8 @@ fn disks(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new("no disks found (plug one in and press r)"), inner);
         return;
     }
+    // Device paths are short; offered files may not be.
+    let path_width = app.disks.iter().map(|d| d.path.chars().count()).max().unwrap_or(0).clamp(14, 32) as u16;
     let rows = app.disks.iter().map(|d| {
         Row::new(vec![
             d.path.clone(),
@@ -152,10 +154,10 @@ fn disks(f: &mut Frame, app: &App, area: Rect) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(14),
+            Constraint::Length(path_width),
             Constraint::Length(10),
             Constraint::Min(10),
-            Constraint::Length(5),
+            Constraint::Length(6),
             Constraint::Length(14),
             Constraint::Length(7),
         ],
