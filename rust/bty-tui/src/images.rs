@@ -114,6 +114,9 @@ struct ServerImage {
     name: String,
     #[serde(default)]
     sha256: Option<String>,
+    /// The origin, for the format when the catalog does not declare one.
+    #[serde(default)]
+    src: Option<String>,
     #[serde(default)]
     format: Option<String>,
     #[serde(default)]
@@ -138,7 +141,11 @@ pub fn server_images(server: &str) -> Result<Vec<ImageItem>, String> {
         .into_iter()
         .map(|r| ImageItem {
             location: format!("{base}/images/{}", r.name),
-            format: r.format.as_deref().and_then(ImageFormat::parse),
+            format: r
+                .format
+                .as_deref()
+                .and_then(ImageFormat::parse)
+                .or_else(|| r.src.as_deref().and_then(format::from_name)),
             arch: r.arch.or_else(|| format::arch_hint(&r.name).map(str::to_string)),
             name: r.name,
             size: r.size_bytes,

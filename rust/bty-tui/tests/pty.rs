@@ -170,3 +170,148 @@ fn back_out_of_the_confirm_screen_and_quit() {
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
     assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
 }
+
+/// bty-web next to this test's `bty-tui` (built by `cargo build -p bty-web`), or `BTY_WEB_BIN`.
+fn bty_web_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BTY_WEB_BIN") {
+        return Some(p.into());
+    }
+    let p = Path::new(env!("CARGO_BIN_EXE_bty-tui")).with_file_name("bty-web");
+    p.exists().then_some(p)
+}
+
+struct Web {
+    proc: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+impl Web {
+    fn start(bin: &Path, state: &Path) -> Web {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let proc = std::process::Command::new(bin)
+            .env("BTY_PATHS_STATE_DIR", state)
+            .env("BTY_SERVER_HOST", "127.0.0.1")
+            .env("BTY_SERVER_PORT", port.to_string())
+            .env("BTY_ADMIN_PASSWORD", "pty-test-password")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start bty-web");
+        let web = Web { proc, port };
+        let end = Instant::now() + Duration::from_secs(30);
+        while web.http("GET", "/healthz", &[], "").0 != 200 {
+            assert!(Instant::now() < end, "bty-web did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        web
+    }
+
+    /// A bare HTTP/1.1 exchange: enough for a few open and session routes.
+    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new(), String::new());
+        };
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        req += body;
+        c.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = c.read_to_string(&mut resp);
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, head.to_string(), body.to_string())
+    }
+}
+
+#[test]
+fn server_mode_flashes_from_bty_web_and_reports_done() {
+    let Some(bin) = bty_web_binary() else {
+        eprintln!("skipped: no bty-web binary next to bty-tui (cargo build -p bty-web) and no BTY_WEB_BIN");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("images")).unwrap();
+    let raw = image_bytes();
+    std::fs::write(state.join("images/served.img.zst"), zstd::encode_all(&raw[..], 3).unwrap()).unwrap();
+    std::fs::write(
+        state.join("catalog.toml"),
+        "version = 1\n[[images]]\nname = \"served\"\nsrc = \"served.img.zst\"\n",
+    )
+    .unwrap();
+    let web = Web::start(&bin, &state);
+    let mac = "52-54-00-77-00-01";
+    // The first PXE contact records the machine with the default policy, tui.
+    assert_eq!(web.http("GET", &format!("/pxe/{mac}"), &[], "").0, 200);
+
+    let target = dir.path().join("disk.img");
+    let server = format!("http://127.0.0.1:{}", web.port);
+    let mut s = Session::spawn(
+        &[
+            "--server",
+            &server,
+            "--mac",
+            mac,
+            "--image-root",
+            dir.path().join("none").to_str().unwrap(),
+            "--target-file",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    s.wait_for("served", Duration::from_secs(20));
+    assert!(s.text().contains("server"), "{}", s.text());
+    s.send("\r");
+    s.wait_for("Choose the disk", Duration::from_secs(10));
+    s.send("\r");
+    s.wait_for("Press y to write", LONG);
+    s.send("y");
+    s.wait_for("recorded the flash as done", LONG);
+    assert!(std::fs::read(&target).unwrap() == raw, "the target holds other bytes than the image");
+    s.send("q");
+    assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
+
+    let (status, head, _) = web.http(
+        "POST",
+        "/auth/login",
+        &[("Content-Type", "application/json")],
+        r#"{"username":"bty","password":"pty-test-password"}"#,
+    );
+    assert_eq!(status, 200, "{head}");
+    let cookie = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim().split(';').next().unwrap().to_string())
+        .expect("a session cookie");
+    let (status, _, body) = web.http("GET", &format!("/machines/{mac}/flashes"), &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"done\""), "the server has no done flash for {mac}: {body}");
+}
+
+#[test]
+fn server_unreachable_keeps_local_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = make_image_root(dir.path());
+    let mut s = Session::spawn(
+        &["--server", "127.0.0.1:9", "--mac", "52:54:00:77:00:02", "--image-root", root.to_str().unwrap()],
+        &[],
+    );
+    s.wait_for("server unreachable", Duration::from_secs(20));
+    s.wait_for("test.img.zst", Duration::from_secs(5));
+    s.send("q");
+    assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
+}
