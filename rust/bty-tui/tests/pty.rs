@@ -315,3 +315,143 @@ fn server_unreachable_keeps_local_mode() {
     s.send("q");
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
 }
+
+/// A stand-in server with one raw image whose body trickles out, so a flash is still running
+/// when the test cancels it; it keeps the status reports it receives.
+struct SlowServer {
+    port: u16,
+    reports: Arc<Mutex<Vec<String>>>,
+}
+
+const SLOW_LEN: usize = 64 << 20;
+
+impl SlowServer {
+    fn start() -> SlowServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let kept = reports.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || SlowServer::serve(conn, kept));
+            }
+        });
+        SlowServer { port, reports }
+    }
+
+    fn serve(mut c: std::net::TcpStream, reports: Arc<Mutex<Vec<String>>>) {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if c.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let header = |name: &str| {
+            head.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let mut body = vec![0u8; header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)];
+        let _ = c.read_exact(&mut body);
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let reply = |c: &mut std::net::TcpStream, status: &str, extra: &str, body: &[u8]| {
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = c.write_all(body);
+        };
+        match (method, path) {
+            ("GET", "/images") => {
+                let list =
+                    format!(r#"[{{"name":"slow","src":"slow.img","format":"raw","size_bytes":{SLOW_LEN}}}]"#);
+                reply(&mut c, "200 OK", "Content-Type: application/json\r\n", list.as_bytes());
+            }
+            ("HEAD", "/images/slow") => {
+                let _ =
+                    c.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {SLOW_LEN}\r\n\r\n").as_bytes());
+            }
+            ("GET", "/images/slow") => {
+                if let Some(range) = header("range") {
+                    let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+                    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                    let b = b.min(SLOW_LEN - 1);
+                    let extra = format!("Content-Range: bytes {a}-{b}/{SLOW_LEN}\r\n");
+                    reply(&mut c, "206 Partial Content", &extra, &vec![0xab; b + 1 - a]);
+                    return;
+                }
+                let _ =
+                    c.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {SLOW_LEN}\r\n\r\n").as_bytes());
+                let chunk = vec![0xabu8; 64 << 10];
+                for _ in 0..SLOW_LEN / chunk.len() {
+                    if c.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            ("POST", p) if p.starts_with("/pxe/") => {
+                reports.lock().unwrap().push(format!("{p} {}", String::from_utf8_lossy(&body)));
+                reply(&mut c, "204 No Content", "", b"");
+            }
+            _ => reply(&mut c, "404 Not Found", "", b""),
+        }
+    }
+}
+
+#[test]
+fn cancel_asks_first_reports_a_partial_write_and_the_failure() {
+    let srv = SlowServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("disk.img");
+    let server = format!("127.0.0.1:{}", srv.port);
+    let mut s = Session::spawn(
+        &[
+            "--server",
+            &server,
+            "--mac",
+            "52:54:00:77:00:03",
+            "--image-root",
+            dir.path().join("none").to_str().unwrap(),
+            "--target-file",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    s.wait_for("> slow", Duration::from_secs(20));
+    s.send("\r");
+    s.wait_for("Choose the disk", Duration::from_secs(10));
+    s.send("\r");
+    s.wait_for("Press y to write", LONG);
+    s.send("y");
+    s.wait_for("throughput:", LONG);
+    s.send("c");
+    s.wait_for("Stop the flash?", Duration::from_secs(10));
+    s.send("n");
+    s.wait_for("c:cancel", Duration::from_secs(10));
+    assert!(!s.text().contains("CANCELLED"));
+    s.send("c");
+    s.wait_for("Stop the flash?", Duration::from_secs(10));
+    s.send("y");
+    s.wait_for("CANCELLED", LONG);
+    assert!(s.text().contains("Partial write:"), "{}", s.text());
+    s.wait_for("recorded the failure", LONG);
+    let reports = srv.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].starts_with("/pxe/52-54-00-77-00-03/status "), "{reports:?}");
+    let (_, body) = reports[0].split_once(' ').unwrap();
+    let report: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(report["status"], "failed");
+    assert!(report["reason"].as_str().unwrap().contains("cancelled"), "{report}");
+    s.send("q");
+    assert_eq!(s.exit_code(Duration::from_secs(10)), 130);
+}
