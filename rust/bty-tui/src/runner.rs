@@ -53,6 +53,10 @@ pub struct Runner {
     cancel: Arc<AtomicBool>,
     /// Exit status of the last flash (0 when none ran).
     last_status: i32,
+    /// No more keys will come: leave once nothing is running.
+    input_closed: bool,
+    /// The flash worker, joined before exit so its report to the server is never cut off.
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Runner {
@@ -66,6 +70,8 @@ impl Runner {
             planned: None,
             cancel: Arc::new(AtomicBool::new(false)),
             last_status: 0,
+            input_closed: false,
+            worker: None,
         }
     }
 
@@ -83,6 +89,9 @@ impl Runner {
             // everything pending, then draw once.
             loop {
                 if let Some(code) = self.on_msg(app, msg) {
+                    if let Some(w) = self.worker.take() {
+                        let _ = w.join();
+                    }
                     return Ok(code);
                 }
                 match self.rx.try_recv() {
@@ -120,12 +129,17 @@ impl Runner {
                     Outcome::Cancelled { .. } => ErrorKind::Cancelled.exit_code(),
                 };
                 app.finished(o);
+                if self.input_closed {
+                    return Some(self.last_status);
+                }
             }
             Msg::Reported(r) => app.reported(r),
             Msg::InputClosed => {
+                // A flash in progress is never abandoned half-way because the console went away.
                 if app.screen != crate::app::Screen::Flashing {
                     return Some(self.last_status);
                 }
+                self.input_closed = true;
             }
         }
         None
@@ -168,7 +182,7 @@ impl Runner {
                 let cancel = self.cancel.clone();
                 let tx = self.tx.clone();
                 let client = self.cfg.client.clone();
-                std::thread::spawn(move || flash_worker(plan, req, cancel, tx, client));
+                self.worker = Some(std::thread::spawn(move || flash_worker(plan, req, cancel, tx, client)));
             }
             Effect::Cancel => self.cancel.store(true, Ordering::SeqCst),
             Effect::Reboot => {
