@@ -179,3 +179,116 @@ fn binary_serves_and_shuts_down() {
     assert!(status.success(), "{status:?}");
     assert!(dir.path().join("state.db").exists());
 }
+
+/// Every table of the first released schema, filled the way a server in use
+/// fills it, comes through the upgrade to the current schema row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_the_first_schema_survives_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let tables = [
+        "machines",
+        "machine_labels",
+        "flash_history",
+        "events",
+        "settings",
+        "users",
+        "sessions",
+        "api_tokens",
+    ];
+    let dump = |c: &rusqlite::Connection, table: &str| -> Vec<Vec<String>> {
+        let mut s = c.prepare(&format!("SELECT * FROM {table} ORDER BY rowid")).unwrap();
+        let n = s.column_count();
+        let rows = s
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        rusqlite::types::ValueRef::Blob(b) => hex::encode(b),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let before: Vec<Vec<Vec<String>>> = {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;").unwrap();
+        let tx = c.transaction().unwrap();
+        tx.execute_batch(bty_web::db::MIGRATIONS[0]).unwrap();
+        tx.pragma_update(None, "user_version", 1).unwrap();
+        tx.execute_batch(
+            r#"
+            INSERT INTO machines (mac, policy, image, target_disk_serial, sanboot_drive, provisioning_mode, state,
+                                  discovered_at, last_seen_at, last_seen_ip, last_flashed_at, last_flash_status,
+                                  last_flash_reason, inventory, inventory_at, lshw, created_at, updated_at)
+            VALUES
+              ('52:54:00:00:00:01', 'flash-once', 'debian-13', 'S3YNX0K123456', '0x80', 'none', 'flashed',
+               '2026-01-02T03:04:05Z', '2026-03-01T10:00:00Z', '10.0.0.21', '2026-03-01T10:02:13Z', 'done', NULL,
+               '{"disks":[{"path":"/dev/nvme0n1","size_bytes":512110190592,"model":"Samsung SSD 980","serial":"S3YNX0K123456","transport":"nvme","removable":false,"read_only":false}],"hardware":{"cpu_model":"AMD Ryzen 7 5800U","cpu_threads":16,"memory_bytes":33554432000,"nics":[{"name":"enp1s0","mac":"52:54:00:00:00:01"}],"dmi":{"sys_vendor":"LENOVO"},"arch":"x86_64"}}',
+               '2026-03-01T10:00:20Z', '{"id":"ryzen","class":"system"}', '2026-01-02T03:04:05Z', '2026-03-01T10:02:13Z'),
+              ('52:54:00:00:00:02', 'flash', 'ubuntu-24.04', 'WD-WX12A', NULL, 'cijoe-offline', 'failed',
+               '2026-02-01T00:00:00Z', '2026-03-02T11:00:00Z', '10.0.0.22', NULL, 'failed',
+               'SHA-256 mismatch for ubuntu-24.04', NULL, NULL, NULL, '2026-02-01T00:00:00Z', '2026-03-02T11:01:00Z'),
+              ('52:54:00:00:00:03', 'tui', NULL, NULL, NULL, 'none', 'idle',
+               '2026-03-03T00:00:00Z', '2026-03-03T00:00:00Z', '10.0.0.23', NULL, NULL, NULL, NULL, NULL, NULL,
+               '2026-03-03T00:00:00Z', '2026-03-03T00:00:00Z');
+            INSERT INTO machine_labels VALUES ('52:54:00:00:00:01', 'rack-a'), ('52:54:00:00:00:01', 'ci'),
+                                              ('52:54:00:00:00:02', 'rack-b');
+            INSERT INTO flash_history (mac, image, started_at, finished_at, status, reason) VALUES
+              ('52:54:00:00:00:01', 'debian-13', '2026-03-01T10:00:30Z', '2026-03-01T10:02:13Z', 'done', NULL),
+              ('52:54:00:00:00:02', 'ubuntu-24.04', '2026-03-02T11:00:10Z', '2026-03-02T11:01:00Z', 'failed',
+               'SHA-256 mismatch for ubuntu-24.04'),
+              ('52:54:00:00:00:02', 'ubuntu-24.04', '2026-03-02T10:00:00Z', '2026-03-02T11:00:05Z', 'abandoned',
+               'no report before the next PXE boot');
+            INSERT INTO events (ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged) VALUES
+              ('2026-03-01T10:00:00Z', 'pxe.offered', 'machine', '52:54:00:00:00:01', 'pxe-client', '10.0.0.21',
+               '52:54:00:00:00:01: flash (armed)', '{"offer":"flash"}', 1),
+              ('2026-03-02T11:01:00Z', 'machine.flash_failed', 'machine', '52:54:00:00:00:02', 'pxe-client',
+               '10.0.0.22', 'flash failed', '{"reason":"SHA-256 mismatch"}', 0),
+              ('2026-03-02T12:00:00Z', 'machine.updated', 'machine', '52:54:00:00:00:02', 'operator:bty',
+               '192.168.1.5', 'policy flash', '{}', 1);
+            INSERT INTO settings VALUES ('backup.schedule', 'weekly', '2026-02-01T00:00:00Z'),
+                                        ('backup.keep', '4', '2026-02-01T00:00:00Z');
+            INSERT INTO users VALUES ('alice', 'pbkdf2-sha256$600000$00112233445566778899aabbccddeeff$' ||
+                                      '0000000000000000000000000000000000000000000000000000000000000000',
+                                      '2026-01-01T00:00:00Z', '2026-02-01T00:00:00Z');
+            INSERT INTO sessions VALUES ('aa11', 'alice', '2026-03-02T12:00:00Z', 4102444800, 'csrf123');
+            INSERT INTO api_tokens (name, token_hash, created_by, created_at, last_used_at, revoked_at) VALUES
+              ('ci', 'bb22', 'alice', '2026-02-10T00:00:00Z', '2026-03-02T09:00:00Z', NULL),
+              ('old', 'cc33', 'alice', '2026-01-10T00:00:00Z', NULL, '2026-01-20T00:00:00Z');
+            "#,
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        tables.iter().map(|t| dump(&c, t)).collect()
+    };
+    let (db, reset) = bty_web::db::Db::open(&path).unwrap();
+    assert!(reset.is_none(), "a first-schema database is upgraded, not archived");
+    drop(db);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, bty_web::db::SCHEMA_VERSION);
+    for (t, rows) in tables.iter().zip(&before) {
+        let after = dump(&c, t);
+        assert_eq!(after.len(), rows.len(), "{t}: row count");
+        for (a, b) in after.iter().zip(rows) {
+            // Later migrations may add columns; every column that was there keeps its value.
+            assert_eq!(&a[..b.len()], &b[..], "{t}: a row changed in the upgrade");
+        }
+    }
+    bty_web::backup::integrity_check(&path).unwrap();
+    // And the server reads them as what they are.
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let token = s.token().await;
+    let m = s.authed_json(&token, "/machines/52:54:00:00:00:01").await;
+    assert_eq!(m["inventory"]["disks"][0]["serial"], "S3YNX0K123456");
+    assert_eq!(m["labels"], serde_json::json!(["ci", "rack-a"]));
+    let f = s.authed_json(&token, "/machines/52:54:00:00:00:02/flashes").await;
+    assert_eq!(f.as_array().unwrap().len(), 2);
+    assert_eq!(s.events(&token, "machine.flash_failed").await[0]["acknowledged"], false);
+    assert_eq!(s.authed_json(&token, "/backups/schedule").await["cadence"], "weekly");
+}
