@@ -1,5 +1,6 @@
-# `bty-web backup DEST` while the server runs, then a loss, then `bty-web restore SRC` with the
-# server stopped: the machine records come back. The CLI reads the same bty.toml as the
+# `bty-web backup` while the server runs (a timestamped directory under the backup directory),
+# then a loss, then `bty-web restore SRC --force` with the server stopped: the machine records
+# come back. The CLI reads the same bty.toml as the
 # service (/etc/bty/bty.toml) and runs as the service's user.
 { pkgs, common }:
 
@@ -16,8 +17,11 @@ pkgs.testers.runNixOSTest {
 
     cli = "runuser -u bty-web -- env BTY_CONFIG_FILE=/etc/bty/bty.toml bty-web"
     with subtest("backup while serving"):
-        server.succeed(f"{cli} backup /var/lib/bty/backups/vm-test.db")
-        server.succeed("sqlite3 /var/lib/bty/backups/vm-test.db 'PRAGMA integrity_check' | grep -qx ok")
+        backup = server.succeed(f"{cli} backup /var/lib/bty/backups").strip()
+        server.succeed(f"sqlite3 {backup}/state.db 'PRAGMA integrity_check' | grep -qx ok")
+        server.succeed(f"test -s {backup}/inventory.json")
+        # Not while the server runs.
+        server.fail(f"{cli} restore {backup} --force")
 
     with subtest("the record is lost"):
         api("DELETE", f"/machines/{mac}")
@@ -25,7 +29,9 @@ pkgs.testers.runNixOSTest {
 
     with subtest("restore with the server stopped, then it serves the restored state"):
         server.systemctl("stop bty-web.service")
-        server.succeed(f"{cli} restore /var/lib/bty/backups/vm-test.db")
+        # An existing state.db is only replaced when asked to.
+        server.fail(f"{cli} restore {backup}")
+        server.succeed(f"{cli} restore {backup} --force")
         server.systemctl("start bty-web.service")
         login()
         m = api("GET", f"/machines/{mac}")
