@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod images;
 pub mod ipxe;
 pub mod machines;
@@ -22,6 +23,7 @@ pub mod password;
 pub mod policy;
 pub mod pxe;
 pub mod routes;
+pub mod settings;
 pub mod state;
 
 use std::future::Future;
@@ -117,6 +119,8 @@ impl App {
             state_lock: Arc::new(state_lock),
             config: config.clone(),
             started,
+            changes: tokio::sync::broadcast::channel(256).0,
+            ui: Arc::new(handlers::ui::Views::new()),
         };
         if state.catalog.is_remote() {
             let s = state.clone();

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use bty_core::mac::MacAddr;
 
 use crate::auth::LoginLimiter;
 use crate::config::Config;
@@ -35,6 +36,11 @@ pub struct AppState {
     /// Held for the server's lifetime: one bty-web per state directory.
     pub state_lock: Arc<crate::backup::StateLock>,
     pub started: Instant,
+    /// MACs whose record changed (PXE contact, report, save, delete), for
+    /// the browser UI's live views. Nobody listening costs nothing.
+    pub changes: tokio::sync::broadcast::Sender<MacAddr>,
+    /// The browser UI's templates and assets.
+    pub ui: Arc<crate::handlers::ui::Views>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -48,6 +54,11 @@ fn safe_host(h: &str) -> bool {
 }
 
 impl AppState {
+    /// Tell live views a machine changed; a lagging or absent listener is fine.
+    pub fn machine_changed(&self, mac: MacAddr) {
+        let _ = self.changes.send(mac);
+    }
+
     /// The URL machines reach this server at: `[server] public_url`, else the
     /// request's Host header (what the machine itself used to get here).
     /// The Host is checked because it ends up inside iPXE scripts.

@@ -8,6 +8,7 @@ pub mod files;
 pub mod machines;
 pub mod pxe;
 pub mod system;
+pub mod ui;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
