@@ -150,7 +150,7 @@ async fn browser_ui_end_to_end() {
     }
 
     // Phone width.
-    b.resize(390, 844).await;
+    b.set_viewport(390, 844, true).await;
     for (path, name) in [("/ui/", "phone-dashboard"), ("/ui/machines", "phone-machines")] {
         b.goto(&s.url(path)).await;
         b.find("h1").await;
@@ -158,7 +158,7 @@ async fn browser_ui_end_to_end() {
     }
     b.goto(&s.url(&format!("/ui/machines/{MAC}"))).await;
     check_page(&b, "phone-machine").await;
-    b.resize(1280, 1000).await;
+    b.set_viewport(1280, 1000, false).await;
 
     // Log out; the pages refuse the browser after that.
     b.goto(&s.url("/ui/")).await;

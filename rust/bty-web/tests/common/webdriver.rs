@@ -24,6 +24,8 @@ pub struct Browser {
     base: String,
     session: String,
     http: reqwest::Client,
+    /// The emulated viewport: width, height, mobile.
+    viewport: std::sync::Mutex<(u64, u64, bool)>,
 }
 
 impl Drop for Browser {
@@ -79,7 +81,9 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("chromedriver refused a session: {r}"))
             .to_string();
-        Browser { driver, base, session, http }
+        let b = Browser { driver, base, session, http, viewport: std::sync::Mutex::new((1280, 1000, false)) };
+        b.set_viewport(1280, 1000, false).await;
+        b
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -111,8 +115,20 @@ impl Browser {
         self.get("/url").await.as_str().unwrap_or_default().to_string()
     }
 
-    pub async fn resize(&self, width: u32, height: u32) {
-        self.post("/window/rect", json!({"width": width, "height": height})).await;
+    /// Emulate a screen (a phone with `mobile`: a real narrow viewport, which
+    /// a headless window cannot be made).
+    pub async fn set_viewport(&self, width: u64, height: u64, mobile: bool) {
+        *self.viewport.lock().unwrap() = (width, height, mobile);
+        self.metrics(width, height, mobile).await;
+    }
+
+    async fn metrics(&self, width: u64, height: u64, mobile: bool) {
+        let params = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile});
+        self.post(
+            "/goog/cdp/execute",
+            json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": params}),
+        )
+        .await;
     }
 
     pub async fn find_all(&self, css: &str) -> Vec<Element> {
@@ -177,8 +193,9 @@ impl Browser {
     pub async fn wait_text(&self, css: &str, want: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let e = self.find(css).await;
-            let t = self.text(&e).await;
+            // Read in the page: a live row may be replaced between a find and a read.
+            let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''";
+            let t = self.run(script, json!([css])).await.as_str().unwrap_or_default().to_string();
             if t.contains(want) {
                 return t;
             }
@@ -189,18 +206,13 @@ impl Browser {
 
     /// A PNG of the whole page.
     pub async fn screenshot(&self, path: &Path) {
-        // Full-page: grow the window to the document's height first.
-        let h = self
-            .run("return document.documentElement.scrollHeight", json!([]))
-            .await
-            .as_u64()
-            .unwrap_or(1000);
-        let w = self.run("return window.outerWidth", json!([])).await.as_u64().unwrap_or(1280);
-        let wh = self.run("return window.outerHeight", json!([])).await.as_u64().unwrap_or(1000);
-        let tall = (h + 140).clamp(wh, 6000);
-        self.resize(w as u32, tall as u32).await;
+        // Full-page: grow the viewport to the document's height first.
+        let (w, h, mobile) = *self.viewport.lock().unwrap();
+        let doc =
+            self.run("return document.documentElement.scrollHeight", json!([])).await.as_u64().unwrap_or(h);
+        self.metrics(w, doc.clamp(h, 6000), mobile).await;
         let b64 = self.get("/screenshot").await;
-        self.resize(w as u32, wh as u32).await;
+        self.metrics(w, h, mobile).await;
         let png = base64_decode(b64.as_str().expect("screenshot is base64"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
