@@ -120,6 +120,7 @@ impl App {
             config: config.clone(),
             started,
             changes: tokio::sync::broadcast::channel(256).0,
+            shutdown: tokio_util::sync::CancellationToken::new(),
             ui: Arc::new(handlers::ui::Views::new()),
         };
         if state.catalog.is_remote() {
@@ -152,6 +153,11 @@ impl App {
         // The scheduler holds the state (and so the state directory's lock):
         // it ends with the server.
         let scheduler = tokio::spawn(handlers::backups::scheduler(self.state.clone()));
+        let streams = self.state.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            streams.cancel();
+        };
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let served =
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed");

@@ -39,6 +39,9 @@ pub struct AppState {
     /// MACs whose record changed (PXE contact, report, save, delete), for
     /// the browser UI's live views. Nobody listening costs nothing.
     pub changes: tokio::sync::broadcast::Sender<MacAddr>,
+    /// Cancelled when the server starts shutting down, so long-lived
+    /// responses (the UI's event streams) end and shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// The browser UI's templates and assets.
     pub ui: Arc<crate::handlers::ui::Views>,
 }

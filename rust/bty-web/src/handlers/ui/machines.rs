@@ -205,6 +205,7 @@ pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -
 /// whenever a machine changes (`row` is null once it is deleted).
 pub async fn stream(State(app): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = app.changes.subscribe();
+    let app_shutdown = app.shutdown.clone();
     let changes = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
@@ -232,6 +233,8 @@ pub async fn stream(State(app): State<AppState>) -> Sse<impl Stream<Item = Resul
             Ok(SseEvent::default().event("machine").data(data.to_string()))
         }
     });
+    // Ends when the server shuts down; the browser reconnects to the next one.
+    let events = events.take_until(app_shutdown.cancelled_owned());
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
