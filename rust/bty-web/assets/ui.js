@@ -18,16 +18,24 @@ function liveRows() {
   source.addEventListener("machine", (ev) => {
     const msg = JSON.parse(ev.data);
     const row = body.querySelector(`tr[data-mac="${CSS.escape(msg.mac)}"]`);
-    if (!row) return; // not on this page or filtered out: the next load shows it
     if (msg.row === null) {
-      row.remove();
+      if (row) row.remove();
       return;
     }
     const tpl = document.createElement("template");
     tpl.innerHTML = msg.row.trim();
     const fresh = tpl.content.firstElementChild;
     fresh.classList.add("changed");
-    row.replaceWith(fresh);
+    if (row) {
+      row.replaceWith(fresh);
+    } else if (body.dataset.insert) {
+      // A new machine, in MAC order (the list is unfiltered and on one page).
+      const placeholder = body.querySelector("tr.placeholder");
+      if (placeholder) placeholder.remove();
+      const after = [...body.querySelectorAll("tr[data-mac]")].find((r) => r.dataset.mac > msg.mac);
+      body.insertBefore(fresh, after || null);
+    }
+    // Elsewhere (filtered, sorted or paged) a new machine shows on the next load.
   });
   source.addEventListener("open", () => body.setAttribute("data-connected", "1"));
   source.addEventListener("error", () => {

@@ -123,6 +123,12 @@ async fn browser_ui_end_to_end() {
     let text = b.wait_text(&row, "flash failed", 10).await;
     assert!(text.contains("sha256 mismatch"), "{text}");
     assert_eq!(b.run("return window.notReloaded === true", json!([])).await, true, "the page was reloaded");
+    // A machine booting for the first time joins the list.
+    let newcomer = "52:54:00:00:00:01";
+    assert_eq!(c.get(s.url(&format!("/pxe/{newcomer}"))).send().await.unwrap().status(), 200);
+    let first = b.wait_text("tbody tr:first-child", newcomer, 10).await;
+    assert!(first.contains("interactive flasher"), "{first}");
+    assert_eq!(b.run("return window.notReloaded === true", json!([])).await, true, "the page was reloaded");
     check_page(&b, "machines").await;
 
     // The failure is a tripwire on the dashboard; acknowledge it there.

@@ -156,6 +156,7 @@ async fn list_page(
             })
         })
         .collect();
+    let filtered = !q.is_empty() || !label.is_empty() || !policy_s.is_empty();
     let data = json!({
         "q": q,
         "label": label,
@@ -164,7 +165,7 @@ async fn list_page(
         "dir": if dir == "asc" { "" } else { dir },
         "labels": labels,
         "policies": Policy::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        "filtered": !q.is_empty() || !label.is_empty() || !policy_s.is_empty(),
+        "filtered": filtered,
         "rows": shown,
         "shown": shown.len(),
         "matching": matching,
@@ -175,6 +176,9 @@ async fn list_page(
         "next": (page < pages).then(|| url(&sort, dir, page + 1)),
         "errors": errors,
         "new_mac": new_mac,
+        // New machines can join the live list only where they belong
+        // without a reload: all machines, in MAC order, on one page.
+        "insert_new": matching == 0 || (!filtered && sort == "mac" && dir == "asc" && pages == 1),
     });
     let meta =
         PageMeta { name: "machines", title: "Machines".into(), nav: "machines", notice: p.notice.as_deref() };
