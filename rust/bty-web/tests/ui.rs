@@ -164,6 +164,12 @@ async fn browser_ui_end_to_end() {
     }
     b.goto(&s.url(&format!("/ui/machines/{MAC}"))).await;
     check_page(&b, "phone-machine").await;
+    b.color_scheme("dark").await;
+    b.goto(&s.url("/ui/machines")).await;
+    let bg = b.run("return getComputedStyle(document.body).backgroundColor", json!([])).await;
+    assert_eq!(bg, "rgb(17, 20, 24)", "dark colours follow prefers-color-scheme");
+    check_page(&b, "phone-machines-dark").await;
+    b.color_scheme("light").await;
     b.set_viewport(1280, 1000, false).await;
 
     // Log out; the pages refuse the browser after that.

@@ -111,6 +111,11 @@ async fn forms_need_the_csrf_token() {
     let token = s.token().await;
     let m = s.authed_json(&token, &format!("/machines/{MAC}")).await;
     assert_eq!(m["policy"], "tui");
+    // Errors are pages too.
+    let r = c.get(s.url("/ui/machines/52:54:00:99:99:99")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("no machine 52:54:00:99:99:99"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

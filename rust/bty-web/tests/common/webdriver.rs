@@ -122,6 +122,12 @@ impl Browser {
         self.metrics(width, height, mobile).await;
     }
 
+    /// Light or dark, as the operating system would ask for.
+    pub async fn color_scheme(&self, scheme: &str) {
+        let params = json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]});
+        self.post("/goog/cdp/execute", json!({"cmd": "Emulation.setEmulatedMedia", "params": params})).await;
+    }
+
     async fn metrics(&self, width: u64, height: u64, mobile: bool) {
         let params = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile});
         self.post(

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::{field_errors, html_response, local_target, Ctx, Fields, PageMeta};
+use super::{field_errors, html_response, local_target, Ctx, Fields, PageMeta, UiError};
 use crate::auth;
 use crate::error::ApiError;
 use crate::handlers::auth as api;
@@ -34,7 +34,7 @@ fn login_page(
     username: &str,
     error: Option<&str>,
     notice: Option<&str>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let token = auth::random_secret();
     let data = json!({
         "base": {
@@ -59,7 +59,7 @@ fn login_page(
 pub async fn login_form(
     State(app): State<AppState>,
     Query(q): Query<LoginQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     login_page(&app, StatusCode::OK, q.next.as_deref().unwrap_or(""), "", None, q.notice.as_deref())
 }
 
@@ -68,7 +68,7 @@ pub async fn login(
     ip: ClientIp,
     headers: HeaderMap,
     Form(f): Form<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let f = Fields(f);
     let (username, next) = (f.get("username").to_string(), f.get("next").to_string());
     let expected = auth::cookie_value(&headers, LOGIN_COOKIE).unwrap_or("");
@@ -96,11 +96,11 @@ pub async fn login(
         Err(ApiError::TooManyRequests(m)) => {
             login_page(&app, StatusCode::TOO_MANY_REQUESTS, &next, &username, Some(&m), None)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
-pub async fn logout(ctx: Ctx, ip: ClientIp) -> Result<Response, ApiError> {
+pub async fn logout(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {
     api::end_session(&ctx.app, ip, &ctx.who).await?;
     Ok(([(header::SET_COOKIE, auth::clear_cookie())], Redirect::to("/ui/login?notice=bye")).into_response())
 }
@@ -117,7 +117,7 @@ async fn account_page(
     errors: Value,
     token_name: &str,
     new_token: Option<Value>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let tokens = ctx.app.db.read(auth::list_tokens).await?;
     let tokens: Vec<Value> = tokens
         .iter()
@@ -143,7 +143,7 @@ pub async fn account(
     ctx: Ctx,
     headers: HeaderMap,
     Query(q): Query<AccountQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     // `id:name:token`; shown once, then the cookie is cleared.
     let new_token = auth::cookie_value(&headers, NEW_TOKEN_COOKIE).and_then(|v| {
         let mut parts = v.splitn(2, ':');
@@ -164,7 +164,7 @@ pub async fn change_password(
     ctx: Ctx,
     ip: ClientIp,
     Form(f): Form<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let f = Fields(f);
     let (current, new) = (f.get("current_password").to_string(), f.get("new_password").to_string());
     if new != f.get("confirm_password") {
@@ -177,7 +177,7 @@ pub async fn change_password(
             let errors = field_errors(&field, &reason);
             account_page(&ctx, StatusCode::UNPROCESSABLE_ENTITY, None, errors, "", None).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -185,7 +185,7 @@ pub async fn create_token(
     ctx: Ctx,
     ip: ClientIp,
     Form(f): Form<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let f = Fields(f);
     let name = f.get("name");
     match api::issue_token(&ctx.app, ip, &ctx.who, name).await {
@@ -200,14 +200,14 @@ pub async fn create_token(
             let errors = field_errors(&field, &reason);
             account_page(&ctx, StatusCode::UNPROCESSABLE_ENTITY, None, errors, name, None).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
-pub async fn revoke_token(ctx: Ctx, ip: ClientIp, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn revoke_token(ctx: Ctx, ip: ClientIp, Path(id): Path<String>) -> Result<Response, UiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id")))?;
     if !api::revoke(&ctx.app, ip, &ctx.who, id).await? {
-        return Err(ApiError::not_found(format!("no API token {id}")));
+        return Err(ApiError::not_found(format!("no API token {id}")).into());
     }
     Ok(Redirect::to("/ui/account?notice=revoked").into_response())
 }

@@ -6,8 +6,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Ctx, PageMeta};
-use crate::error::ApiError;
+use super::{Ctx, PageMeta, UiError};
 use crate::handlers::files;
 use crate::health::{self, human_bytes};
 use crate::images;
@@ -18,7 +17,7 @@ pub struct NoticeQuery {
     notice: Option<String>,
 }
 
-pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, ApiError> {
+pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, UiError> {
     let catalog = ctx.app.catalog.get();
     let rows: Vec<Value> = catalog
         .images
@@ -50,7 +49,7 @@ pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, 
     ctx.page(StatusCode::OK, meta, data)
 }
 
-pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, ApiError> {
+pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {
     let code = match files::reload_catalog(&ctx.app, &ctx.who, ip).await? {
         Ok(_) => "reloaded",
         Err(_) => "reload-failed",
@@ -58,7 +57,7 @@ pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, ApiError> {
     Ok(Redirect::to(&format!("/ui/images?notice={code}")).into_response())
 }
 
-pub async fn netboot(ctx: Ctx) -> Result<Response, ApiError> {
+pub async fn netboot(ctx: Ctx) -> Result<Response, UiError> {
     let boot = &ctx.app.config.boot;
     let mut roles = vec![(boot.kernel.clone(), "live kernel"), (boot.initrd.clone(), "live initrd")];
     if let Some(s) = &boot.squashfs {

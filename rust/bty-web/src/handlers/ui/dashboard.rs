@@ -9,9 +9,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Ctx, PageMeta};
+use super::{Ctx, PageMeta, UiError};
 use crate::audit::{self, EventQuery};
-use crate::error::ApiError;
 use crate::policy::{self, BootState, Policy};
 use crate::{health, machines};
 
@@ -20,7 +19,7 @@ pub struct DashQuery {
     notice: Option<String>,
 }
 
-pub async fn page(ctx: Ctx, Query(q): Query<DashQuery>) -> Result<Response, ApiError> {
+pub async fn page(ctx: Ctx, Query(q): Query<DashQuery>) -> Result<Response, UiError> {
     let (fleet, tripwires, recent, unacked) = ctx
         .app
         .db

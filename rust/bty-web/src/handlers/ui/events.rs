@@ -7,7 +7,7 @@ use axum::Form;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{local_target, query, Ctx, Fields, PageMeta};
+use super::{local_target, query, Ctx, Fields, PageMeta, UiError};
 use crate::audit::{self, EventQuery};
 use crate::error::ApiError;
 
@@ -22,7 +22,7 @@ pub struct EventsQuery {
     notice: Option<String>,
 }
 
-pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
+pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, UiError> {
     let kind = q.kind.unwrap_or_default().trim().to_string();
     let subject = q.subject.unwrap_or_default().trim().to_string();
     let unacked = matches!(q.unacked.as_deref(), Some("1" | "true" | "on"));
@@ -64,7 +64,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, Ap
 
 /// `POST /ui/events/ack`: one event (`only`, a row's button) or every
 /// checked `id` (the bulk button); back to the page the form was on.
-pub async fn ack(ctx: Ctx, Form(f): Form<Vec<(String, String)>>) -> Result<Response, ApiError> {
+pub async fn ack(ctx: Ctx, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
     let f = Fields(f);
     let picked = if f.get("only").is_empty() { f.all("id") } else { vec![f.get("only")] };
     let ids: Vec<i64> = picked

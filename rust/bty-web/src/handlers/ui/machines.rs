@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{field_errors, query, Ctx, Fields, PageMeta};
+use super::{field_errors, query, Ctx, Fields, PageMeta, UiError};
 use crate::audit::{self, EventQuery};
 use crate::error::ApiError;
 use crate::handlers::machines as api;
@@ -92,7 +92,7 @@ fn sort_machines(rows: &mut [Machine], key: &str, descending: bool) {
     });
 }
 
-pub async fn list(ctx: Ctx, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
+pub async fn list(ctx: Ctx, Query(p): Query<ListParams>) -> Result<Response, UiError> {
     list_page(ctx, p, StatusCode::OK, json!({}), "").await
 }
 
@@ -102,7 +102,7 @@ async fn list_page(
     status: StatusCode,
     errors: Value,
     new_mac: &str,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let q = p.q.unwrap_or_default();
     let label = p.label.unwrap_or_default();
     let policy_s = p.policy.unwrap_or_default();
@@ -186,7 +186,7 @@ async fn list_page(
 }
 
 /// `POST /ui/machines`: add a machine by MAC with the default policy.
-pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, ApiError> {
+pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
     let f = Fields(f);
     let raw = f.get("mac").trim().to_string();
     let mac: MacAddr = match raw.parse() {
@@ -251,7 +251,7 @@ pub async fn show(
     ctx: Ctx,
     MacParam(mac): MacParam,
     Query(q): Query<ShowQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     machine_page(&ctx, mac, StatusCode::OK, q.notice.as_deref(), None, json!({})).await
 }
 
@@ -291,7 +291,7 @@ async fn machine_page(
     notice: Option<&str>,
     submitted: Option<FormValues>,
     errors: Value,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let found = ctx
         .app
         .db
@@ -306,7 +306,7 @@ async fn machine_page(
         })
         .await?;
     let Some((m, flashes, events)) = found else {
-        return Err(ApiError::not_found(format!("no machine {mac}")));
+        return Err(ApiError::not_found(format!("no machine {mac}")).into());
     };
     let catalog = ctx.app.catalog.get();
     let inv = m.inventory.clone().unwrap_or(Value::Null);
@@ -449,7 +449,7 @@ pub async fn assign(
     ip: ClientIp,
     MacParam(mac): MacParam,
     Form(f): Form<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let f = Fields(f);
     let labels: Vec<&str> = f.get("labels").split([' ', ',', '\n', '\t']).filter(|l| !l.is_empty()).collect();
     let body = json!({
@@ -463,7 +463,7 @@ pub async fn assign(
     match MachineInput::from_json(&body, &ctx.app.catalog.get()) {
         Ok(input) => {
             if ctx.app.db.read(move |c| machines::get(c, mac)).await?.is_none() {
-                return Err(ApiError::not_found(format!("no machine {mac}")));
+                return Err(ApiError::not_found(format!("no machine {mac}")).into());
             }
             api::save(&ctx.app, &ctx.who, ip, mac, input).await?;
             Ok(Redirect::to(&format!("/ui/machines/{mac}?notice=saved")).into_response())
@@ -483,18 +483,18 @@ pub async fn assign(
     }
 }
 
-pub async fn delete(ctx: Ctx, ip: ClientIp, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn delete(ctx: Ctx, ip: ClientIp, MacParam(mac): MacParam) -> Result<Response, UiError> {
     if !api::delete_one(&ctx.app, &ctx.who, ip, mac).await? {
-        return Err(ApiError::not_found(format!("no machine {mac}")));
+        return Err(ApiError::not_found(format!("no machine {mac}")).into());
     }
     Ok(Redirect::to("/ui/machines?notice=deleted").into_response())
 }
 
 /// The stored inventory as a download.
-pub async fn inventory_json(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn inventory_json(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, UiError> {
     let m = ctx.app.db.read(move |c| machines::get(c, mac)).await?;
     let Some(inv) = m.and_then(|m| m.inventory) else {
-        return Err(ApiError::not_found(format!("no inventory for {mac} yet")));
+        return Err(ApiError::not_found(format!("no inventory for {mac} yet")).into());
     };
     let body = serde_json::to_string_pretty(&inv).map_err(ApiError::internal)?;
     Ok((

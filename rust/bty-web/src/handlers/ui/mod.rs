@@ -82,8 +82,8 @@ impl Views {
         Views { hb, css_url: versioned("ui.css", CSS), js_url: versioned("ui.js", JS) }
     }
 
-    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, ApiError> {
-        self.hb.render(name, ctx).map_err(|e| ApiError::internal(format!("rendering {name}: {e}")))
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, UiError> {
+        self.hb.render(name, ctx).map_err(|e| UiError(ApiError::internal(format!("rendering {name}: {e}"))))
     }
 }
 
@@ -183,6 +183,57 @@ pub fn field_errors(field: &str, reason: &str) -> Value {
     Value::Object(m)
 }
 
+/// A failed UI request as a page (the API's errors are JSON).
+#[derive(Debug)]
+pub struct UiError(pub ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> Self {
+        UiError(e)
+    }
+}
+
+impl From<rusqlite::Error> for UiError {
+    fn from(e: rusqlite::Error) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl From<crate::machines::FieldError> for UiError {
+    fn from(e: crate::machines::FieldError) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self.0 {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "Conflict", m),
+            ApiError::Unprocessable { field, reason } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Not accepted", format!("{field}: {reason}"))
+            }
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Server error", m)
+            }
+            other => return other.into_response(),
+        };
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{title} · bty</title><link rel=\"stylesheet\" href=\"{css}\"></head>\
+             <body><main id=\"main\"><h1>{title}</h1><p class=\"callout error\">{msg}</p>\
+             <p><a href=\"/ui/\">Dashboard</a> · <a href=\"/ui/machines\">Machines</a></p></main></body></html>",
+            css = versioned("ui.css", CSS),
+            msg = handlebars::html_escape(&message),
+        );
+        html_response(status, html)
+    }
+}
+
 /// What every page needs: who is looking, their CSRF token, how to show times.
 pub struct Ctx {
     pub app: AppState,
@@ -192,14 +243,14 @@ pub struct Ctx {
 }
 
 impl FromRequestParts<AppState> for Ctx {
-    type Rejection = ApiError;
+    type Rejection = UiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let who = parts
             .extensions
             .get::<Principal>()
             .cloned()
-            .ok_or_else(|| ApiError::Unauthorized("log in first".into()))?;
+            .ok_or_else(|| UiError(ApiError::Unauthorized("log in first".into())))?;
         let (zone, unacked) = app
             .db
             .read(|c| {
@@ -246,12 +297,7 @@ impl Ctx {
         self.zone.format_opt(t)
     }
 
-    pub fn page(
-        &self,
-        status: StatusCode,
-        meta: PageMeta<'_>,
-        mut data: Value,
-    ) -> Result<Response, ApiError> {
+    pub fn page(&self, status: StatusCode, meta: PageMeta<'_>, mut data: Value) -> Result<Response, UiError> {
         if let Value::Object(m) = &mut data {
             m.insert("base".into(), self.base(&meta.title, meta.nav, meta.notice));
         }

@@ -8,10 +8,9 @@ use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{field_errors, Ctx, Fields, PageMeta};
+use super::{field_errors, Ctx, Fields, PageMeta, UiError};
 use crate::audit::{self, NewEvent};
 use crate::backup::{self, Cadence, Schedule};
-use crate::error::ApiError;
 use crate::handlers::backups::store_schedule;
 use crate::settings;
 use crate::state::ClientIp;
@@ -33,7 +32,7 @@ async fn settings_page(
     notice: Option<&str>,
     submitted: Option<Values>,
     errors: Value,
-) -> Result<Response, ApiError> {
+) -> Result<Response, UiError> {
     let schedule = ctx.app.db.read(backup::load_schedule).await?;
     let v = submitted.unwrap_or_else(|| Values {
         zone: ctx.zone.label(),
@@ -75,15 +74,11 @@ fn cadence_name(c: Cadence) -> &'static str {
     }
 }
 
-pub async fn page(ctx: Ctx, Query(q): Query<SettingsQuery>) -> Result<Response, ApiError> {
+pub async fn page(ctx: Ctx, Query(q): Query<SettingsQuery>) -> Result<Response, UiError> {
     settings_page(&ctx, StatusCode::OK, q.notice.as_deref(), None, json!({})).await
 }
 
-pub async fn save(
-    ctx: Ctx,
-    ip: ClientIp,
-    Form(f): Form<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
+pub async fn save(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
     let f = Fields(f);
     let v = Values {
         zone: f.get("display_timezone").to_string(),
