@@ -142,6 +142,27 @@ async fn browser_ui_end_to_end() {
     b.wait_text("main .callout.ok", "Acknowledged", 5).await;
     assert_eq!(unacked(&s).await, before - 1);
 
+    // Upload a boot file from the Netboot page (the script PUTs it like the API).
+    b.goto(&s.url("/ui/netboot")).await;
+    let upload_dir = tempfile::tempdir().unwrap();
+    let kernel = upload_dir.path().join("vmlinuz");
+    std::fs::write(&kernel, vec![7u8; 4096]).unwrap();
+    b.type_into(&b.find("#upload-file").await, kernel.to_str().unwrap()).await;
+    b.click(&b.find("#upload button[type=submit]").await).await;
+    let listed = b.wait_text("main table", "4.0 KiB", 10).await;
+    assert!(listed.contains("vmlinuz"), "{listed}");
+    assert_eq!(std::fs::read(s.state_dir().join("boot/vmlinuz")).unwrap(), vec![7u8; 4096]);
+
+    // Deleting asks first; declining keeps the machine.
+    b.goto(&s.url(&format!("/ui/machines/{newcomer}"))).await;
+    b.click(&b.find(".danger-zone button").await).await;
+    b.dismiss_alert().await;
+    assert!(b.url().await.ends_with(&format!("/ui/machines/{newcomer}")));
+    b.click(&b.find(".danger-zone button").await).await;
+    b.accept_alert().await;
+    b.wait_text("main .callout.ok", "Machine deleted", 5).await;
+    assert!(b.find_all(&format!("tr[data-mac='{newcomer}']")).await.is_empty());
+
     // Every other page renders, labelled, with one h1.
     for (path, name) in [
         ("/ui/images", "images"),

@@ -195,6 +195,10 @@ impl Browser {
         self.post("/alert/accept", json!({})).await;
     }
 
+    pub async fn dismiss_alert(&self) {
+        self.post("/alert/dismiss", json!({})).await;
+    }
+
     /// The text of the first match, waiting up to `secs` for it to contain `want`.
     pub async fn wait_text(&self, css: &str, want: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
