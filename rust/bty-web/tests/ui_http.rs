@@ -212,3 +212,66 @@ async fn assets_and_streams() {
     // An open stream does not hold up shutdown.
     tokio::time::timeout(Duration::from_secs(10), s.stop()).await.expect("server stops with a stream open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_list_search_sort_and_pages() {
+    let s = TestServer::start().await;
+    let token = s.token().await;
+    for i in 0..55u8 {
+        let mac = format!("52:54:00:00:01:{i:02x}");
+        let labels = if i % 2 == 0 { json!(["even"]) } else { json!(["odd"]) };
+        let (code, _) = s.put_machine(&token, &mac, json!({"policy": "local", "labels": labels})).await;
+        assert_eq!(code, 201);
+    }
+    let (c, _) = ui_login(&s).await;
+    let page = |q: &'static str| {
+        let c = c.clone();
+        let url = s.url(&format!("/ui/machines{q}"));
+        async move {
+            let html = c.get(url).send().await.unwrap().text().await.unwrap();
+            html.match_indices("<tr data-mac=\"")
+                .map(|(i, _)| html[i + 14..i + 31].to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = page("").await;
+    assert_eq!(first.len(), 50);
+    assert_eq!(first[0], "52:54:00:00:01:00");
+    let second = page("?page=2").await;
+    assert_eq!(
+        second,
+        [
+            "52:54:00:00:01:32",
+            "52:54:00:00:01:33",
+            "52:54:00:00:01:34",
+            "52:54:00:00:01:35",
+            "52:54:00:00:01:36"
+        ]
+    );
+    let desc = page("?sort=mac&dir=desc").await;
+    assert_eq!(desc[0], "52:54:00:00:01:36");
+    let odd = page("?label=odd").await;
+    assert_eq!(odd.len(), 27);
+    assert!(odd.iter().all(|m| u8::from_str_radix(&m[15..], 16).unwrap() % 2 == 1));
+    let found = page("?q=01:2a").await;
+    assert_eq!(found, ["52:54:00:00:01:2a"]);
+    // The sort links keep the filters.
+    let html = c.get(s.url("/ui/machines?label=odd")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("href=\"/ui/machines?label&#x3D;odd&amp;sort&#x3D;policy\""),
+        "sort link keeps the filter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_reload_reports_errors() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    std::fs::write(s.state_dir().join("catalog.toml"), "version = 1\n[[images]]\nname = \"x\"\n").unwrap();
+    let r = post_form(&c, s.url("/ui/images/reload"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/images?notice=reload-failed");
+    let html = c.get(s.url("/ui/images?notice=reload-failed")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("The last load failed"));
+    assert!(html.contains("local-img"), "the previous catalog stays in use");
+}
