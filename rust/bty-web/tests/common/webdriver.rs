@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +31,12 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver leads its own process group and Chromium's processes
+        // join it: ending the group ends the browser too, even after a
+        // failed assertion.
+        let pgid = self.driver.id() as libc::pid_t;
+        // SAFETY: signalling a process group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
@@ -49,6 +55,7 @@ impl Browser {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
