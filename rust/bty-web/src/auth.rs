@@ -360,6 +360,7 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         if !safe_method(req.method()) {
             match csrf_ok(req, csrf_token, app.config.limits.max_body_bytes).await {
                 Ok(r) => req = r,
+                Err(_) if is_ui => return crate::handlers::ui::form_refused(),
                 Err(resp) => return *resp,
             }
         }

@@ -100,6 +100,7 @@ async fn forms_need_the_csrf_token() {
     assert_eq!(r.status(), 403);
     let r = post_form(&c, s.url("/ui/machines"), &[("mac", MAC), ("csrf_token", "wrong")]).await;
     assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("reload the page"));
     let r =
         post_form(&c, s.url("/ui/machines"), &[("mac", "52-54-00-12-34-zz"), ("csrf_token", &csrf)]).await;
     assert_eq!(r.status(), 422);

@@ -234,6 +234,16 @@ impl IntoResponse for UiError {
     }
 }
 
+/// A form post whose CSRF token did not match the session: usually a page
+/// left open across a new login. Said as a page, with what to do.
+pub fn form_refused() -> Response {
+    UiError(ApiError::Forbidden(
+        "This form belongs to an older login (or another site). Go back, reload the page and submit it again."
+            .into(),
+    ))
+    .into_response()
+}
+
 /// What every page needs: who is looking, their CSRF token, how to show times.
 pub struct Ctx {
     pub app: AppState,
