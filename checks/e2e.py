@@ -296,18 +296,84 @@ def flash_once(name: str, work: str, firmware: str, same_size: bool):
         srv.stop()
 
 
+def render_screen(raw: str, rows: int = 24, cols: int = 80) -> str:
+    """What a VT100 shows after `raw` (serial output, latin-1): enough of the protocol for
+    bty-tui's output (cursor positioning, clears, attributes ignored). The terminal library only
+    sends the cells that change between frames, so the serial log itself never holds a screen's
+    text in order; this puts the cells back where they land."""
+    grid = [[" "] * cols for _ in range(rows)]
+    r = c = 0
+    i, n = 0, len(raw)
+    while i < n:
+        ch = raw[i]
+        if ch == "\x1b":
+            m = re.match(r"\x1b\[([0-9;?]*)([A-Za-z@])", raw[i:])
+            if not m:
+                i += 2
+                continue
+            i += m.end()
+            params, op = m.group(1), m.group(2)
+            nums = [int(x) if x.isdigit() else 0 for x in params.lstrip("?").split(";")] if params else []
+            if op in "Hf":
+                r = max(1, nums[0] if nums else 1) - 1
+                c = max(1, nums[1] if len(nums) > 1 else 1) - 1
+            elif op == "J" and (nums[:1] == [2] or params == ""):
+                if nums[:1] == [2]:
+                    grid = [[" "] * cols for _ in range(rows)]
+                else:
+                    grid[r][c:] = [" "] * (cols - c)
+                    for rr in range(r + 1, rows):
+                        grid[rr] = [" "] * cols
+            elif op == "K":
+                grid[r][c:] = [" "] * (cols - c)
+            elif op == "h" and params == "?1049":
+                grid = [[" "] * cols for _ in range(rows)]
+            elif op in "ABCD":
+                k = max(1, nums[0] if nums else 1)
+                r, c = {"A": (r - k, c), "B": (r + k, c), "C": (r, c + k), "D": (r, c - k)}[op]
+            r, c = min(max(r, 0), rows - 1), min(max(c, 0), cols - 1)
+            continue
+        i += 1
+        if ch == "\r":
+            c = 0
+        elif ch == "\n":
+            r = min(r + 1, rows - 1)
+        elif ch == "\b":
+            c = max(c - 1, 0)
+        elif ch >= " ":
+            if c < cols:
+                grid[r][c] = ch
+            c += 1
+    return "\n".join("".join(row).rstrip() for row in grid)
+
+
+def wait_screen(m: V.VM, text: str, timeout: float, *, after: int, fail: str | None = None) -> float:
+    """Wait until the console screen (serial output since byte `after`) shows `text`; returns the
+    seconds since power-on. `fail` on the screen ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = render_screen(m.log()[after:])
+        if text in shown:
+            return m.elapsed()
+        if fail and fail in shown:
+            raise Failed(f"the console shows {fail!r}:\n{shown}")
+        if time.monotonic() > deadline:
+            raise Failed(f"the console does not show {text!r} after {timeout:.0f}s:\n{shown}")
+        time.sleep(0.2)
+
+
 @scenario("unknown")
 def unknown_mac(name, work):
     """An unknown MAC is recorded on first contact with the default policy (tui); the decision
-    is in the audit log; the live agent says clearly that the interactive flasher is missing."""
+    is in the audit log; the live agent starts the interactive flasher on the serial console."""
     srv = Server(work, [])
     try:
         mac = "52:54:00:ab:cd:01"
         with V.VM(work, firmware="bios", mac=mac, disks=[V.Disk(disk_file(work, 64 << 20), "bty-disk-0")],
                   server_port=srv.port) as m:
-            m.wait_for(r"bty: plan: interactive", BOOT_TIMEOUT)
-            m.wait_for(r"interactive mode needs bty-tui", 60)
-            m.wait_for(r"bty-live: agent failed", 60)
+            mt, _ = m.wait_for(r"bty: plan: interactive", BOOT_TIMEOUT)
+            # An empty catalog: the flasher says so instead of showing an empty table.
+            wait_screen(m, "no images found", 60, after=mt.end())
         mach = srv.machine(mac)
         check(mach["policy"] == "tui", f"discovered with the default policy tui (got {mach['policy']})")
         check(mach["discovered_at"] and mach["last_seen_ip"], "discovered_at and last_seen_ip are set")
@@ -315,6 +381,51 @@ def unknown_mac(name, work):
         check("machine.discovered" in kinds, f"machine.discovered in the audit log: {kinds}")
         offers = [e["summary"] for e in srv.events(mac, "pxe.offered")]
         check(offers and all("interactive" in s for s in offers), f"PXE decision interactive: {offers}")
+    finally:
+        srv.stop()
+
+
+@scenario("tui")
+def tui(name, work):
+    """policy tui: the live environment starts bty-tui on the serial console; the test picks the
+    image and the disk with keys and confirms; the server records the flash as done; the
+    operator switches the machine to local and reboots from the flasher into the marker disk."""
+    img = "marker-bios.img"
+    srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}])
+    try:
+        mac = "52:54:00:12:34:5b"
+        disk = disk_file(work, os.path.getsize(image(img)))
+        with V.VM(work, firmware="bios", mac=mac, disks=[V.Disk(disk, "bty-disk-0")], server_port=srv.port,
+                  interactive=True) as m:
+            mt, _ = m.wait_for(r"bty: plan: interactive", BOOT_TIMEOUT)
+            tui_out = mt.end()
+            t_ui = wait_screen(m, "> marker", 60, after=tui_out)
+            check("zstd" in render_screen(m.log()[tui_out:]), "the image list shows the format")
+            # Letters, not arrow keys: an escape sequence typed one byte at a time reads as Esc.
+            m.send("\r")
+            wait_screen(m, "bty-disk-0", 30, after=tui_out)
+            m.send("\r")
+            wait_screen(m, "Press y to write", 60, after=tui_out, fail="PROBLEM:")
+            m.send("y")
+            t_done = wait_screen(m, "recorded the flash as done", BOOT_TIMEOUT, after=tui_out, fail="FAILED")
+            fig = FIGURES.setdefault(name, {})
+            fig["accel"] = V.accel()
+            fig["power_on_to_tui_s"] = round(t_ui, 1)
+            fig["power_on_to_done_s"] = round(t_done, 1)
+            check(sha256_file(disk) == published_sha(img), "the disk's SHA-256 equals the image's")
+            mach = srv.machine(mac)
+            check(mach["policy"] == "tui", f"the machine keeps policy tui (got {mach['policy']})")
+            check(mach["last_flash_status"] == "done" and mach["last_flashed_at"],
+                  f"the server records the flash as done: {mach['last_flash_status']}")
+            dones = [f for f in srv.flashes(mac) if f["status"] == "done"]
+            check(len(dones) == 1, f"one flash recorded done: {srv.flashes(mac)}")
+            kinds = [e["kind"] for e in srv.events(mac)]
+            check("machine.flashed" in kinds, f"a machine.flashed event: {kinds}")
+            # policy tui offers the flasher on every PXE boot; the operator now hands the machine
+            # to its disk and reboots from the result screen.
+            srv.bind(mac, policy="local")
+            m.send("r")
+            expect_marker_exit(m, name)
     finally:
         srv.stop()
 

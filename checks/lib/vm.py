@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -177,6 +178,14 @@ def _kill_all() -> None:
         vm.kill()
 
 
+def _drain(sock) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
 class VM:
     """One QEMU client machine. Use as a context manager (starts on enter, killed on exit)."""
 
@@ -322,6 +331,9 @@ class VM:
                         raise
                     time.sleep(0.1)
             self._sock = s
+            # Once a client is connected QEMU sends COM1's output to it as well as to the log;
+            # unread, it stalls the guest's console output. The log keeps the copy we need.
+            threading.Thread(target=_drain, args=(s,), daemon=True).start()
         data = text.encode() if isinstance(text, str) else text
         for i in range(len(data)):
             self._sock.sendall(data[i:i + 1])

@@ -118,6 +118,13 @@ impl ServerClient {
         self.post_json("/inventory", report)
     }
 
+    /// `POST /pxe/{mac}/done`: the flash succeeded.
+    pub fn post_done(&self, duration_s: Option<f64>, bytes: Option<u64>) -> Result<()> {
+        let report =
+            StatusReport { status: FlashStatus::Done, reason: None, duration_s, bytes_written: bytes };
+        self.post_json("/done", &report)
+    }
+
     /// Report the outcome of a flash. Reasons are cut to what the server accepts.
     pub fn post_status(
         &self,

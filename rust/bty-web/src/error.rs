@@ -16,6 +16,8 @@ pub enum ApiError {
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
+    /// The state directory's disk is full (507).
+    InsufficientStorage(String),
     /// The request is fine but clashes with work in progress (409).
     Conflict(String),
     PayloadTooLarge(String),
@@ -51,6 +53,14 @@ impl From<FieldError> for ApiError {
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            tracing::error!(error = %e, "state database: disk full");
+            return ApiError::InsufficientStorage(
+                "the disk holding the state directory is full: this change was not saved; nothing already \
+                 stored was lost. Free space there (old backups, state.db.*.bak files) and try again"
+                    .into(),
+            );
+        }
         ApiError::Internal(format!("database error: {e}"))
     }
 }
@@ -62,6 +72,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, json!({ "error": m })),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, json!({ "error": m })),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "error": m })),

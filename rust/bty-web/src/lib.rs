@@ -19,6 +19,7 @@ pub mod images;
 pub mod ipxe;
 pub mod machines;
 pub mod metrics;
+pub mod netboot;
 pub mod password;
 pub mod policy;
 pub mod pxe;
@@ -117,6 +118,7 @@ impl App {
             db,
             backups: Arc::new(tokio::sync::Semaphore::new(config.tuning.backup_max_parallel)),
             state_lock: Arc::new(state_lock),
+            netboot: netboot::Fetcher::new(),
             config: config.clone(),
             started,
             changes: tokio::sync::broadcast::channel(256).0,

@@ -56,6 +56,39 @@ enum Command {
         #[arg(value_name = "SRC")]
         src: PathBuf,
     },
+    /// Fetch the netboot artifacts of a release (<base>/<tag>/SHA256SUMS and
+    /// the files it lists) into the boot directory, verified, all or nothing.
+    FetchNetboot {
+        /// Default: [netboot] release_base_url.
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// Default: [netboot] tag, else v<this version>.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+}
+
+fn fetch_netboot(
+    config: &bty_web::config::Config,
+    base_url: Option<String>,
+    tag: Option<String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let base = base_url.or_else(|| config.netboot.release_base_url.clone()).context(
+        "no release URL: pass --base-url or set [netboot] release_base_url (BTY_NETBOOT_RELEASE_BASE_URL)",
+    )?;
+    let tag = tag.unwrap_or_else(|| config.netboot.tag.clone());
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(15)).build()?;
+    let fetcher = bty_web::netboot::Fetcher::new();
+    fetcher.begin(&tag);
+    let boot = config.paths.boot_dir.clone();
+    let installed = rt.block_on(bty_web::netboot::fetch(&client, &base, &tag, &boot, &fetcher))?;
+    for f in &installed.files {
+        println!("{}  {}", f.sha256, boot.join(&f.name).display());
+    }
+    println!("netboot artifacts {} installed in {}", installed.tag, boot.display());
+    Ok(())
 }
 
 /// The offline subcommands work on the database directly, like the server
@@ -157,6 +190,7 @@ fn offline(config: &bty_web::config::Config, command: Command) -> anyhow::Result
                 src.display()
             );
         }
+        Command::FetchNetboot { base_url, tag } => fetch_netboot(config, base_url, tag)?,
         Command::Serve | Command::ShowConfig { .. } => unreachable!("handled by main"),
     }
     Ok(())
@@ -198,7 +232,8 @@ fn main() -> ExitCode {
         c @ (Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Export { .. }
-        | Command::Import { .. }) => match offline(&config, c) {
+        | Command::Import { .. }
+        | Command::FetchNetboot { .. }) => match offline(&config, c) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bty-web: {e:#}");

@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::handlers::{auth, backups, events, files, machines, pxe, system, ui};
+use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system, ui};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,10 @@ pub static ROUTES: &[Route] = &[
     route(Method::PUT, "/backups/schedule", Operator),
     route(Method::GET, "/backups/{name}/{file}", Operator),
     route(Method::DELETE, "/backups/{name}", Operator),
+    route(Method::GET, "/netboot", Operator),
+    route(Method::GET, "/netboot/fetch", Operator),
+    route(Method::POST, "/netboot/fetch", Operator),
+    route(Method::DELETE, "/netboot/fetch", Operator),
     route(Method::POST, "/auth/login", Open),
     route(Method::POST, "/auth/logout", Operator),
     route(Method::GET, "/auth/me", Operator),
@@ -139,6 +143,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("PUT", "/backups/schedule") => put(backups::schedule_put),
         ("GET", "/backups/{name}/{file}") => get(backups::download),
         ("DELETE", "/backups/{name}") => delete(backups::remove),
+        ("GET", "/netboot") => get(netboot::status),
+        ("GET", "/netboot/fetch") => get(netboot::fetch_status),
+        ("POST", "/netboot/fetch") => post(netboot::fetch),
+        ("DELETE", "/netboot/fetch") => delete(netboot::cancel),
         ("POST", "/auth/login") => post(auth::login),
         ("POST", "/auth/logout") => post(auth::logout),
         ("GET", "/auth/me") => get(auth::me),

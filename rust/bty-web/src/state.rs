@@ -35,6 +35,8 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// Held for the server's lifetime: one bty-web per state directory.
     pub state_lock: Arc<crate::backup::StateLock>,
+    /// The netboot artifact fetch: one at a time, with progress and cancel.
+    pub netboot: Arc<crate::netboot::Fetcher>,
     pub started: Instant,
     /// MACs whose record changed (PXE contact, report, save, delete), for
     /// the browser UI's live views. Nobody listening costs nothing.

@@ -6,6 +6,7 @@ pub mod backups;
 pub mod events;
 pub mod files;
 pub mod machines;
+pub mod netboot;
 pub mod pxe;
 pub mod system;
 pub mod ui;

@@ -1,0 +1,123 @@
+//! `/netboot`: which boot artifacts are present, which release they are, and
+//! fetching a release (progress, cancel).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+
+use crate::audit::{self, NewEvent};
+use crate::auth::Principal;
+use crate::error::{decode_json, ApiError};
+use crate::netboot;
+use crate::state::AppState;
+
+/// Present files, the installed release, and whether it is this server's.
+pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let boot = app.config.paths.boot_dir.clone();
+    let b = app.config.boot.clone();
+    let wanted: Vec<String> =
+        [Some(b.kernel.clone()), Some(b.initrd.clone()), b.squashfs.clone()].into_iter().flatten().collect();
+    let (installed, files) = tokio::task::spawn_blocking(move || {
+        let installed = netboot::installed(&boot);
+        let mut names: Vec<String> = wanted.clone();
+        if let Some(i) = &installed {
+            names.extend(i.files.iter().map(|f| f.name.clone()).filter(|n| !wanted.contains(n)));
+        }
+        let files: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| {
+                let meta = std::fs::metadata(boot.join(n)).ok().filter(|m| m.is_file());
+                json!({
+                    "name": n,
+                    "present": meta.is_some(),
+                    "size_bytes": meta.map(|m| m.len()),
+                    "required": wanted.contains(n),
+                    "sha256": installed.as_ref().and_then(|i| i.files.iter().find(|f| &f.name == n)).map(|f| f.sha256.clone()),
+                })
+            })
+            .collect();
+        (installed, files)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let expected_tag = app.config.netboot.tag.clone();
+    Ok(Json(json!({
+        "files": files,
+        "installed": installed,
+        "expected_tag": expected_tag,
+        "matches_version": installed.as_ref().map(|i| i.tag == expected_tag),
+        "release_base_url": app.config.netboot.release_base_url,
+        "fetch": app.netboot.status(),
+    }))
+    .into_response())
+}
+
+/// Start fetching `{"base_url"?, "tag"?}` (defaults from `[netboot]`); 202,
+/// or 409 while another fetch runs.
+pub async fn fetch(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v: serde_json::Value =
+        if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_json(&headers, &body)? };
+    let base = match v.get("base_url").and_then(|b| b.as_str()).map(str::to_string) {
+        Some(b) => b,
+        None => app.config.netboot.release_base_url.clone().ok_or_else(|| {
+            ApiError::field("base_url", "no release URL given and [netboot] release_base_url is not set")
+        })?,
+    };
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(ApiError::field("base_url", "must be an http(s):// URL"));
+    }
+    let tag =
+        v.get("tag").and_then(|t| t.as_str()).map(str::to_string).unwrap_or(app.config.netboot.tag.clone());
+    if !app.netboot.begin(&tag) {
+        return Err(ApiError::Conflict(
+            "a netboot fetch is already running (DELETE /netboot/fetch cancels it)".into(),
+        ));
+    }
+    let actor = who.actor();
+    let a = app.clone();
+    tokio::spawn(async move {
+        let r = netboot::fetch(&a.http, &base, &tag, &a.config.paths.boot_dir, &a.netboot).await;
+        let e = match &r {
+            Ok(i) => {
+                NewEvent::new("netboot.fetched", actor, format!("netboot artifacts {} installed", i.tag))
+                    .subject("netboot", tag.clone())
+                    .details(json!({"base_url": base, "files": i.files}))
+            }
+            Err(err) if a.netboot.status().state == "cancelled" => NewEvent::new(
+                "netboot.cancelled",
+                actor,
+                format!("netboot fetch of {tag} cancelled: {err:#}"),
+            )
+            .subject("netboot", tag.clone()),
+            Err(err) => NewEvent::new(
+                "netboot.fetch_failed",
+                actor,
+                format!("netboot fetch of {tag} failed: {err:#}"),
+            )
+            .subject("netboot", tag.clone())
+            .details(json!({"base_url": base})),
+        };
+        let _ = audit::record(&a.db, e).await;
+    });
+    Ok((StatusCode::ACCEPTED, Json(app.netboot.status())).into_response())
+}
+
+pub async fn fetch_status(State(app): State<AppState>) -> Json<netboot::FetchStatus> {
+    Json(app.netboot.status())
+}
+
+pub async fn cancel(State(app): State<AppState>) -> Result<StatusCode, ApiError> {
+    if app.netboot.cancel() {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::Conflict("no netboot fetch is running".into()))
+    }
+}
