@@ -8,10 +8,6 @@ use serde::Serialize;
 
 use crate::state::AppState;
 
-/// The file in the boot directory that names the live environment's
-/// version (written next to the artifacts when they are published).
-pub const BOOT_VERSION_FILE: &str = "bty-version";
-
 /// Below this much free space a directory is a warning.
 const LOW_SPACE_BYTES: u64 = 2 << 30;
 
@@ -78,15 +74,12 @@ pub fn boot_artifacts(app: &AppState) -> Vec<(String, Option<u64>)> {
         .collect()
 }
 
-/// The version recorded beside the boot artifacts, if any.
+/// The release installed in the boot directory (`netboot.json`), if any.
 pub fn boot_version(app: &AppState) -> Option<String> {
-    std::fs::read_to_string(app.config.paths.boot_dir.join(BOOT_VERSION_FILE))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    crate::netboot::installed(&app.config.paths.boot_dir).map(|i| i.tag)
 }
 
-/// The version the artifacts should have: `[netboot] tag` (`v<version>` by default).
+/// The release the artifacts should be: `[netboot] tag` (`v<version>` by default).
 pub fn wanted_boot_version(app: &AppState) -> String {
     app.config.netboot.tag.clone()
 }
@@ -107,14 +100,18 @@ pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
     });
     let wanted = wanted_boot_version(app);
     out.push(match boot_version(app) {
-        Some(v) if v == wanted || v == crate::VERSION => {
-            check("Netboot version", Status::Ok, format!("{v}, matching this server"))
-        }
-        Some(v) => check("Netboot version", Status::Warn, format!("{v}; this server expects {wanted}")),
+        Some(v) if v == wanted => check("Netboot version", Status::Ok, format!("{v}, matching this server")),
+        Some(v) => check(
+            "Netboot version",
+            Status::Warn,
+            format!("{v} installed; this server expects {wanted} (fetch it on the Netboot page)"),
+        ),
         None => check(
             "Netboot version",
             Status::Warn,
-            format!("unknown: no {BOOT_VERSION_FILE} file in {boot_dir} (expected {wanted})"),
+            format!(
+                "unknown: the files in {boot_dir} were not installed by a release fetch (expected {wanted})"
+            ),
         ),
     });
     let catalog = app.catalog.get();

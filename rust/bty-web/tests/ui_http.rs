@@ -276,3 +276,51 @@ async fn catalog_reload_reports_errors() {
     assert!(html.contains("The last load failed"));
     assert!(html.contains("local-img"), "the previous catalog stays in use");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netboot_release_fetch_from_the_page() {
+    use sha2::{Digest, Sha256};
+    let (kernel, initrd) = (vec![1u8; 3000], vec![2u8; 5000]);
+    let sums = format!(
+        "{}  vmlinuz\n{}  initrd.gz\n",
+        hex::encode(Sha256::digest(&kernel)),
+        hex::encode(Sha256::digest(&initrd))
+    );
+    let origin = axum::Router::new()
+        .route("/v9.9.9/SHA256SUMS", axum::routing::get(move || async move { sums }))
+        .route("/v9.9.9/vmlinuz", axum::routing::get(move || async move { kernel }))
+        .route("/v9.9.9/initrd.gz", axum::routing::get(move || async move { initrd }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, origin).await.unwrap() });
+
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/netboot/fetch"),
+        &[("csrf_token", &csrf), ("base_url", "ftp://x"), ("tag", "")],
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("id=\"base_url-error\""));
+    let r = post_form(
+        &c,
+        s.url("/ui/netboot/fetch"),
+        &[("csrf_token", &csrf), ("base_url", &origin_url), ("tag", "v9.9.9")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let html = c.get(s.url("/ui/netboot")).send().await.unwrap().text().await.unwrap();
+        if html.contains("Installed release: <strong>v9.9.9</strong>") {
+            assert!(html.contains("2.9 KiB") && html.contains("4.9 KiB"), "{html}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never installed: {html}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dash = c.get(s.url("/ui/")).send().await.unwrap().text().await.unwrap();
+    assert!(dash.contains("v9.9.9 installed; this server expects v"), "the version check sees the release");
+}
