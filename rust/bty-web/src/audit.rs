@@ -190,6 +190,22 @@ pub fn acknowledge(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// Every event kind recorded so far (the events page's filter suggestions).
+pub fn kinds(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT kind FROM events ORDER BY kind")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Acknowledge several events at once; how many existed.
+pub fn acknowledge_many(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for id in ids {
+        n += usize::from(acknowledge(conn, *id)?);
+    }
+    Ok(n)
+}
+
 pub fn unacknowledged_count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM events WHERE acknowledged = 0", [], |r| r.get(0))
 }

@@ -320,6 +320,18 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         }
     }
 
+    // Browsers asking for a UI page without a login get the login page.
+    let is_ui = path.as_deref().is_some_and(|p| p == "/ui" || p.starts_with("/ui/"));
+    let wanted: Option<String> = (req.method() == Method::GET)
+        .then(|| req.uri().path_and_query().map(|pq| pq.as_str().to_string()))
+        .flatten();
+    let unauthorized = || {
+        if is_ui {
+            crate::handlers::ui::login_redirect(wanted.as_deref())
+        } else {
+            unauthorized()
+        }
+    };
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let principal = if let Some(auth) = bearer {
         let Some(token) = auth.strip_prefix("Bearer ").map(str::trim).filter(|t| t.starts_with(TOKEN_PREFIX))
@@ -348,6 +360,7 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         if !safe_method(req.method()) {
             match csrf_ok(req, csrf_token, app.config.limits.max_body_bytes).await {
                 Ok(r) => req = r,
+                Err(_) if is_ui => return crate::handlers::ui::form_refused(),
                 Err(resp) => return *resp,
             }
         }
@@ -407,7 +420,8 @@ fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(v))
 }
 
-fn percent_decode(s: &str) -> String {
+/// `application/x-www-form-urlencoded` value decoding (`+` is a space).
+pub fn percent_decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod images;
 pub mod ipxe;
 pub mod machines;
@@ -23,6 +24,7 @@ pub mod password;
 pub mod policy;
 pub mod pxe;
 pub mod routes;
+pub mod settings;
 pub mod state;
 
 use std::future::Future;
@@ -119,6 +121,9 @@ impl App {
             netboot: netboot::Fetcher::new(),
             config: config.clone(),
             started,
+            changes: tokio::sync::broadcast::channel(256).0,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            ui: Arc::new(handlers::ui::Views::new()),
         };
         if state.catalog.is_remote() {
             let s = state.clone();
@@ -150,6 +155,11 @@ impl App {
         // The scheduler holds the state (and so the state directory's lock):
         // it ends with the server.
         let scheduler = tokio::spawn(handlers::backups::scheduler(self.state.clone()));
+        let streams = self.state.shutdown.clone();
+        let shutdown = async move {
+            shutdown.await;
+            streams.cancel();
+        };
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let served =
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed");

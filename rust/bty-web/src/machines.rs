@@ -310,6 +310,22 @@ pub fn count_by_policy(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>
     rows.collect()
 }
 
+/// `(policy, state, count)`, for the dashboard.
+pub fn count_by_policy_state(conn: &Connection) -> rusqlite::Result<Vec<(String, String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT policy, state, count(*) FROM machines GROUP BY policy, state ORDER BY policy, state",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
+/// Every label in use, sorted (the machine list's label filter).
+pub fn all_labels(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT label FROM machine_labels ORDER BY label")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// One flash attempt (`flash_history`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FlashRecord {

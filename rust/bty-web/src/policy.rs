@@ -267,6 +267,25 @@ pub fn on_inventory(policy: Policy, state: BootState) -> BootState {
     }
 }
 
+/// The machine's situation in the operator's words (machine list and page).
+pub fn describe(policy: Policy, state: BootState) -> &'static str {
+    use BootState as S;
+    match (policy, state) {
+        (Policy::Tui, _) => "interactive flasher on next boot",
+        (Policy::Local, _) => "booting local disk",
+        (Policy::Flash | Policy::FlashOnce, S::Pending | S::Idle) => "pending flash",
+        (Policy::Flash | Policy::FlashOnce, S::Flashing) => "live env running; awaiting flash",
+        (Policy::Flash, S::Flashed) => "flashed; booting disk once, then flashing again",
+        (Policy::FlashOnce, S::Flashed) => "flashed; booting disk",
+        (Policy::Flash | Policy::FlashOnce, S::Failed) => "flash failed; flashing again on next boot",
+        (Policy::Inventory, S::Pending | S::Idle) => "pending inventory",
+        (Policy::Inventory, S::Inventorying) => "live env running; awaiting inventory",
+        (Policy::Inventory, S::Inventoried) => "inventory reported; booting disk",
+        (_, S::Inventorying | S::Inventoried) => "pending flash",
+        (Policy::Inventory, _) => "pending inventory",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

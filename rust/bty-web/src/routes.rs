@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system};
+use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system, ui};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,34 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/auth/tokens", Operator),
     route(Method::POST, "/auth/tokens", Operator),
     route(Method::DELETE, "/auth/tokens/{id}", Operator),
+    // The browser UI. Unauthenticated requests to operator pages are
+    // redirected to the login page instead of answered 401.
+    route(Method::GET, "/ui/assets/{file}", Open),
+    route(Method::GET, "/ui/login", Open),
+    route(Method::POST, "/ui/login", Open),
+    route(Method::POST, "/ui/logout", Operator),
+    route(Method::GET, "/ui", Operator),
+    route(Method::GET, "/ui/", Operator),
+    route(Method::GET, "/ui/account", Operator),
+    route(Method::POST, "/ui/account/password", Operator),
+    route(Method::POST, "/ui/account/tokens", Operator),
+    route(Method::POST, "/ui/account/tokens/{id}/revoke", Operator),
+    route(Method::GET, "/ui/machines", Operator),
+    route(Method::POST, "/ui/machines", Operator),
+    route(Method::GET, "/ui/machines/stream", Operator),
+    route(Method::GET, "/ui/machines/{mac}", Operator),
+    route(Method::POST, "/ui/machines/{mac}", Operator),
+    route(Method::POST, "/ui/machines/{mac}/delete", Operator),
+    route(Method::GET, "/ui/machines/{mac}/inventory.json", Operator),
+    route(Method::GET, "/ui/images", Operator),
+    route(Method::POST, "/ui/images/reload", Operator),
+    route(Method::GET, "/ui/netboot", Operator),
+    route(Method::POST, "/ui/netboot/fetch", Operator),
+    route(Method::POST, "/ui/netboot/cancel", Operator),
+    route(Method::GET, "/ui/events", Operator),
+    route(Method::POST, "/ui/events/ack", Operator),
+    route(Method::GET, "/ui/settings", Operator),
+    route(Method::POST, "/ui/settings", Operator),
 ];
 
 /// Access of a matched route; unknown combinations are operator-only.
@@ -128,6 +156,32 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/auth/tokens") => get(auth::list_tokens),
         ("POST", "/auth/tokens") => post(auth::create_token),
         ("DELETE", "/auth/tokens/{id}") => delete(auth::revoke_token),
+        ("GET", "/ui/assets/{file}") => get(ui::asset),
+        ("GET", "/ui/login") => get(ui::account::login_form),
+        ("POST", "/ui/login") => post(ui::account::login),
+        ("POST", "/ui/logout") => post(ui::account::logout),
+        ("GET", "/ui") => get(ui::root),
+        ("GET", "/ui/") => get(ui::dashboard::page),
+        ("GET", "/ui/account") => get(ui::account::account),
+        ("POST", "/ui/account/password") => post(ui::account::change_password),
+        ("POST", "/ui/account/tokens") => post(ui::account::create_token),
+        ("POST", "/ui/account/tokens/{id}/revoke") => post(ui::account::revoke_token),
+        ("GET", "/ui/machines") => get(ui::machines::list),
+        ("POST", "/ui/machines") => post(ui::machines::add),
+        ("GET", "/ui/machines/stream") => get(ui::machines::stream),
+        ("GET", "/ui/machines/{mac}") => get(ui::machines::show),
+        ("POST", "/ui/machines/{mac}") => post(ui::machines::assign),
+        ("POST", "/ui/machines/{mac}/delete") => post(ui::machines::delete),
+        ("GET", "/ui/machines/{mac}/inventory.json") => get(ui::machines::inventory_json),
+        ("GET", "/ui/images") => get(ui::catalog::images),
+        ("POST", "/ui/images/reload") => post(ui::catalog::reload),
+        ("GET", "/ui/netboot") => get(ui::catalog::netboot),
+        ("POST", "/ui/netboot/fetch") => post(ui::catalog::fetch),
+        ("POST", "/ui/netboot/cancel") => post(ui::catalog::cancel_fetch),
+        ("GET", "/ui/events") => get(ui::events::page),
+        ("POST", "/ui/events/ack") => post(ui::events::ack),
+        ("GET", "/ui/settings") => get(ui::settings::page),
+        ("POST", "/ui/settings") => post(ui::settings::save),
         (m, p) => panic!("route {m} {p} is listed in ROUTES but has no handler"),
     }
 }

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use bty_core::mac::MacAddr;
 
 use crate::auth::LoginLimiter;
 use crate::config::Config;
@@ -37,6 +38,14 @@ pub struct AppState {
     /// The netboot artifact fetch: one at a time, with progress and cancel.
     pub netboot: Arc<crate::netboot::Fetcher>,
     pub started: Instant,
+    /// MACs whose record changed (PXE contact, report, save, delete), for
+    /// the browser UI's live views. Nobody listening costs nothing.
+    pub changes: tokio::sync::broadcast::Sender<MacAddr>,
+    /// Cancelled when the server starts shutting down, so long-lived
+    /// responses (the UI's event streams) end and shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The browser UI's templates and assets.
+    pub ui: Arc<crate::handlers::ui::Views>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -50,6 +59,11 @@ fn safe_host(h: &str) -> bool {
 }
 
 impl AppState {
+    /// Tell live views a machine changed; a lagging or absent listener is fine.
+    pub fn machine_changed(&self, mac: MacAddr) {
+        let _ = self.changes.send(mac);
+    }
+
     /// The URL machines reach this server at: `[server] public_url`, else the
     /// request's Host header (what the machine itself used to get here).
     /// The Host is checked because it ends up inside iPXE scripts.

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn concrete(path: &str) -> String {
-    path.replace("{mac}", MAC).replace("{name}", "vmlinuz").replace("{id}", "1")
+    path.replace("{mac}", MAC).replace("{name}", "vmlinuz").replace("{id}", "1").replace("{file}", "ui.css")
 }
 
 /// Every route not explicitly open answers 401 without credentials (and with
@@ -36,14 +36,17 @@ async fn every_protected_route_requires_login() {
             "GET /pxe-bootstrap.ipxe",
             "GET /pxe/{mac}",
             "GET /pxe/{mac}/plan",
+            "GET /ui/assets/{file}",
+            "GET /ui/login",
             "GET /version",
             "POST /auth/login",
             "POST /pxe/{mac}/done",
             "POST /pxe/{mac}/inventory",
             "POST /pxe/{mac}/status",
+            "POST /ui/login",
         ]
     );
-    let c = reqwest::Client::new();
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let mut checked = 0;
     for r in ROUTES.iter().filter(|r| r.access == Access::Operator) {
         let url = s.url(&concrete(r.path));
@@ -57,9 +60,17 @@ async fn every_protected_route_requires_login() {
         if method == Method::GET {
             variants.push(c.request(Method::HEAD, &url));
         }
+        // Browser pages send the browser to the login page instead of a 401.
+        let ui = r.path == "/ui" || r.path.starts_with("/ui/");
         for v in variants {
             let resp = v.header("content-type", "application/json").body("{}").send().await.unwrap();
-            assert_eq!(resp.status(), 401, "{} {} answered {}", r.method, r.path, resp.status());
+            if ui {
+                assert_eq!(resp.status(), 303, "{} {} answered {}", r.method, r.path, resp.status());
+                let to = resp.headers()["location"].to_str().unwrap();
+                assert!(to.starts_with("/ui/login"), "{} {} redirected to {to}", r.method, r.path);
+            } else {
+                assert_eq!(resp.status(), 401, "{} {} answered {}", r.method, r.path, resp.status());
+            }
             checked += 1;
         }
     }

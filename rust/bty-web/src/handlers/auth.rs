@@ -32,26 +32,25 @@ async fn check(app: &AppState, username: String, pass: String) -> Result<bool, A
         .map_err(ApiError::internal)
 }
 
-pub async fn login(
-    State(app): State<AppState>,
+/// Check credentials (rate-limited per source IP), audit the attempt and
+/// open a session: the one login path for the API and the browser UI.
+pub async fn start_session(
+    app: &AppState,
     ip: ClientIp,
-    ApiJson(body): ApiJson<Login>,
-) -> Result<Response, ApiError> {
+    username: String,
+    pass: String,
+) -> Result<auth::NewSession, ApiError> {
     if let Some(addr) = ip.0 {
         if !app.logins.allow(addr) {
-            let mut resp = ApiError::TooManyRequests(format!(
+            return Err(ApiError::TooManyRequests(format!(
                 "too many login attempts from {addr}; wait a minute ([auth] login_attempts_per_minute = {})",
                 app.config.auth.login_attempts_per_minute
-            ))
-            .into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-            return Ok(resp);
+            )));
         }
     }
-    let ttl = Duration::from_secs(app.config.auth.session_ttl_hours * 3600);
-    let username = body.username.clone();
+    let ttl = session_ttl(app);
     let src = ip.string();
-    let ok = check(&app, body.username.clone(), body.password).await?;
+    let ok = check(app, username.clone(), pass).await?;
     let session = app
         .db
         .write(move |c| {
@@ -61,25 +60,44 @@ pub async fn login(
                     &NewEvent::new(
                         "auth.login.failed",
                         Actor::System,
-                        format!("failed login as {:?}", body.username),
+                        format!("failed login as {username:?}"),
                     )
-                    .subject("user", body.username.chars().take(64).collect::<String>())
+                    .subject("user", username.chars().take(64).collect::<String>())
                     .ip(src),
                 )?;
                 return Ok(None);
             }
-            let s = auth::create_session(c, &body.username, ttl)?;
+            let s = auth::create_session(c, &username, ttl)?;
             audit::insert(
                 c,
-                &NewEvent::new("auth.login.succeeded", Actor::Operator(body.username.clone()), "logged in")
-                    .subject("user", body.username.clone())
+                &NewEvent::new("auth.login.succeeded", Actor::Operator(username.clone()), "logged in")
+                    .subject("user", username.clone())
                     .ip(src),
             )?;
             Ok::<_, rusqlite::Error>(Some(s))
         })
         .await?;
-    let Some(s) = session else {
-        return Err(ApiError::Unauthorized("wrong username or password".into()));
+    session.ok_or_else(|| ApiError::Unauthorized("wrong username or password".into()))
+}
+
+pub fn session_ttl(app: &AppState) -> Duration {
+    Duration::from_secs(app.config.auth.session_ttl_hours * 3600)
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<Response, ApiError> {
+    let username = body.username.clone();
+    let s = match start_session(&app, ip, body.username, body.password).await {
+        Ok(s) => s,
+        Err(e @ ApiError::TooManyRequests(_)) => {
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+            return Ok(resp);
+        }
+        Err(e) => return Err(e),
     };
     let body = json!({
         "username": username,
@@ -87,14 +105,12 @@ pub async fn login(
         "expires_at": clock::from_unix(s.expires_at),
         "default_password_in_use": app.default_password.load(Ordering::Relaxed),
     });
+    let ttl = session_ttl(&app);
     Ok(([(header::SET_COOKIE, auth::session_cookie(&s.token, ttl.as_secs()))], Json(body)).into_response())
 }
 
-pub async fn logout(
-    State(app): State<AppState>,
-    ip: ClientIp,
-    Extension(who): Extension<Principal>,
-) -> Result<Response, ApiError> {
+/// End the caller's session (a token caller just records the logout).
+pub async fn end_session(app: &AppState, ip: ClientIp, who: &Principal) -> Result<(), ApiError> {
     let actor = who.actor();
     let hash = match &who.via {
         Via::Session { token_hash, .. } => Some(token_hash.clone()),
@@ -112,6 +128,15 @@ pub async fn logout(
             )
         })
         .await?;
+    Ok(())
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    end_session(&app, ip, &who).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, auth::clear_cookie())]).into_response())
 }
 
@@ -144,13 +169,16 @@ pub struct PasswordChange {
     new_password: String,
 }
 
-pub async fn change_password(
-    State(app): State<AppState>,
+/// Change the caller's password; other sessions end. Field errors name
+/// `current_password` or `new_password`.
+pub async fn set_own_password(
+    app: &AppState,
     ip: ClientIp,
-    Extension(who): Extension<Principal>,
-    ApiJson(body): ApiJson<PasswordChange>,
-) -> Result<StatusCode, ApiError> {
-    if body.new_password.chars().count() < auth::MIN_PASSWORD_LEN {
+    who: &Principal,
+    current: String,
+    new: String,
+) -> Result<(), ApiError> {
+    if new.chars().count() < auth::MIN_PASSWORD_LEN {
         return Err(ApiError::field(
             "new_password",
             format!("must be at least {} characters", auth::MIN_PASSWORD_LEN),
@@ -160,10 +188,9 @@ pub async fn change_password(
         Via::Session { token_hash, .. } => Some(token_hash.clone()),
         Via::Token { .. } => None,
     };
-    if !check(&app, who.username.clone(), body.current_password).await? {
+    if !check(app, who.username.clone(), current).await? {
         return Err(ApiError::field("current_password", "is wrong"));
     }
-    let new = body.new_password;
     let hash = tokio::task::spawn_blocking(move || password::hash(&new)).await.map_err(ApiError::internal)?;
     let actor = who.actor();
     let user = who.username.clone();
@@ -179,6 +206,16 @@ pub async fn change_password(
         })
         .await?;
     app.default_password.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+pub async fn change_password(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    Extension(who): Extension<Principal>,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    set_own_password(&app, ip, &who, body.current_password, body.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -192,19 +229,21 @@ pub struct NewToken {
     name: String,
 }
 
-pub async fn create_token(
-    State(app): State<AppState>,
+/// A new API token: `(id, plain token, created_at)`; the plain token exists
+/// only in this answer.
+pub async fn issue_token(
+    app: &AppState,
     ip: ClientIp,
-    Extension(who): Extension<Principal>,
-    ApiJson(body): ApiJson<NewToken>,
-) -> Result<Response, ApiError> {
-    let name = body.name.trim().to_string();
+    who: &Principal,
+    name: &str,
+) -> Result<(i64, String, String), ApiError> {
+    let name = name.trim().to_string();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::field("name", "must be 1-64 printable characters"));
     }
     let actor = who.actor();
     let user = who.username.clone();
-    let (id, token, created_at) = app
+    Ok(app
         .db
         .write(move |c| {
             let (id, token, at) = auth::create_token(c, &name, &user)?;
@@ -217,7 +256,16 @@ pub async fn create_token(
             )?;
             Ok::<_, rusqlite::Error>((id, token, at))
         })
-        .await?;
+        .await?)
+}
+
+pub async fn create_token(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    Extension(who): Extension<Principal>,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<Response, ApiError> {
+    let (id, token, created_at) = issue_token(&app, ip, &who, &body.name).await?;
     let body = json!({
         "id": id,
         "name": body.name.trim(),
@@ -228,15 +276,10 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn revoke_token(
-    State(app): State<AppState>,
-    ip: ClientIp,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id")))?;
+/// Revoke a token; `false` if there is no such token.
+pub async fn revoke(app: &AppState, ip: ClientIp, who: &Principal, id: i64) -> Result<bool, ApiError> {
     let actor = who.actor();
-    let revoked = app
+    Ok(app
         .db
         .write(move |c| {
             let name = auth::revoke_token(c, id)?;
@@ -250,8 +293,17 @@ pub async fn revoke_token(
             }
             Ok::<_, rusqlite::Error>(name.is_some())
         })
-        .await?;
-    if revoked {
+        .await?)
+}
+
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id")))?;
+    if revoke(&app, ip, &who, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no API token {id}")))

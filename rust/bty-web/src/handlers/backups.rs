@@ -164,7 +164,14 @@ pub async fn schedule_put(
         })? as u32,
     };
     let s = Schedule { cadence, keep };
+    store_schedule(&app, &who, s).await?;
+    Ok(Json(s).into_response())
+}
+
+/// Save the schedule with its audit event (API and browser UI).
+pub async fn store_schedule(app: &AppState, who: &Principal, s: Schedule) -> Result<(), ApiError> {
     let actor = who.actor();
+    let Schedule { cadence, keep } = s;
     app.db
         .write(move |c| {
             backup::save_schedule(c, &s)?;
@@ -180,7 +187,7 @@ pub async fn schedule_put(
             )
         })
         .await?;
-    Ok(Json(s).into_response())
+    Ok(())
 }
 
 /// Every `[tuning] backup_tick_seconds` (60 by default): if the schedule is

@@ -7,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bty_core::catalog::ImageSrc;
+use bty_core::catalog::{CatalogError, ImageSrc};
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -181,47 +181,43 @@ pub async fn catalog_toml(State(app): State<AppState>, headers: HeaderMap) -> Re
     Ok(([(header::CONTENT_TYPE, "application/toml; charset=utf-8")], text).into_response())
 }
 
+/// Reload the catalog and audit the outcome: the one reload path for the
+/// API and the browser UI. `Ok(Err(_))` is a catalog that did not load (the
+/// previous one stays in use).
+pub async fn reload_catalog(
+    app: &AppState,
+    who: &Principal,
+    ip: ClientIp,
+) -> Result<Result<usize, CatalogError>, ApiError> {
+    let result = app.catalog.reload().await;
+    let actor = who.actor();
+    let location = app.catalog.location().to_string();
+    let event = match &result {
+        Ok(c) => {
+            let n = c.images.len();
+            NewEvent::new("catalog.reloaded", actor, format!("catalog reloaded: {n} image(s)"))
+                .subject("catalog", location.clone())
+                .details(json!({"images": n, "location": location}))
+        }
+        Err(e) => NewEvent::new("catalog.failed", actor, e.to_string())
+            .subject("catalog", location.clone())
+            .details(json!({"location": location, "problems": e.problems})),
+    };
+    let event = event.ip(ip.string());
+    app.db.write(move |db| audit::insert(db, &event)).await?;
+    Ok(result.map(|c| c.images.len()))
+}
+
 pub async fn catalog_reload(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     ip: ClientIp,
 ) -> Result<Response, ApiError> {
-    let result = app.catalog.reload().await;
-    let actor = who.actor();
     let location = app.catalog.location().to_string();
-    match result {
-        Ok(c) => {
-            let n = c.images.len();
-            let loc = location.clone();
-            app.db
-                .write(move |db| {
-                    audit::insert(
-                        db,
-                        &NewEvent::new("catalog.reloaded", actor, format!("catalog reloaded: {n} image(s)"))
-                            .subject("catalog", loc.clone())
-                            .ip(ip.string())
-                            .details(json!({"images": n, "location": loc})),
-                    )
-                })
-                .await?;
-            Ok(Json(json!({"images": n, "location": location})).into_response())
-        }
+    match reload_catalog(&app, &who, ip).await? {
+        Ok(n) => Ok(Json(json!({"images": n, "location": location})).into_response()),
         Err(e) => {
             let problems = serde_json::to_value(&e.problems).unwrap_or_default();
-            let summary = e.to_string();
-            let details = json!({"location": location, "problems": problems});
-            let loc = location.clone();
-            app.db
-                .write(move |db| {
-                    audit::insert(
-                        db,
-                        &NewEvent::new("catalog.failed", actor, summary)
-                            .subject("catalog", loc)
-                            .ip(ip.string())
-                            .details(details),
-                    )
-                })
-                .await?;
             Err(ApiError::UnprocessableBody(json!({
                 "error": format!("catalog {location} was not loaded; the previous catalog stays in use"),
                 "field": "catalog",

@@ -8,6 +8,8 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
+use bty_core::mac::MacAddr;
+
 use super::MacParam;
 use crate::audit::{self, NewEvent};
 use crate::auth::Principal;
@@ -57,20 +59,17 @@ pub async fn show(State(app): State<AppState>, MacParam(mac): MacParam) -> Resul
     }
 }
 
-/// Full replace of the operator fields; creates the record if needed and
-/// re-arms flash/inventory policies.
-pub async fn replace(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
+/// Store a validated binding with its audit event and tell live views: the
+/// one save path for the API and the browser UI.
+pub async fn save(
+    app: &AppState,
+    who: &Principal,
     ip: ClientIp,
-    MacParam(mac): MacParam,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let value: serde_json::Value = decode_json(&headers, &body)?;
-    let input = MachineInput::from_json(&value, &app.catalog.get())?;
+    mac: MacAddr,
+    input: MachineInput,
+) -> Result<(Machine, bool), ApiError> {
     let actor = who.actor();
-    let (m, created) = app
+    let saved = app
         .db
         .write(move |c| {
             let (m, created) = machines::put(c, mac, &input)?;
@@ -93,16 +92,17 @@ pub async fn replace(
             Ok::<_, rusqlite::Error>((m, created))
         })
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(view(&app, m))).into_response())
+    app.machine_changed(mac);
+    Ok(saved)
 }
 
-pub async fn remove(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
+/// Delete a machine with its audit event; `false` if there was none.
+pub async fn delete_one(
+    app: &AppState,
+    who: &Principal,
     ip: ClientIp,
-    MacParam(mac): MacParam,
-) -> Result<StatusCode, ApiError> {
+    mac: MacAddr,
+) -> Result<bool, ApiError> {
     let actor = who.actor();
     let deleted = app
         .db
@@ -120,6 +120,35 @@ pub async fn remove(
         })
         .await?;
     if deleted {
+        app.machine_changed(mac);
+    }
+    Ok(deleted)
+}
+
+/// Full replace of the operator fields; creates the record if needed and
+/// re-arms flash/inventory policies.
+pub async fn replace(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    MacParam(mac): MacParam,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let value: serde_json::Value = decode_json(&headers, &body)?;
+    let input = MachineInput::from_json(&value, &app.catalog.get())?;
+    let (m, created) = save(&app, &who, ip, mac, input).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view(&app, m))).into_response())
+}
+
+pub async fn remove(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    MacParam(mac): MacParam,
+) -> Result<StatusCode, ApiError> {
+    if delete_one(&app, &who, ip, mac).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no machine {mac}")))

@@ -9,6 +9,7 @@ pub mod machines;
 pub mod netboot;
 pub mod pxe;
 pub mod system;
+pub mod ui;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;

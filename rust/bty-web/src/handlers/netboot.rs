@@ -55,18 +55,17 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
-/// Start fetching `{"base_url"?, "tag"?}` (defaults from `[netboot]`); 202,
-/// or 409 while another fetch runs.
-pub async fn fetch(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let v: serde_json::Value =
-        if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_json(&headers, &body)? };
-    let base = match v.get("base_url").and_then(|b| b.as_str()).map(str::to_string) {
-        Some(b) => b,
+/// Start fetching a release in the background (defaults from `[netboot]`):
+/// the one start path for the API and the browser UI. Field errors name
+/// `base_url`; a running fetch is a conflict.
+pub fn start_fetch(
+    app: &AppState,
+    who: &Principal,
+    base_url: Option<String>,
+    tag: Option<String>,
+) -> Result<netboot::FetchStatus, ApiError> {
+    let base = match base_url.filter(|b| !b.trim().is_empty()) {
+        Some(b) => b.trim().to_string(),
         None => app.config.netboot.release_base_url.clone().ok_or_else(|| {
             ApiError::field("base_url", "no release URL given and [netboot] release_base_url is not set")
         })?,
@@ -75,7 +74,7 @@ pub async fn fetch(
         return Err(ApiError::field("base_url", "must be an http(s):// URL"));
     }
     let tag =
-        v.get("tag").and_then(|t| t.as_str()).map(str::to_string).unwrap_or(app.config.netboot.tag.clone());
+        tag.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).unwrap_or(app.config.netboot.tag.clone());
     if !app.netboot.begin(&tag) {
         return Err(ApiError::Conflict(
             "a netboot fetch is already running (DELETE /netboot/fetch cancels it)".into(),
@@ -107,7 +106,22 @@ pub async fn fetch(
         };
         let _ = audit::record(&a.db, e).await;
     });
-    Ok((StatusCode::ACCEPTED, Json(app.netboot.status())).into_response())
+    Ok(app.netboot.status())
+}
+
+/// Start fetching `{"base_url"?, "tag"?}` (defaults from `[netboot]`); 202,
+/// or 409 while another fetch runs.
+pub async fn fetch(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v: serde_json::Value =
+        if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_json(&headers, &body)? };
+    let text = |k: &str| v.get(k).and_then(|b| b.as_str()).map(str::to_string);
+    let status = start_fetch(&app, &who, text("base_url"), text("tag"))?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
 pub async fn fetch_status(State(app): State<AppState>) -> Json<netboot::FetchStatus> {

@@ -45,6 +45,7 @@ pub async fn script(
             return Ok(ipxe(app.ipxe.unavailable(&base, &mac_s, "database error (see the server log)")));
         }
     };
+    app.machine_changed(mac);
     if c.discovered {
         app.metrics.discovered.fetch_add(1, Ordering::Relaxed);
     }
@@ -70,6 +71,7 @@ pub async fn plan(
     let catalog = app.catalog.get();
     let cat = catalog.clone();
     let d = app.db.write(move |c| pxe::plan(c, mac, ip.string().as_deref(), &cat)).await?;
+    app.machine_changed(mac);
     Ok(Json(pxe::build_plan(&d, &base, &catalog)).into_response())
 }
 
@@ -89,6 +91,7 @@ async fn report(
             "unknown machine {mac}: it must PXE-boot from this server first"
         )));
     }
+    app.machine_changed(mac);
     match status {
         FlashStatus::Done => app.metrics.flashes_done.fetch_add(1, Ordering::Relaxed),
         FlashStatus::Failed => app.metrics.flashes_failed.fetch_add(1, Ordering::Relaxed),
@@ -143,6 +146,7 @@ pub async fn inventory(
             "unknown machine {mac}: it must PXE-boot from this server first"
         )));
     }
+    app.machine_changed(mac);
     app.metrics.inventories.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT)
 }

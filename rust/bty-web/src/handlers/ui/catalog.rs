@@ -1,0 +1,177 @@
+//! `/ui/images` (the catalog) and `/ui/netboot` (boot artifacts).
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{field_errors, Ctx, Fields, PageMeta, UiError};
+use crate::error::ApiError;
+use crate::handlers::{self, files};
+use crate::health::{self, human_bytes};
+use crate::state::ClientIp;
+use crate::{images, netboot};
+
+#[derive(Deserialize, Default)]
+pub struct NoticeQuery {
+    notice: Option<String>,
+}
+
+pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, UiError> {
+    let catalog = ctx.app.catalog.get();
+    let rows: Vec<Value> = catalog
+        .images
+        .iter()
+        .map(|e| {
+            let i = images::info(e, "");
+            let digest = i.sha256.map(|d| format!("{}…", &d[..d.len().min(12)]));
+            json!({
+                "name": i.name,
+                "description": i.description,
+                "format": i.format,
+                "arch": i.arch,
+                "size": i.size_bytes.map(human_bytes),
+                "sha256": i.sha256,
+                "digest": digest,
+                "source": i.source,
+                "src": i.src,
+            })
+        })
+        .collect();
+    let data = json!({
+        "location": ctx.app.catalog.location(),
+        "count": rows.len(),
+        "images": rows,
+        "error": ctx.app.catalog.last_error(),
+    });
+    let meta =
+        PageMeta { name: "images", title: "Images".into(), nav: "images", notice: q.notice.as_deref() };
+    ctx.page(StatusCode::OK, meta, data)
+}
+
+pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {
+    let code = match files::reload_catalog(&ctx.app, &ctx.who, ip).await? {
+        Ok(_) => "reloaded",
+        Err(_) => "reload-failed",
+    };
+    Ok(Redirect::to(&format!("/ui/images?notice={code}")).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct NetbootQuery {
+    notice: Option<String>,
+}
+
+pub async fn netboot(ctx: Ctx, Query(q): Query<NetbootQuery>) -> Result<Response, UiError> {
+    netboot_page(&ctx, StatusCode::OK, q.notice.as_deref(), None, json!({})).await
+}
+
+async fn netboot_page(
+    ctx: &Ctx,
+    status: StatusCode,
+    notice: Option<&str>,
+    submitted: Option<(String, String)>,
+    errors: Value,
+) -> Result<Response, UiError> {
+    let boot = &ctx.app.config.boot;
+    let mut roles = vec![(boot.kernel.clone(), "live kernel"), (boot.initrd.clone(), "live initrd")];
+    if let Some(s) = &boot.squashfs {
+        roles.push((s.clone(), "live root squashfs"));
+    }
+    let dir = ctx.app.config.paths.boot_dir.clone();
+    let installed = netboot::installed(&dir);
+    let mut names: Vec<String> = roles.iter().map(|(n, _)| n.clone()).collect();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut others: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            // Hidden files are uploads in progress; the record of the release is not an artifact.
+            .filter(|n| !n.starts_with('.') && n != netboot::INSTALLED && !names.contains(n))
+            .collect();
+        others.sort();
+        names.extend(others);
+    }
+    let files: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            let meta = std::fs::metadata(dir.join(n)).ok();
+            let role = roles.iter().find(|(r, _)| r == n).map(|(_, role)| *role).unwrap_or("other");
+            let modified = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .map(|t| crate::clock::rfc3339(time::OffsetDateTime::from(t)))
+                .map(|t| ctx.zone.format(&t));
+            let sha256 = installed
+                .as_ref()
+                .and_then(|i| i.files.iter().find(|f| &f.name == n))
+                .map(|f| f.sha256.clone());
+            json!({
+                "name": n,
+                "role": role,
+                "present": meta.is_some(),
+                "size": meta.as_ref().map(|m| human_bytes(m.len())),
+                "modified": modified,
+                "sha256": sha256,
+                "digest": sha256.as_ref().map(|d| format!("{}…", &d[..d.len().min(12)])),
+            })
+        })
+        .collect();
+    let f = ctx.app.netboot.status();
+    let progress = match (f.bytes, f.total) {
+        (0, _) => None,
+        (b, Some(t)) if t > 0 => Some(format!("{} of {}", human_bytes(b), human_bytes(t))),
+        (b, _) => Some(human_bytes(b)),
+    };
+    let class = match f.state {
+        "done" => "ok",
+        "failed" | "cancelled" => "error",
+        _ => "warn",
+    };
+    let wanted = health::wanted_boot_version(&ctx.app);
+    let (base_url, tag) = submitted.unwrap_or_else(|| {
+        (ctx.app.config.netboot.release_base_url.clone().unwrap_or_default(), wanted.clone())
+    });
+    let data = json!({
+        "boot_dir": dir.display().to_string(),
+        "files": files,
+        "installed_at": installed.as_ref().map(|i| ctx.zone.format(&i.fetched_at)),
+        "matches": installed.as_ref().is_some_and(|i| i.tag == wanted),
+        "installed": installed,
+        "wanted": wanted,
+        "fetch": {
+            "shown": f.state != "idle",
+            "running": f.state == "running",
+            "state": f.state,
+            "class": class,
+            "tag": f.tag,
+            "file": f.file,
+            "progress": progress,
+            "error": f.error,
+        },
+        "form": {"base_url": base_url, "tag": tag},
+        "errors": errors,
+    });
+    ctx.page(status, PageMeta { name: "netboot", title: "Netboot".into(), nav: "netboot", notice }, data)
+}
+
+/// `POST /ui/netboot/fetch`: start a release fetch; the page follows it.
+pub async fn fetch(ctx: Ctx, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
+    let f = Fields(f);
+    let (base, tag) = (f.get("base_url").to_string(), f.get("tag").to_string());
+    match handlers::netboot::start_fetch(&ctx.app, &ctx.who, Some(base.clone()), Some(tag.clone())) {
+        Ok(_) => Ok(Redirect::to("/ui/netboot").into_response()),
+        Err(ApiError::Unprocessable { field, reason }) => {
+            let errors = field_errors(&field, &reason);
+            netboot_page(&ctx, StatusCode::UNPROCESSABLE_ENTITY, None, Some((base, tag)), errors).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn cancel_fetch(ctx: Ctx) -> Result<Response, UiError> {
+    ctx.app.netboot.cancel();
+    Ok(Redirect::to("/ui/netboot").into_response())
+}

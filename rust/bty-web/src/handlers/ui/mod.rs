@@ -1,0 +1,377 @@
+//! The browser UI under `/ui/`: server-rendered handlebars pages from
+//! `templates/ui/`, one stylesheet and one script from `assets/`, all
+//! compiled into the binary. Handlers stay thin: they call the same
+//! functions as the JSON API (`handlers::machines::save`,
+//! `handlers::auth::start_session`, ...) and only shape HTML.
+//!
+//! Forms post with the session's CSRF token as a hidden `csrf_token` field,
+//! which the auth guard checks like the API's header; a valid post redirects
+//! (303) to a page, an invalid one is answered with the form again and the
+//! reason next to the field.
+
+pub mod account;
+pub mod catalog;
+pub mod dashboard;
+pub mod events;
+pub mod machines;
+pub mod settings;
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use handlebars::Handlebars;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{self, Event};
+use crate::auth::{Principal, Via};
+use crate::error::ApiError;
+use crate::settings::DisplayZone;
+use crate::state::AppState;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("layout", include_str!("../../../templates/ui/layout.hbs")),
+    ("field", include_str!("../../../templates/ui/field.hbs")),
+    ("select", include_str!("../../../templates/ui/select.hbs")),
+    ("events_table", include_str!("../../../templates/ui/events_table.hbs")),
+    ("machine_row", include_str!("../../../templates/ui/machine_row.hbs")),
+    ("login", include_str!("../../../templates/ui/login.hbs")),
+    ("account", include_str!("../../../templates/ui/account.hbs")),
+    ("dashboard", include_str!("../../../templates/ui/dashboard.hbs")),
+    ("machines", include_str!("../../../templates/ui/machines.hbs")),
+    ("machine", include_str!("../../../templates/ui/machine.hbs")),
+    ("images", include_str!("../../../templates/ui/images.hbs")),
+    ("netboot", include_str!("../../../templates/ui/netboot.hbs")),
+    ("events", include_str!("../../../templates/ui/events.hbs")),
+    ("settings", include_str!("../../../templates/ui/settings.hbs")),
+];
+
+const CSS: &str = include_str!("../../../assets/ui.css");
+const JS: &str = include_str!("../../../assets/ui.js");
+
+/// Pages may load only this server's own stylesheet and script.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'";
+
+pub struct Views {
+    hb: Handlebars<'static>,
+    css_url: String,
+    js_url: String,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Assets are cached for a year; their URL changes with their content.
+fn versioned(name: &str, body: &str) -> String {
+    let digest = hex::encode(Sha256::digest(body.as_bytes()));
+    format!("/ui/assets/{name}?v={}", &digest[..12])
+}
+
+impl Views {
+    pub fn new() -> Views {
+        let mut hb = Handlebars::new();
+        for (name, text) in TEMPLATES {
+            hb.register_template_string(name, *text).expect("embedded UI templates parse");
+        }
+        Views { hb, css_url: versioned("ui.css", CSS), js_url: versioned("ui.js", JS) }
+    }
+
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, UiError> {
+        self.hb.render(name, ctx).map_err(|e| UiError(ApiError::internal(format!("rendering {name}: {e}"))))
+    }
+}
+
+/// `GET /ui/assets/{file}`: open, so the login page has its style.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "ui.css" => (CSS, "text/css; charset=utf-8"),
+        "ui.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return ApiError::not_found(format!("no asset {file}")).into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Percent-encode for a query value (everything but unreserved characters).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `?a=1&b=x` from the non-empty pairs (empty string when none).
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let parts: Vec<String> =
+        pairs.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// Where a form may send the browser back to: a page of this UI only, so a
+/// crafted link cannot turn the login or an acknowledgement into a redirect
+/// to another site.
+pub fn local_target(s: &str) -> Option<&str> {
+    let ok =
+        s.starts_with("/ui/") && !s.contains("//") && !s.contains('\\') && !s.chars().any(char::is_control);
+    ok.then_some(s)
+}
+
+/// The login page remembering where the browser wanted to go.
+pub fn login_redirect(path_and_query: Option<&str>) -> Response {
+    match path_and_query.and_then(local_target) {
+        Some(next) => Redirect::to(&format!("/ui/login{}", query(&[("next", next)]))).into_response(),
+        None => Redirect::to("/ui/login").into_response(),
+    }
+}
+
+/// Messages shown after a redirect, by code, so a link cannot put arbitrary
+/// text on a page.
+fn notice(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "saved" => "Saved. The machine follows its new assignment from its next PXE boot.",
+        "added" => "Machine added with policy tui.",
+        "deleted" => "Machine deleted.",
+        "reloaded" => "Catalog reloaded.",
+        "reload-failed" => "The catalog did not load; the previous one stays in use.",
+        "password" => "Password changed. Other sessions were logged out.",
+        "revoked" => "Token revoked.",
+        "settings" => "Settings saved.",
+        "acked" => "Acknowledged.",
+        "bye" => "Logged out.",
+        _ => return None,
+    })
+}
+
+/// Form fields in order, repeated names kept (`id=1&id=2`).
+pub struct Fields(pub Vec<(String, String)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// One validation problem per field, shown next to it.
+pub fn field_errors(field: &str, reason: &str) -> Value {
+    let mut m = Map::new();
+    m.insert(field.to_string(), Value::String(reason.to_string()));
+    Value::Object(m)
+}
+
+/// A failed UI request as a page (the API's errors are JSON).
+#[derive(Debug)]
+pub struct UiError(pub ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> Self {
+        UiError(e)
+    }
+}
+
+impl From<rusqlite::Error> for UiError {
+    fn from(e: rusqlite::Error) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl From<crate::machines::FieldError> for UiError {
+    fn from(e: crate::machines::FieldError) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self.0 {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "Conflict", m),
+            ApiError::Unprocessable { field, reason } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Not accepted", format!("{field}: {reason}"))
+            }
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Server error", m)
+            }
+            other => return other.into_response(),
+        };
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{title} · bty</title><link rel=\"stylesheet\" href=\"{css}\"></head>\
+             <body><main id=\"main\"><h1>{title}</h1><p class=\"callout error\">{msg}</p>\
+             <p><a href=\"/ui/\">Dashboard</a> · <a href=\"/ui/machines\">Machines</a></p></main></body></html>",
+            css = versioned("ui.css", CSS),
+            msg = handlebars::html_escape(&message),
+        );
+        html_response(status, html)
+    }
+}
+
+/// A form post whose CSRF token did not match the session: usually a page
+/// left open across a new login. Said as a page, with what to do.
+pub fn form_refused() -> Response {
+    UiError(ApiError::Forbidden(
+        "This form belongs to an older login (or another site). Go back, reload the page and submit it again."
+            .into(),
+    ))
+    .into_response()
+}
+
+/// What every page needs: who is looking, their CSRF token, how to show times.
+pub struct Ctx {
+    pub app: AppState,
+    pub who: Principal,
+    pub zone: DisplayZone,
+    unacked: i64,
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = UiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        let who = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| UiError(ApiError::Unauthorized("log in first".into())))?;
+        let (zone, unacked) = app
+            .db
+            .read(|c| {
+                Ok::<_, rusqlite::Error>((crate::settings::display_zone(c)?, audit::unacknowledged_count(c)?))
+            })
+            .await?;
+        Ok(Ctx { app: app.clone(), who, zone, unacked })
+    }
+}
+
+/// A page's title, navigation entry and optional notice code.
+pub struct PageMeta<'a> {
+    pub name: &'a str,
+    pub title: String,
+    pub nav: &'a str,
+    pub notice: Option<&'a str>,
+}
+
+impl Ctx {
+    pub fn csrf(&self) -> &str {
+        match &self.who.via {
+            Via::Session { csrf_token, .. } => csrf_token,
+            Via::Token { .. } => "",
+        }
+    }
+
+    fn base(&self, title: &str, nav: &str, notice_code: Option<&str>) -> Value {
+        json!({
+            "title": title,
+            "nav": nav,
+            "user": self.who.username,
+            "csrf": self.csrf(),
+            "css": self.app.ui.css_url,
+            "js": self.app.ui.js_url,
+            "default_password": self.app.default_password.load(Ordering::Relaxed),
+            "unacked": self.unacked,
+            "version": crate::VERSION,
+            "zone": self.zone.label(),
+            "notice": notice_code.and_then(notice),
+        })
+    }
+
+    pub fn time(&self, t: Option<&str>) -> String {
+        self.zone.format_opt(t)
+    }
+
+    pub fn page(&self, status: StatusCode, meta: PageMeta<'_>, mut data: Value) -> Result<Response, UiError> {
+        if let Value::Object(m) = &mut data {
+            m.insert("base".into(), self.base(&meta.title, meta.nav, meta.notice));
+        }
+        let html = self.app.ui.render(meta.name, &data)?;
+        Ok(html_response(status, html))
+    }
+
+    pub fn event_row(&self, e: &Event) -> Value {
+        let subject_href = match (e.subject_kind.as_deref(), e.subject_id.as_deref()) {
+            (Some("machine"), Some(mac)) => Some(format!("/ui/machines/{mac}")),
+            _ => None,
+        };
+        json!({
+            "id": e.id,
+            "ts": self.zone.format(&e.ts),
+            "kind": e.kind,
+            "summary": e.summary,
+            "subject_id": e.subject_id,
+            "subject_href": subject_href,
+            "actor": e.actor,
+            "source_ip": e.source_ip,
+            "acknowledged": e.acknowledged,
+        })
+    }
+}
+
+pub fn html_response(status: StatusCode, html: String) -> Response {
+    let mut resp = (status, html).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /ui`: the dashboard lives at `/ui/`.
+pub async fn root() -> Redirect {
+    Redirect::to("/ui/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets_stay_in_the_ui() {
+        assert_eq!(local_target("/ui/machines?q=a"), Some("/ui/machines?q=a"));
+        for bad in
+            ["https://evil.example/", "//evil.example/ui/", "/ui//evil", "/healthz", "/ui/\\x", "/ui/\n"]
+        {
+            assert_eq!(local_target(bad), None, "{bad}");
+        }
+        assert_eq!(query(&[("q", "a b&c"), ("label", "")]), "?q=a%20b%26c");
+        assert_eq!(query(&[("q", "")]), "");
+    }
+
+    #[test]
+    fn templates_parse_and_assets_are_versioned() {
+        let v = Views::new();
+        assert!(v.css_url.starts_with("/ui/assets/ui.css?v="));
+        let html = v
+            .render("machine_row", &json!({"mac": "aa:bb:cc:dd:ee:ff", "labels": ["<x>"], "href": "/ui/m"}))
+            .unwrap();
+        assert!(html.contains("&lt;x&gt;"), "{html}");
+    }
+}

@@ -1,0 +1,122 @@
+//! `/ui/settings`: runtime settings (edited) and the startup configuration
+//! with each key's source (read-only).
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{field_errors, Ctx, Fields, PageMeta, UiError};
+use crate::audit::{self, NewEvent};
+use crate::backup::{self, Cadence, Schedule};
+use crate::handlers::backups::store_schedule;
+use crate::settings;
+use crate::state::ClientIp;
+
+#[derive(Deserialize, Default)]
+pub struct SettingsQuery {
+    notice: Option<String>,
+}
+
+struct Values {
+    zone: String,
+    cadence: String,
+    keep: String,
+}
+
+async fn settings_page(
+    ctx: &Ctx,
+    status: StatusCode,
+    notice: Option<&str>,
+    submitted: Option<Values>,
+    errors: Value,
+) -> Result<Response, UiError> {
+    let schedule = ctx.app.db.read(backup::load_schedule).await?;
+    let v = submitted.unwrap_or_else(|| Values {
+        zone: ctx.zone.label(),
+        cadence: cadence_name(schedule.cadence).into(),
+        keep: schedule.keep.to_string(),
+    });
+    let cadences: Vec<Value> = ["manual", "daily", "weekly"]
+        .iter()
+        .map(|c| json!({"value": c, "text": c, "selected": *c == v.cadence}))
+        .collect();
+    let config: Vec<Value> = ctx
+        .app
+        .config
+        .shown()
+        .into_iter()
+        .map(|k| {
+            let value = match k.value {
+                None | Some(Value::Null) => "(unset)".to_string(),
+                Some(Value::String(s)) => s,
+                Some(other) => other.to_string(),
+            };
+            json!({"key": k.key, "value": value, "source": k.source, "help": k.help})
+        })
+        .collect();
+    let data = json!({
+        "form": {"display_timezone": v.zone, "cadences": cadences, "backup_keep": v.keep},
+        "errors": errors,
+        "config": config,
+        "config_file": ctx.app.config.file.as_ref().map(|p| p.display().to_string()),
+    });
+    ctx.page(status, PageMeta { name: "settings", title: "Settings".into(), nav: "settings", notice }, data)
+}
+
+fn cadence_name(c: Cadence) -> &'static str {
+    match c {
+        Cadence::Manual => "manual",
+        Cadence::Daily => "daily",
+        Cadence::Weekly => "weekly",
+    }
+}
+
+pub async fn page(ctx: Ctx, Query(q): Query<SettingsQuery>) -> Result<Response, UiError> {
+    settings_page(&ctx, StatusCode::OK, q.notice.as_deref(), None, json!({})).await
+}
+
+pub async fn save(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
+    let f = Fields(f);
+    let v = Values {
+        zone: f.get("display_timezone").to_string(),
+        cadence: f.get("backup_cadence").to_string(),
+        keep: f.get("backup_keep").trim().to_string(),
+    };
+    let zone = settings::validate_zone(&v.zone).map_err(|e| (e.field, e.reason));
+    let cadence = Cadence::parse(&v.cadence)
+        .ok_or_else(|| ("backup_cadence".to_string(), "choose manual, daily or weekly".to_string()));
+    let keep = v.keep.parse::<u32>().ok().filter(|k| *k <= 10_000).ok_or_else(|| {
+        ("backup_keep".to_string(), "a whole number 0..=10000 (0 keeps every backup)".to_string())
+    });
+    let (zone, cadence, keep) = match (zone, cadence, keep) {
+        (Ok(z), Ok(c), Ok(k)) => (z, c, k),
+        (Err((field, reason)), _, _) | (_, Err((field, reason)), _) | (_, _, Err((field, reason))) => {
+            let errors = field_errors(&field, &reason);
+            return settings_page(&ctx, StatusCode::UNPROCESSABLE_ENTITY, None, Some(v), errors).await;
+        }
+    };
+    if zone != ctx.zone {
+        let actor = ctx.who.actor();
+        ctx.app
+            .db
+            .write(move |c| {
+                settings::set_display_zone(c, zone)?;
+                audit::insert(
+                    c,
+                    &NewEvent::new("settings.updated", actor, format!("display time zone: {}", zone.label()))
+                        .subject("settings", "display")
+                        .ip(ip.string())
+                        .details(json!({"display_timezone": zone.label()})),
+                )
+            })
+            .await?;
+    }
+    let schedule = Schedule { cadence, keep };
+    if ctx.app.db.read(backup::load_schedule).await? != schedule {
+        store_schedule(&ctx.app, &ctx.who, schedule).await?;
+    }
+    Ok(Redirect::to("/ui/settings?notice=settings").into_response())
+}

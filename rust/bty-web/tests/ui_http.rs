@@ -1,0 +1,326 @@
+//! The browser UI's forms over plain HTTP: CSRF, the login form, redirects
+//! that stay inside the UI, tokens shown once, settings validation, bulk
+//! acknowledgement, assets, and live streams ending at shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, MAC};
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+use serde_json::json;
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+async fn post_form(c: &reqwest::Client, url: String, pairs: &[(&str, &str)]) -> reqwest::Response {
+    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    c.post(url)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body.join("&"))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
+    let i = html.find(start).unwrap_or_else(|| panic!("no {start:?} in page")) + start.len();
+    let j = html[i..].find(end).unwrap() + i;
+    &html[i..j]
+}
+
+async fn login_token(s: &TestServer, c: &reqwest::Client) -> String {
+    let html = c.get(s.url("/ui/login")).send().await.unwrap().text().await.unwrap();
+    between(&html, "name=\"login_token\" value=\"", "\"").to_string()
+}
+
+/// A browser logged in through the login form, and its CSRF token.
+async fn ui_login(s: &TestServer) -> (reqwest::Client, String) {
+    let c = browser();
+    let token = login_token(s, &c).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/login"),
+        &[("username", "bty"), ("password", "bty"), ("login_token", &token), ("next", "/ui/events")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/events");
+    let html = c.get(s.url("/ui/account")).send().await.unwrap().text().await.unwrap();
+    let csrf = between(&html, "<meta name=\"csrf-token\" content=\"", "\"").to_string();
+    (c, csrf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_form_is_guarded() {
+    let s = TestServer::start().await;
+    // No form token (a post from another site): refused before the password is checked.
+    let c = browser();
+    let r = post_form(&c, s.url("/ui/login"), &[("username", "bty"), ("password", "bty")]).await;
+    assert_eq!(r.status(), 403);
+    // A wrong password is answered on the form.
+    let token = login_token(&s, &c).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/login"),
+        &[("username", "bty"), ("password", "nope"), ("login_token", &token)],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("wrong username or password"));
+    // `next` outside the UI is ignored.
+    let token = login_token(&s, &c).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/login"),
+        &[
+            ("username", "bty"),
+            ("password", "bty"),
+            ("login_token", &token),
+            ("next", "https://evil.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_need_the_csrf_token() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let r = post_form(&c, s.url("/ui/machines"), &[("mac", MAC)]).await;
+    assert_eq!(r.status(), 403);
+    let r = post_form(&c, s.url("/ui/machines"), &[("mac", MAC), ("csrf_token", "wrong")]).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("reload the page"));
+    let r =
+        post_form(&c, s.url("/ui/machines"), &[("mac", "52-54-00-12-34-zz"), ("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("id=\"mac-error\""));
+    let r =
+        post_form(&c, s.url("/ui/machines"), &[("mac", "52-54-00-12-34-56"), ("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], format!("/ui/machines/{MAC}?notice=added"));
+    let token = s.token().await;
+    let m = s.authed_json(&token, &format!("/machines/{MAC}")).await;
+    assert_eq!(m["policy"], "tui");
+    // Errors are pages too.
+    let r = c.get(s.url("/ui/machines/52:54:00:99:99:99")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("no machine 52:54:00:99:99:99"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_is_shown_once() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let r = post_form(&c, s.url("/ui/account/tokens"), &[("name", "ci runner"), ("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    let first = c.get(s.url("/ui/account")).send().await.unwrap().text().await.unwrap();
+    let token = between(&first, "id=\"new-token\" class=\"mono\" readonly value=\"", "\"").to_string();
+    assert!(token.starts_with("bty_"), "{token}");
+    assert!(first.contains("ci runner"));
+    let again = c.get(s.url("/ui/account")).send().await.unwrap().text().await.unwrap();
+    assert!(!again.contains(&token));
+    // And it works.
+    let r = reqwest::Client::new().get(s.url("/machines")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_validate_and_apply() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let form = |zone: &'static str, keep: &'static str| {
+        vec![("display_timezone", zone), ("backup_cadence", "daily"), ("backup_keep", keep)]
+    };
+    let mut bad = form("Mars/Olympus", "3");
+    bad.push(("csrf_token", &csrf));
+    let r = post_form(&c, s.url("/ui/settings"), &bad).await;
+    assert_eq!(r.status(), 422);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("id=\"display_timezone-error\""), "{html}");
+    assert!(html.contains("value=\"Mars/Olympus\""));
+    let mut good = form("+02:00", "3");
+    good.push(("csrf_token", &csrf));
+    let r = post_form(&c, s.url("/ui/settings"), &good).await;
+    assert_eq!(r.status(), 303);
+    let html = c.get(s.url("/ui/settings")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("times in +02:00"));
+    let token = s.token().await;
+    let sched = s.authed_json(&token, "/backups/schedule").await;
+    assert_eq!(sched, json!({"cadence": "daily", "keep": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_acknowledge() {
+    let s = TestServer::start().await;
+    for _ in 0..2 {
+        let r = reqwest::Client::new()
+            .post(s.url("/auth/login"))
+            .json(&json!({"username": "bty", "password": "wrong"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let token = s.token().await;
+    let failed = s.events(&token, "auth.login.failed").await;
+    let ids: Vec<String> = failed.iter().map(|e| e["id"].to_string()).collect();
+    assert_eq!(ids.len(), 2);
+    let (c, csrf) = ui_login(&s).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/events/ack"),
+        &[("csrf_token", &csrf), ("back", "/ui/events?unacked=1"), ("id", &ids[0]), ("id", &ids[1])],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/events?unacked=1&notice=acked");
+    let left = s.authed_json(&token, "/events?unacked=1").await;
+    assert_eq!(left["events"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_and_streams() {
+    let s = TestServer::start().await;
+    let r = reqwest::get(s.url("/ui/assets/ui.css")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(reqwest::get(s.url("/ui/assets/other.js")).await.unwrap().status(), 404);
+
+    // A machine's change arrives on the stream as its rendered row.
+    let (c, _) = ui_login(&s).await;
+    let mut stream = c.get(s.url("/ui/machines/stream")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    reqwest::get(s.url(&format!("/pxe/{MAC}"))).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("data-mac") {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: machine") && seen.contains(MAC), "{seen}");
+    // An open stream does not hold up shutdown.
+    tokio::time::timeout(Duration::from_secs(10), s.stop()).await.expect("server stops with a stream open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_list_search_sort_and_pages() {
+    let s = TestServer::start().await;
+    let token = s.token().await;
+    for i in 0..55u8 {
+        let mac = format!("52:54:00:00:01:{i:02x}");
+        let labels = if i % 2 == 0 { json!(["even"]) } else { json!(["odd"]) };
+        let (code, _) = s.put_machine(&token, &mac, json!({"policy": "local", "labels": labels})).await;
+        assert_eq!(code, 201);
+    }
+    let (c, _) = ui_login(&s).await;
+    let page = |q: &'static str| {
+        let c = c.clone();
+        let url = s.url(&format!("/ui/machines{q}"));
+        async move {
+            let html = c.get(url).send().await.unwrap().text().await.unwrap();
+            html.match_indices("<tr data-mac=\"")
+                .map(|(i, _)| html[i + 14..i + 31].to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = page("").await;
+    assert_eq!(first.len(), 50);
+    assert_eq!(first[0], "52:54:00:00:01:00");
+    let second = page("?page=2").await;
+    assert_eq!(
+        second,
+        [
+            "52:54:00:00:01:32",
+            "52:54:00:00:01:33",
+            "52:54:00:00:01:34",
+            "52:54:00:00:01:35",
+            "52:54:00:00:01:36"
+        ]
+    );
+    let desc = page("?sort=mac&dir=desc").await;
+    assert_eq!(desc[0], "52:54:00:00:01:36");
+    let odd = page("?label=odd").await;
+    assert_eq!(odd.len(), 27);
+    assert!(odd.iter().all(|m| u8::from_str_radix(&m[15..], 16).unwrap() % 2 == 1));
+    let found = page("?q=01:2a").await;
+    assert_eq!(found, ["52:54:00:00:01:2a"]);
+    // The sort links keep the filters.
+    let html = c.get(s.url("/ui/machines?label=odd")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("href=\"/ui/machines?label&#x3D;odd&amp;sort&#x3D;policy\""),
+        "sort link keeps the filter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_reload_reports_errors() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    std::fs::write(s.state_dir().join("catalog.toml"), "version = 1\n[[images]]\nname = \"x\"\n").unwrap();
+    let r = post_form(&c, s.url("/ui/images/reload"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/images?notice=reload-failed");
+    let html = c.get(s.url("/ui/images?notice=reload-failed")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("The last load failed"));
+    assert!(html.contains("local-img"), "the previous catalog stays in use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netboot_release_fetch_from_the_page() {
+    use sha2::{Digest, Sha256};
+    let (kernel, initrd) = (vec![1u8; 3000], vec![2u8; 5000]);
+    let sums = format!(
+        "{}  vmlinuz\n{}  initrd.gz\n",
+        hex::encode(Sha256::digest(&kernel)),
+        hex::encode(Sha256::digest(&initrd))
+    );
+    let origin = axum::Router::new()
+        .route("/v9.9.9/SHA256SUMS", axum::routing::get(move || async move { sums }))
+        .route("/v9.9.9/vmlinuz", axum::routing::get(move || async move { kernel }))
+        .route("/v9.9.9/initrd.gz", axum::routing::get(move || async move { initrd }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, origin).await.unwrap() });
+
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let r = post_form(
+        &c,
+        s.url("/ui/netboot/fetch"),
+        &[("csrf_token", &csrf), ("base_url", "ftp://x"), ("tag", "")],
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("id=\"base_url-error\""));
+    let r = post_form(
+        &c,
+        s.url("/ui/netboot/fetch"),
+        &[("csrf_token", &csrf), ("base_url", &origin_url), ("tag", "v9.9.9")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let html = c.get(s.url("/ui/netboot")).send().await.unwrap().text().await.unwrap();
+        if html.contains("Installed release: <strong>v9.9.9</strong>") {
+            assert!(html.contains("2.9 KiB") && html.contains("4.9 KiB"), "{html}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never installed: {html}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dash = c.get(s.url("/ui/")).send().await.unwrap().text().await.unwrap();
+    assert!(dash.contains("v9.9.9 installed; this server expects v"), "the version check sees the release");
+}
