@@ -168,6 +168,7 @@ async fn browser_ui_end_to_end() {
         ("/ui/images", "images"),
         ("/ui/netboot", "netboot"),
         ("/ui/events", "events"),
+        ("/ui/backups", "backups"),
         ("/ui/settings", "settings"),
         ("/ui/account", "account"),
     ] {

@@ -324,3 +324,35 @@ async fn netboot_release_fetch_from_the_page() {
     let dash = c.get(s.url("/ui/")).send().await.unwrap().text().await.unwrap();
     assert!(dash.contains("v9.9.9 installed; this server expects v"), "the version check sees the release");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_up_now_download_and_delete_from_the_page() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let html = c.get(s.url("/ui/backups")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("No backups yet") && html.contains("Back up now"), "{html}");
+    // Without the CSRF token nothing happens.
+    let r = post_form(&c, s.url("/ui/backups"), &[]).await;
+    assert_eq!(r.status(), 403);
+    let r = post_form(&c, s.url("/ui/backups"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/backups?notice=backup-created");
+    let html = c.get(s.url("/ui/backups?notice=backup-created")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("Backup made."), "{html}");
+    let name = between(&html, "<td class=\"mono\">", "</td>").to_string();
+    // The page's download link works with the browser's session.
+    let link = format!("/backups/{name}/state.db");
+    assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
+    let db = c.get(s.url(&link)).send().await.unwrap();
+    assert_eq!(db.status(), 200);
+    assert!(db.bytes().await.unwrap().starts_with(b"SQLite format 3\0"));
+    assert!(html.contains("backup.created"), "the history lists it: {html}");
+    // Delete asks first (data-confirm) and then removes it.
+    assert!(html.contains(&format!("data-confirm=\"Delete backup {name}?\"")), "{html}");
+    let r = post_form(&c, s.url(&format!("/ui/backups/{name}/delete")), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    let html = c.get(s.url("/ui/backups")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("No backups yet"), "{html}");
+    let r = post_form(&c, s.url("/ui/backups/2020-01-01T00-00-00Z/delete"), &[("csrf_token", &csrf)]).await;
+    assert_eq!(r.status(), 404);
+}

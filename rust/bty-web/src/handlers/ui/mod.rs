@@ -10,6 +10,7 @@
 //! reason next to the field.
 
 pub mod account;
+pub mod backups;
 pub mod catalog;
 pub mod dashboard;
 pub mod events;
@@ -47,6 +48,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("netboot", include_str!("../../../templates/ui/netboot.hbs")),
     ("events", include_str!("../../../templates/ui/events.hbs")),
     ("settings", include_str!("../../../templates/ui/settings.hbs")),
+    ("backups", include_str!("../../../templates/ui/backups.hbs")),
 ];
 
 const CSS: &str = include_str!("../../../assets/ui.css");
@@ -158,6 +160,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "password" => "Password changed. Other sessions were logged out.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
+        "backup-created" => "Backup made.",
+        "backup-deleted" => "Backup deleted.",
         "acked" => "Acknowledged.",
         "bye" => "Logged out.",
         _ => return None,
