@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::{Actor, NewEvent};
 use crate::config::Config;
-use crate::state::AppState;
+use crate::state::{AppParts, AppState};
 
 pub use crate::routes::router;
 
@@ -108,7 +108,7 @@ impl App {
             .user_agent(format!("bty-web/{VERSION}"))
             .build()
             .context("cannot build the HTTP client")?;
-        let state = AppState {
+        let state = AppState::new(AppParts {
             catalog: Arc::new(images::CatalogStore::new(config.paths.catalog.clone())),
             ipxe: Arc::new(ipxe::Templates::new(config.boot.clone())),
             metrics: Arc::new(metrics::Metrics::default()),
@@ -124,7 +124,7 @@ impl App {
             changes: tokio::sync::broadcast::channel(256).0,
             shutdown: tokio_util::sync::CancellationToken::new(),
             ui: Arc::new(handlers::ui::Views::new()),
-        };
+        });
         if state.catalog.is_remote() {
             let s = state.clone();
             tokio::spawn(async move { load_catalog(&s).await });

@@ -56,6 +56,16 @@ const SELECT: &str = "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_se
         (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))
     FROM machines m";
 
+/// [`SELECT`] without the inventory document and the labels, for the PXE
+/// path: a boot decision needs neither, and parsing a machine's inventory
+/// (and sorting its labels) on every contact is most of what a lookup costs.
+const SELECT_FOR_BOOT: &str =
+    "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_serial, m.sanboot_drive,
+    m.provisioning_mode, m.discovered_at, m.last_seen_at, m.last_seen_ip, m.last_flashed_at,
+    m.last_flash_status, m.last_flash_reason, NULL, m.inventory_at, m.lshw IS NOT NULL,
+    m.created_at, m.updated_at, NULL
+    FROM machines m";
+
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
     let mac: String = r.get(0)?;
     let inventory: Option<String> = r.get(13)?;
@@ -87,6 +97,14 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
 
 pub fn get(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<Machine>> {
     conn.prepare_cached(&format!("{SELECT} WHERE m.mac = ?"))?
+        .query_row([mac.to_string()], from_row)
+        .optional()
+}
+
+/// The record as a boot decision needs it: `inventory` is `None` and
+/// `labels` empty whatever is stored (see [`SELECT_FOR_BOOT`]).
+pub fn get_for_boot(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<Machine>> {
+    conn.prepare_cached(&format!("{SELECT_FOR_BOOT} WHERE m.mac = ?"))?
         .query_row([mac.to_string()], from_row)
         .optional()
 }

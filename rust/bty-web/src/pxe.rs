@@ -23,12 +23,25 @@ pub const MAX_LSHW_BYTES: usize = 4 * 1024 * 1024;
 /// Race-safe: concurrent first contacts insert exactly one row, and only the
 /// one that inserted it records `machine.discovered`.
 fn see(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rusqlite::Result<bool> {
+    let mac_s = mac.to_string();
+    // Known MACs are the common case: one UPDATE. Writes run one at a time on
+    // the single writer connection, so nothing can insert between the UPDATE
+    // finding no row and the INSERT.
+    let updated = conn
+        .prepare_cached(
+            "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3,
+                 discovered_at = coalesce(discovered_at, ?2) WHERE mac = ?1",
+        )?
+        .execute(params![mac_s, now, ip])?;
+    if updated > 0 {
+        return Ok(false);
+    }
     let inserted = conn
         .prepare_cached(
             "INSERT INTO machines (mac, policy, state, discovered_at, last_seen_at, last_seen_ip, created_at, updated_at)
              VALUES (?1, 'tui', 'idle', ?2, ?2, ?3, ?2, ?2) ON CONFLICT (mac) DO NOTHING",
         )?
-        .execute(params![mac.to_string(), now, ip])?
+        .execute(params![mac_s, now, ip])?
         > 0;
     if inserted {
         audit::insert(
@@ -38,12 +51,6 @@ fn see(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rusqlite
                 .ip(ip.map(str::to_string))
                 .details(json!({"policy": "tui"})),
         )?;
-    } else {
-        conn.prepare_cached(
-            "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3,
-                 discovered_at = coalesce(discovered_at, ?2) WHERE mac = ?1",
-        )?
-        .execute(params![mac.to_string(), now, ip])?;
     }
     Ok(inserted)
 }
@@ -75,7 +82,7 @@ pub fn contact(
 ) -> rusqlite::Result<Contact> {
     let now = clock::now_rfc3339();
     let discovered = see(conn, mac, ip, &now)?;
-    let mut m = machines::get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let mut m = machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
@@ -137,7 +144,7 @@ pub fn plan(
 ) -> rusqlite::Result<PlanDecision> {
     let now = clock::now_rfc3339();
     see(conn, mac, ip, &now)?;
-    let m = machines::get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let m = machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let image = image_check(&m, catalog);
     let (mode, why) = policy::plan(m.policy(), m.state(), image);
     let reason = why.map(|w| match (&m.image, image) {
