@@ -455,3 +455,77 @@ fn cancel_asks_first_reports_a_partial_write_and_the_failure() {
     s.send("q");
     assert_eq!(s.exit_code(Duration::from_secs(10)), 130);
 }
+
+/// The child half of `a_panic_restores_the_terminal`: set the terminal up
+/// exactly as `bty-tui` does, drop the guard on the floor so only the panic
+/// hook can restore anything, and panic. Does nothing unless that test runs
+/// it (in a pseudo-terminal, as a separate process).
+#[test]
+fn panicking_child() {
+    if std::env::var_os("BTY_TUI_TEST_PANIC_CHILD").is_none() {
+        return;
+    }
+    bty_tui::term::install_panic_hook();
+    let (_tui, guard) = bty_tui::term::setup().expect("terminal setup in the pty");
+    std::mem::forget(guard);
+    panic!("deliberate panic inside the TUI");
+}
+
+/// A panic must leave the operator's terminal usable: out of the alternate
+/// screen, cursor shown, line editing and echo back on, and the panic
+/// message readable after all that.
+#[test]
+fn a_panic_restores_the_terminal() {
+    let pty = native_pty_system()
+        .openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 })
+        .expect("openpty");
+    let mut cmd = CommandBuilder::new(std::env::current_exe().unwrap());
+    cmd.args(["panicking_child", "--exact", "--nocapture", "--test-threads=1"]);
+    cmd.env("BTY_TUI_TEST_PANIC_CHILD", "1");
+    cmd.env("TERM", "vt100");
+    cmd.env("RUST_BACKTRACE", "0");
+    let mut child = pty.slave.spawn_command(cmd).expect("spawn the test binary");
+    drop(pty.slave);
+    let mut reader = pty.master.try_clone_reader().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let end = Instant::now() + LONG;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the panicking child did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the child was meant to panic");
+
+    // The terminal as the child left it (the master reads the slave's settings).
+    let fd = pty.master.as_raw_fd().expect("pty master fd");
+    let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut tio) }, 0, "tcgetattr on the pty");
+    assert!(tio.c_lflag & libc::ICANON != 0, "line editing (ICANON) is back on");
+    assert!(tio.c_lflag & libc::ECHO != 0, "echo is back on");
+
+    std::thread::sleep(Duration::from_millis(200));
+    let bytes = out.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&bytes);
+    let pos = |needle: &str| text.find(needle);
+    let entered =
+        pos("\x1b[?1049h").unwrap_or_else(|| panic!("never entered the alternate screen: {text:?}"));
+    let left =
+        text.rfind("\x1b[?1049l").unwrap_or_else(|| panic!("never left the alternate screen: {text:?}"));
+    let shown =
+        text.rfind("\x1b[?25h").unwrap_or_else(|| panic!("the cursor was never shown again: {text:?}"));
+    let message =
+        pos("deliberate panic inside the TUI").unwrap_or_else(|| panic!("no panic message: {text:?}"));
+    assert!(entered < left && left < message && shown < message, "restored before the message: {text:?}");
+}
