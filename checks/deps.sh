@@ -29,6 +29,7 @@ declare -A want=(
   [grub-efi-amd64-bin]=/usr/lib/grub/x86_64-efi/modinfo.sh
   [grub-common]=/usr/bin/grub-mkimage
   [fdisk]=/usr/sbin/sfdisk
+  [gdisk]=/usr/sbin/sgdisk
   [zstd]=/usr/bin/zstd
   [xz-utils]=/usr/bin/xz
   [kmod]=/usr/sbin/depmod
