@@ -128,6 +128,21 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// The least string greater than every string starting with `prefix`
+/// (`"backup."` gives `"backup/"`); `None` for an empty prefix, which
+/// matches everything.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = char::from_u32(last as u32 + 1).or((last == '\u{D7FF}').then_some('\u{E000}'));
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> {
     let mut sql = String::from(
         "SELECT id, ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged
@@ -136,10 +151,13 @@ pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> 
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(k) = &q.kind {
         match k.strip_suffix('*') {
+            // A range rather than substr(): the (kind, id) index answers it.
             Some(prefix) => {
-                sql.push_str(" AND substr(kind, 1, length(?)) = ?");
-                args.push(prefix.to_string().into());
-                args.push(prefix.to_string().into());
+                if let Some(end) = prefix_end(prefix) {
+                    sql.push_str(" AND kind >= ? AND kind < ?");
+                    args.push(prefix.to_string().into());
+                    args.push(end.into());
+                }
             }
             None => {
                 sql.push_str(" AND kind = ?");
@@ -208,4 +226,38 @@ pub fn acknowledge_many(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usiz
 
 pub fn unacknowledged_count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM events WHERE acknowledged = 0", [], |r| r.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_prefixes_become_ranges() {
+        assert_eq!(prefix_end("backup."), Some("backup/".into()));
+        assert_eq!(prefix_end("a\u{D7FF}"), Some("a\u{E000}".into()));
+        assert_eq!(prefix_end("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_end(""), None);
+    }
+
+    #[test]
+    fn a_kind_prefix_matches_exactly_the_kinds_that_start_with_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        for m in crate::db::MIGRATIONS {
+            conn.execute_batch(m).unwrap();
+        }
+        for kind in ["backup.created", "backup.failed", "backups", "backup", "machine.flashed", "backup/x"] {
+            insert(&conn, &NewEvent::new(kind, Actor::System, kind)).unwrap();
+        }
+        let kinds = |k: &str| -> Vec<String> {
+            let q = EventQuery { kind: Some(k.into()), limit: 100, ..Default::default() };
+            let mut v: Vec<String> = query(&conn, &q).unwrap().into_iter().map(|e| e.kind).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(kinds("backup.*"), ["backup.created", "backup.failed"]);
+        assert_eq!(kinds("backup*"), ["backup", "backup.created", "backup.failed", "backup/x", "backups"]);
+        assert_eq!(kinds("*").len(), 6);
+        assert_eq!(kinds("machine.flashed"), ["machine.flashed"]);
+    }
 }

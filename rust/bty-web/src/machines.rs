@@ -1,6 +1,8 @@
 //! Machine records: the operator's binding (`PUT /machines/{mac}`) and what
 //! the server observed, as stored in `machines` + `machine_labels`.
 
+use std::collections::HashMap;
+
 use bty_core::catalog::Catalog;
 use bty_core::mac::MacAddr;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -118,8 +120,9 @@ pub struct ListFilter {
     pub q: Option<String>,
 }
 
-pub fn list(conn: &Connection, f: &ListFilter) -> rusqlite::Result<Vec<Machine>> {
-    let mut sql = format!("{SELECT} WHERE 1 = 1");
+/// The WHERE clause (after `WHERE 1 = 1`) and its arguments for `f`.
+fn filter_sql(f: &ListFilter) -> (String, Vec<String>) {
+    let mut sql = String::new();
     let mut args: Vec<String> = Vec::new();
     if let Some(label) = &f.label {
         sql.push_str(" AND EXISTS (SELECT 1 FROM machine_labels l WHERE l.mac = m.mac AND l.label = ?)");
@@ -138,10 +141,66 @@ pub fn list(conn: &Connection, f: &ListFilter) -> rusqlite::Result<Vec<Machine>>
         args.push(q.clone());
         args.push(q.clone());
     }
-    sql.push_str(" ORDER BY m.mac");
-    let mut stmt = conn.prepare(&sql)?;
+    (sql, args)
+}
+
+pub fn list(conn: &Connection, f: &ListFilter) -> rusqlite::Result<Vec<Machine>> {
+    let (filter, args) = filter_sql(f);
+    let mut stmt = conn.prepare(&format!("{SELECT} WHERE 1 = 1{filter} ORDER BY m.mac"))?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
     rows.collect()
+}
+
+/// What the machine list sorts on: a few short columns, so thousands of
+/// machines are filtered and ordered without loading their inventories and
+/// labels; only the page shown is then read in full ([`get_many`]).
+#[derive(Debug, Clone)]
+pub struct ListKey {
+    /// As stored: lower-case and fixed-width, so text order is MAC order.
+    pub mac: String,
+    pub policy: String,
+    pub state: String,
+    pub image: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub last_flashed_at: Option<String>,
+}
+
+/// `last_seen_at` is read only `with_last_seen`: without it the query is
+/// answered from the `machines_list` index alone.
+pub fn list_keys(conn: &Connection, f: &ListFilter, with_last_seen: bool) -> rusqlite::Result<Vec<ListKey>> {
+    let (filter, args) = filter_sql(f);
+    let last_seen = if with_last_seen { "m.last_seen_at" } else { "NULL" };
+    let sql = format!(
+        "SELECT m.mac, m.policy, m.state, m.image, {last_seen}, m.last_flashed_at
+         FROM machines m WHERE 1 = 1{filter} ORDER BY m.mac"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok(ListKey {
+            mac: r.get(0)?,
+            policy: r.get(1)?,
+            state: r.get(2)?,
+            image: r.get(3)?,
+            last_seen_at: r.get(4)?,
+            last_flashed_at: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Full records of `macs` (as stored, see [`ListKey::mac`]), in that order;
+/// ones deleted in the meantime are left out.
+pub fn get_many(conn: &Connection, macs: &[&str]) -> rusqlite::Result<Vec<Machine>> {
+    if macs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; macs.len()].join(", ");
+    let mut stmt = conn.prepare(&format!("{SELECT} WHERE m.mac IN ({marks})"))?;
+    let mut found: Vec<Machine> =
+        stmt.query_map(rusqlite::params_from_iter(macs), from_row)?.collect::<rusqlite::Result<_>>()?;
+    let order: HashMap<&str, usize> = macs.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+    found.sort_by_key(|m| order.get(m.mac.to_string().as_str()).copied().unwrap_or(usize::MAX));
+    Ok(found)
 }
 
 /// A rejected field, reported as 422 `{"error", "field", "reason"}`.
