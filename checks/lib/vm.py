@@ -277,6 +277,9 @@ class VM:
                 netdev += f",guestfwd=tcp:{SERVER_IP}:80-cmd:{fwd}"
             cmd += ["-netdev", netdev,
                     "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"]
+            if os.environ.get("BTY_E2E_PCAP"):  # every frame the guest sends or gets, for Wireshark
+                pcap = _no_comma("pcap path", str(self.workdir / f"{self.name}.pcap"))
+                cmd += ["-object", f"filter-dump,id=dump0,netdev=n0,file={pcap}"]
         ahci = False
         for i, d in enumerate(self.disks):
             bi = d.bootindex if d.bootindex is not None else 2 + i

@@ -75,6 +75,13 @@ const KEYS: &[KeyDef] = &[
         help: "URL machines use to reach this server (default: from each request's Host header)",
     },
     KeyDef {
+        section: "server",
+        key: "idle_timeout_s",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: Some("15"),
+        help: "seconds an open connection may wait for its next request before it is closed",
+    },
+    KeyDef {
         section: "paths",
         key: "state_dir",
         kind: Kind::Text,
@@ -262,6 +269,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// Without a trailing slash.
     pub public_url: Option<String>,
+    /// Idle keep-alive connections are closed after this long; network boot
+    /// clients abandon theirs (see `listener`).
+    pub idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -518,6 +528,7 @@ impl Config {
                 host: text("server.host").unwrap_or_default(),
                 port: int("server.port") as u16,
                 public_url: text("server.public_url").map(|u| u.trim_end_matches('/').to_string()),
+                idle_timeout: std::time::Duration::from_secs(int("server.idle_timeout_s")),
             },
             paths: PathsConfig {
                 boot_dir: text("paths.boot_dir").map(PathBuf::from).unwrap_or_else(|| state_dir.join("boot")),
@@ -727,7 +738,7 @@ mod tests {
                 .to_string();
         for want in [
             "server.prot (file:",
-            "unknown key; [server] knows host, port, public_url",
+            "unknown key; [server] knows host, port, public_url, idle_timeout_s",
             "server.port (file:",
             "nope.a (file:",
             "unknown section [nope]",

@@ -17,6 +17,7 @@ pub mod handlers;
 pub mod health;
 pub mod images;
 pub mod ipxe;
+pub mod listener;
 pub mod machines;
 pub mod metrics;
 pub mod netboot;
@@ -28,7 +29,6 @@ pub mod settings;
 pub mod state;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -160,12 +160,11 @@ impl App {
             shutdown.await;
             streams.cancel();
         };
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed");
+        let idle = self.state.config.server.idle_timeout;
+        listener::serve(listener, router(self.state), idle, shutdown).await;
         scheduler.abort();
         let _ = scheduler.await;
-        served
+        Ok(())
     }
 }
 

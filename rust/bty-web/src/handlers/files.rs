@@ -43,13 +43,22 @@ pub async fn boot_get(
 ) -> Result<Response, ApiError> {
     let name = plain_name(&name)?;
     let path = app.config.paths.boot_dir.join(name);
-    let resp = images::serve_file(path, method, &headers).await;
+    let mut resp = images::serve_file(path, method, &headers).await;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(ApiError::not_found(format!(
             "no boot file {name} in {}; upload it with PUT /boot/{name}",
             app.config.paths.boot_dir.display()
         )));
     }
+    // The kernel and initrd are the last files a boot loader fetches before
+    // it hands the machine over, so the server closes the connection itself,
+    // while the loader is still there to answer. Left to the loader, the
+    // close races the handover: iPXE's last FIN goes out, the server's reply
+    // finds nobody, and the half-closed connection lingers on the server's
+    // side. Its next boot can then reuse the same port and sequence number
+    // (UEFI iPXE seeds them from a clock that starts at zero); a TCP stack
+    // that ignores that SYN, as QEMU's user network does, stalls the boot.
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     Ok(resp)
 }
 
