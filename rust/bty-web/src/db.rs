@@ -12,7 +12,7 @@
 //! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +31,32 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const READERS: usize = 2;
 /// How often the checkpointer folds the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest a checkpoint waits for the writer to pause.
+const CHECKPOINT_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// When the writer last committed, for the checkpointer to stay out of bursts.
+struct Activity {
+    start: std::time::Instant,
+    last_commit_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: std::time::Instant::now(), last_commit_ms: AtomicU64::new(0) }
+    }
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+    // Stored plus one: 0 means no commit yet.
+    fn committed(&self) {
+        self.last_commit_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+    }
+    /// A commit within the last 100 ms.
+    fn busy(&self) -> bool {
+        let last = self.last_commit_ms.load(Ordering::Relaxed);
+        last != 0 && (self.now_ms() + 1).saturating_sub(last) < 100
+    }
+}
 /// Most writes folded into one commit; bounds how long one caller can wait.
 const MAX_GROUP: usize = 256;
 
@@ -97,7 +123,7 @@ where
     }
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, activity: Arc<Activity>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         // Waking up for the first job can preempt the request threads on the
@@ -112,6 +138,7 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         let commit = run_group(&conn, &mut group);
+        activity.committed();
         for job in group {
             job.finish(commit.as_ref().map(|_| ()).map_err(clone_error));
         }
@@ -121,12 +148,20 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
 /// Fold committed WAL frames into the database file, off the writer's path.
 /// PASSIVE never blocks the writer or readers; frames a reader still needs
 /// are left for the next round.
-fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<Activity>) {
+    let mut last = std::time::Instant::now();
     loop {
         match stopped.recv_timeout(CHECKPOINT_EVERY) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
+        // In a burst of writes the checkpoint would compete with the writer
+        // for the CPU and the disk; it waits for a pause, or a few seconds
+        // at most so the WAL stays small.
+        if activity.busy() && last.elapsed() < CHECKPOINT_DEFER_MAX {
+            continue;
+        }
+        last = std::time::Instant::now();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
@@ -288,14 +323,16 @@ impl Db {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpoint_conn = open_conn(path)?;
         let (stop, stopped) = mpsc::channel::<()>();
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
         std::thread::Builder::new()
             .name("bty-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, stopped))
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped, seen))
             .context("cannot start the database checkpoint thread")?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("bty-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, activity))
             .context("cannot start the database writer thread")?;
         let db = Db {
             inner: Arc::new(Inner {
@@ -376,6 +413,16 @@ mod tests {
         let (db, reset) = Db::open(&dir.path().join("state.db")).unwrap();
         assert!(reset.is_none());
         assert_eq!(db.read(user_version).await.unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn the_checkpointer_waits_for_a_pause_in_writes() {
+        let a = Activity::new();
+        assert!(!a.busy(), "nothing committed yet");
+        a.committed();
+        assert!(a.busy(), "just committed");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(!a.busy(), "a pause of 150 ms");
     }
 
     #[tokio::test]
