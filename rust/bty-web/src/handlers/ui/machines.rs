@@ -128,7 +128,7 @@ async fn list_page(
         .app
         .db
         .read(move |c| {
-            let mut keys = machines::list_keys(c, &filter, sort_key == "last_seen")?;
+            let mut keys = machines::list_keys(c, &filter)?;
             sort_keys(&mut keys, &sort_key, descending);
             let pages = keys.len().div_ceil(PER_PAGE).max(1);
             let page = requested.clamp(1, pages);
