@@ -78,7 +78,7 @@ const KEYS: &[KeyDef] = &[
         section: "server",
         key: "idle_timeout_s",
         kind: Kind::Int { min: 1, max: 3600 },
-        default: Some("15"),
+        default: Some("60"),
         help: "seconds an open connection may wait for its next request before it is closed",
     },
     KeyDef {

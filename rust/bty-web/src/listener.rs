@@ -2,15 +2,14 @@
 //! on how long a connection may sit idle.
 //!
 //! `axum::serve` keeps an idle keep-alive connection open for as long as the
-//! client does, and network boot clients never close theirs: iPXE drops its
-//! connections without a word when it hands the machine to the kernel, and a
-//! machine that reboots or powers off mid-keep-alive does the same. Every
-//! boot would leave one dead connection (and file descriptor) behind, until
-//! the process runs out. Here a connection that has not started a request
-//! within `[server] idle_timeout_s` (default 15) is closed; requests in
-//! progress and long responses (image streams, live pages) are not affected.
-//! Fifteen seconds is long enough for a browser between clicks and for iPXE
-//! between files, short enough that dead connections go within seconds.
+//! client does, and network-booted machines often never close theirs: the
+//! live agent's pooled connection dies with `reboot -f`, and a machine that
+//! loses power or is reset mid-keep-alive says nothing either. Without a
+//! limit every such boot leaves a dead connection (and a file descriptor)
+//! behind for good. Here a connection that has not started a request within
+//! `[server] idle_timeout_s` (default 60, about what web servers use) is
+//! closed; requests in progress and long responses (image streams, live
+//! pages) are not affected, and clients reconnect on their next request.
 
 use std::future::Future;
 use std::io;
