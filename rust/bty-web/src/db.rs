@@ -34,6 +34,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// Longest a checkpoint waits for the writer to pause.
 const CHECKPOINT_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Most writes folded into one commit; bounds how long one caller can wait.
+const MAX_GROUP: usize = 256;
+
 /// When the writer last committed, for the checkpointer to stay out of bursts.
 struct Activity {
     start: std::time::Instant,
@@ -57,8 +60,6 @@ impl Activity {
         last != 0 && (self.now_ms() + 1).saturating_sub(last) < 100
     }
 }
-/// Most writes folded into one commit; bounds how long one caller can wait.
-const MAX_GROUP: usize = 256;
 
 /// A database that was set aside because this binary could not use it.
 #[derive(Debug, Clone)]

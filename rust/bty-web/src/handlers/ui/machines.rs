@@ -41,7 +41,13 @@ const COLUMNS: [(&str, &str); 7] = [
 ];
 
 fn state_words(m: &Machine) -> &'static str {
-    policy::describe(m.policy(), m.state())
+    describe_stored(&m.policy, &m.state)
+}
+
+/// The state in words from the stored policy and state, read as
+/// [`Machine::policy`] and [`Machine::state`] read them.
+fn describe_stored(policy: &str, state: &str) -> &'static str {
+    policy::describe(Policy::parse(policy).unwrap_or(Policy::Tui), BootState::parse_or_pending(state))
 }
 
 /// One row of the list, as the page and the live stream render it.
@@ -74,12 +80,7 @@ pub struct ListParams {
 }
 
 fn sort_keys(keys: &mut [ListKey], key: &str, descending: bool) {
-    let words = |k: &ListKey| {
-        policy::describe(
-            Policy::parse(&k.policy).unwrap_or(Policy::Tui),
-            BootState::parse_or_pending(&k.state),
-        )
-    };
+    let words = |k: &ListKey| describe_stored(&k.policy, &k.state);
     let order = |a: &ListKey, b: &ListKey| match key {
         "policy" => a.policy.cmp(&b.policy),
         "state" => words(a).cmp(words(b)),
@@ -124,7 +125,7 @@ async fn list_page(
     // the page costs the same with fifty machines or ten thousand.
     let requested = p.page.and_then(|s| s.parse::<usize>().ok()).unwrap_or(1);
     let (sort_key, descending) = (sort.clone(), dir == "desc");
-    let (page_rows, matching, page, labels) = ctx
+    let (page_rows, matching, page, pages, labels) = ctx
         .app
         .db
         .read(move |c| {
@@ -135,10 +136,9 @@ async fn list_page(
             let macs: Vec<&str> =
                 keys.iter().skip((page - 1) * PER_PAGE).take(PER_PAGE).map(|k| k.mac.as_str()).collect();
             let rows = machines::get_many(c, &macs)?;
-            Ok::<_, rusqlite::Error>((rows, keys.len(), page, machines::all_labels(c)?))
+            Ok::<_, rusqlite::Error>((rows, keys.len(), page, pages, machines::all_labels(c)?))
         })
         .await?;
-    let pages = matching.div_ceil(PER_PAGE).max(1);
     let shown: Vec<Value> = page_rows.iter().map(|m| row(m, &ctx.zone)).collect();
 
     let url = |sort: &str, dir: &str, page: usize| {
