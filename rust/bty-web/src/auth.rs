@@ -247,9 +247,13 @@ fn token_principal(conn: &Connection, token: &str) -> rusqlite::Result<Option<Pr
     let Some((id, name, created_by)) = found else {
         return Ok(None);
     };
-    conn.prepare_cached("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1")?
-        .execute(params![id, clock::now_rfc3339()])?;
     Ok(Some(Principal { username: created_by, via: Via::Token { id, name } }))
+}
+
+fn record_token_use(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1")?
+        .execute(params![id, clock::now_rfc3339()])
+        .map(|_| ())
 }
 
 /// Fixed one-minute windows per source IP.
@@ -339,8 +343,18 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
             return unauthorized();
         };
         let token = token.to_string();
-        match app.db.write(move |c| token_principal(c, &token)).await {
-            Ok(Some(p)) => p,
+        match app.db.read(move |c| token_principal(c, &token)).await {
+            Ok(Some(p)) => {
+                // Bookkeeping, not part of the request: a token still works
+                // (reads above all) when its use cannot be recorded, say on a
+                // full disk.
+                if let Via::Token { id, .. } = p.via {
+                    if let Err(e) = app.db.write(move |c| record_token_use(c, id)).await {
+                        tracing::warn!(error = %e, token = id, "cannot record the API token's last use");
+                    }
+                }
+                p
+            }
             Ok(None) => return unauthorized(),
             Err(e) => return ApiError::from(e).into_response(),
         }

@@ -152,8 +152,10 @@ impl TestServer {
 
     pub async fn authed_json(&self, token: &str, path: &str) -> Value {
         let r = reqwest::Client::new().get(self.url(path)).bearer_auth(token).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        r.json().await.unwrap()
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> u16 {
