@@ -1,5 +1,6 @@
 # The network-booted live environment's two entry points. bty-web puts
-# `bty.server=URL bty.mac=MAC` on the kernel command line, plus `bty.mode=interactive` when the
+# `bty.server=URL bty.mac=MAC bty.token=TOKEN` on the kernel command line (the token is the
+# offer's: reports without it are refused), plus `bty.mode=interactive` when the
 # machine's policy is `tui`; exactly one of these units runs, chosen by that word.
 #
 #   bty-flash-on-boot.service  `bty agent`: inventory, plan, flash/verify, report, reboot
@@ -14,17 +15,19 @@
 let
   cfg = config.services.bty-live;
 
-  # bty-tui takes --server/--mac; the kernel command line is where bty-web put them.
+  # bty-tui takes --server/--mac and the offer token; the kernel command line is where bty-web
+  # put them. The token goes through the environment, not the argument list other processes see.
   tuiStart = pkgs.writeShellScript "bty-tui-on-tty1" ''
     set -u
-    server="" mac=""
+    server="" mac="" token=""
     for word in $(cat /proc/cmdline); do
       case "$word" in
         bty.server=*) server="''${word#*=}" ;;
         bty.mac=*) mac="''${word#*=}" ;;
+        bty.token=*) token="''${word#*=}" ;;
       esac
     done
-    exec ${lib.getExe' cfg.package "bty-tui"} --server "$server" --mac "$mac"
+    BTY_OFFER_TOKEN="$token" exec ${lib.getExe' cfg.package "bty-tui"} --server "$server" --mac "$mac"
   '';
 in
 {

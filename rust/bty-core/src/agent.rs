@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::mac::MacAddr;
-use crate::wire::{FlashStatus, InventoryDisk, InventoryReport, Plan, StatusReport, MAX_REASON_CHARS};
+use crate::wire::{
+    FlashStatus, InventoryDisk, InventoryReport, Plan, StatusReport, MAX_REASON_CHARS, OFFER_TOKEN_HEADER,
+};
 
 /// Settings the live environment receives on the kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,11 +16,13 @@ pub struct BootArgs {
     pub server: Option<String>,
     pub mac: Option<String>,
     pub mode: Option<String>,
+    /// The offer token (`bty.token=`) every report must carry.
+    pub token: Option<String>,
     pub poweroff: bool,
 }
 
 impl BootArgs {
-    /// Parse `bty.server=URL bty.mac=MAC bty.mode=interactive bty.poweroff=1`.
+    /// Parse `bty.server=URL bty.mac=MAC bty.token=T bty.mode=interactive bty.poweroff=1`.
     pub fn parse(cmdline: &str) -> BootArgs {
         let mut a = BootArgs::default();
         for tok in cmdline.split_whitespace() {
@@ -27,6 +31,7 @@ impl BootArgs {
                 "bty.server" => a.server = Some(v.to_string()),
                 "bty.mac" => a.mac = Some(v.to_string()),
                 "bty.mode" => a.mode = Some(v.to_string()),
+                "bty.token" => a.token = Some(v.to_string()),
                 "bty.poweroff" => a.poweroff = matches!(v, "1" | "yes" | "true"),
                 _ => {}
             }
@@ -46,6 +51,7 @@ impl BootArgs {
 pub struct ServerClient {
     base: String,
     mac: MacAddr,
+    offer_token: Option<String>,
     http: ureq::Agent,
 }
 
@@ -60,7 +66,18 @@ impl ServerClient {
         if !base.contains("://") {
             base = format!("http://{base}");
         }
-        Ok(ServerClient { base, mac, http: crate::source::agent() })
+        Ok(ServerClient { base, mac, offer_token: None, http: crate::source::agent() })
+    }
+
+    /// The token of the offer that booted this live environment; the server
+    /// refuses reports without it (HTTP 403).
+    pub fn with_offer_token(mut self, token: Option<String>) -> ServerClient {
+        self.offer_token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn offer_token(&self) -> Option<&str> {
+        self.offer_token.as_deref()
     }
 
     pub fn base(&self) -> &str {
@@ -99,23 +116,47 @@ impl ServerClient {
         )))
     }
 
-    fn post_json(&self, tail: &str, body: &impl serde::Serialize) -> Result<()> {
+    /// POST a report; on an HTTP error answer, its status with the error.
+    fn post(&self, tail: &str, body: &impl serde::Serialize) -> std::result::Result<(), (Option<u16>, Error)> {
         let url = self.url(tail);
-        let resp = self
-            .http
-            .post(&url)
-            .send_json(body)
-            .map_err(|e| Error::failure(format!("cannot reach {url}: {e}")))?;
+        let mut req = self.http.post(&url);
+        if let Some(t) = &self.offer_token {
+            req = req.header(OFFER_TOKEN_HEADER, t);
+        }
+        let resp =
+            req.send_json(body).map_err(|e| (None, Error::failure(format!("cannot reach {url}: {e}"))))?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(());
         }
         let text = resp.into_body().read_to_string().unwrap_or_default();
-        Err(Error::failure(format!("{url} answered HTTP {status}: {}", text.trim())))
+        let hint = match (status, &self.offer_token) {
+            (403, None) => {
+                " (this live environment has no offer token: boot it from bty-web, which puts bty.token= on the kernel command line)"
+            }
+            (403, Some(_)) => {
+                " (the offer that booted this live environment has ended, or a newer boot of this machine replaced it)"
+            }
+            _ => "",
+        };
+        Err((Some(status), Error::failure(format!("{url} answered HTTP {status}: {}{hint}", text.trim()))))
     }
 
+    fn post_json(&self, tail: &str, body: &impl serde::Serialize) -> Result<()> {
+        self.post(tail, body).map_err(|(_, e)| e)
+    }
+
+    /// Report disks and hardware. When the `lshw` document makes the report
+    /// larger than the server accepts (413), the report goes again without
+    /// it: the disks are what the operator needs.
     pub fn post_inventory(&self, report: &InventoryReport) -> Result<()> {
-        self.post_json("/inventory", report)
+        match self.post("/inventory", report) {
+            Err((Some(413), _)) if report.lshw.is_some() => {
+                let slim = InventoryReport { lshw: None, ..report.clone() };
+                self.post_json("/inventory", &slim)
+            }
+            r => r.map_err(|(_, e)| e),
+        }
     }
 
     /// `POST /pxe/{mac}/done`: the flash succeeded.
@@ -166,7 +207,8 @@ mod tests {
 
     #[test]
     fn cmdline() {
-        let a = BootArgs::parse("console=ttyS0 bty.server=http://10.0.2.100 bty.mac=52-54-00-12-34-56 bty.mode=interactive bty.poweroff=1 quiet");
+        let a = BootArgs::parse("console=ttyS0 bty.server=http://10.0.2.100 bty.mac=52-54-00-12-34-56 bty.token=abc123 bty.mode=interactive bty.poweroff=1 quiet");
+        assert_eq!(a.token.as_deref(), Some("abc123"));
         assert_eq!(a.server.as_deref(), Some("http://10.0.2.100"));
         assert_eq!(a.mac.as_deref(), Some("52-54-00-12-34-56"));
         assert_eq!(a.mode.as_deref(), Some("interactive"));

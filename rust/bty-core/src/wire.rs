@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest `reason` a status report may carry (characters).
 pub const MAX_REASON_CHARS: usize = 500;
+/// The header every `/pxe/{mac}/...` report carries: the one-time token of
+/// the offer that booted the live environment (`bty.token=` on its kernel
+/// command line).
+pub const OFFER_TOKEN_HEADER: &str = "X-Bty-Offer-Token";
 /// Most disks one inventory report may list.
 pub const MAX_INVENTORY_DISKS: usize = 64;
 

@@ -28,6 +28,10 @@ struct Args {
     /// This machine's MAC as the server knows it (server mode).
     #[arg(long, requires = "server")]
     mac: Option<String>,
+    /// The offer token the server wants on reports (server mode; default:
+    /// `bty.token=` from /proc/cmdline when booted by bty-web).
+    #[arg(long, env = "BTY_OFFER_TOKEN", hide_env_values = true, requires = "server")]
+    offer_token: Option<String>,
     /// Offer this file (or device) as a target, listed first; repeatable.
     /// Also `BTY_TUI_EXTRA_TARGETS=PATH:PATH`.
     #[arg(long, value_name = "PATH")]
@@ -41,7 +45,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let client = match (&args.server, &args.mac) {
         (Some(s), Some(m)) => match ServerClient::new(s, m) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                let token = args.offer_token.clone().or_else(|| {
+                    bty_core::agent::BootArgs::from_proc().ok().and_then(|b| b.token)
+                });
+                Some(c.with_offer_token(token))
+            }
             Err(e) => {
                 eprintln!("bty-tui: {e}");
                 return ExitCode::from(2);

@@ -1,7 +1,14 @@
 //! The audit log: every mutation and every PXE decision, in the `events` table.
 //!
 //! Failures start unacknowledged: they are the "tripwires" an operator must
-//! look at and acknowledge (`GET /events?unacked=1`, `POST /events/{id}/ack`).
+//! look at and acknowledge (`GET /events?unacked=1`, `POST /events/{id}/ack`,
+//! `POST /events/ack` for every match of a filter).
+//!
+//! What a request can make the log store is bounded: every text is cut to a
+//! fixed length, events a client can repeat at will (refused reports, orphan
+//! reports, failed logins) fold into one row per source and window with a
+//! count, and the history unauthenticated clients cause ages out
+//! ([`prune`]).
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -38,6 +45,54 @@ pub struct NewEvent {
     pub source_ip: Option<String>,
     pub summary: String,
     pub details: serde_json::Value,
+    /// Events with the same key within [`AGGREGATE_WINDOW_S`] fold into one.
+    pub agg_key: Option<String>,
+}
+
+/// Longest summary, subject, actor or detail string stored (characters).
+pub const MAX_TEXT_CHARS: usize = 500;
+/// Longest source address stored.
+const MAX_IP_CHARS: usize = 64;
+/// Most elements of one detail array stored.
+const MAX_DETAIL_ITEMS: usize = 32;
+/// Largest details document stored (bytes of JSON).
+const MAX_DETAILS_BYTES: usize = 8 * 1024;
+/// Repeats of an aggregated event within this many seconds of its last
+/// occurrence add to its count instead of adding a row.
+pub const AGGREGATE_WINDOW_S: i64 = 600;
+
+/// Cut `s` to `max` characters, marking the cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &s[..at], s.len()),
+    }
+}
+
+fn bound_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(bounded(s, MAX_TEXT_CHARS)),
+        Value::Array(a) => {
+            let mut out: Vec<Value> = a.iter().take(MAX_DETAIL_ITEMS).map(bound_json).collect();
+            if a.len() > MAX_DETAIL_ITEMS {
+                out.push(Value::String(format!("… {} more", a.len() - MAX_DETAIL_ITEMS)));
+            }
+            Value::Array(out)
+        }
+        Value::Object(o) => Value::Object(
+            o.iter().take(MAX_DETAIL_ITEMS).map(|(k, v)| (bounded(k, 64), bound_json(v))).collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn bound_details(v: &serde_json::Value) -> String {
+    let text = bound_json(v).to_string();
+    if text.len() <= MAX_DETAILS_BYTES {
+        return text;
+    }
+    serde_json::json!({"truncated": true, "bytes": text.len()}).to_string()
 }
 
 impl NewEvent {
@@ -49,7 +104,13 @@ impl NewEvent {
             source_ip: None,
             summary: summary.into(),
             details: serde_json::Value::Object(Default::default()),
+            agg_key: None,
         }
+    }
+    /// Fold repeats (same kind and `key`) into one event with a count.
+    pub fn aggregate(mut self, key: impl std::fmt::Display) -> Self {
+        self.agg_key = Some(bounded(&format!("{}|{key}", self.kind), 200));
+        self
     }
     pub fn subject(mut self, kind: &'static str, id: impl Into<String>) -> Self {
         self.subject = Some((kind, id.into()));
@@ -70,30 +131,58 @@ impl NewEvent {
 
 /// Failures and resets need an operator's eyes; everything else is history.
 pub fn is_tripwire(kind: &str) -> bool {
-    kind.ends_with("failed") || kind.ends_with(".reset") || kind == "pxe.client.orphan"
+    kind.ends_with("failed")
+        || kind.ends_with(".reset")
+        || kind == "pxe.client.orphan"
+        || kind == "pxe.report.refused"
 }
 
 /// Record as part of a larger write (PXE decisions record together with the
 /// state change they describe, so the log cannot disagree with the machine).
 pub fn insert(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
+    let now = clock::now_rfc3339();
+    let summary = bounded(&e.summary, MAX_TEXT_CHARS);
+    let details = bound_details(&e.details);
+    let acknowledged = !is_tripwire(e.kind);
+    if let Some(key) = &e.agg_key {
+        let since = clock::rfc3339(clock::now() - time::Duration::seconds(AGGREGATE_WINDOW_S));
+        // The latest row of this key, if it is recent and (for a tripwire)
+        // still unacknowledged: an acknowledged one stays as the operator saw it.
+        let open: Option<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM events WHERE agg_key = ?1 AND acknowledged = ?2
+                     AND coalesce(last_ts, ts) >= ?3 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![key, acknowledged, since], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = open {
+            conn.prepare_cached(
+                "UPDATE events SET count = count + 1, last_ts = ?2, summary = ?3, details = ?4, source_ip = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, now, summary, details, e.source_ip.as_deref().map(|ip| bounded(ip, MAX_IP_CHARS))])?;
+            return Ok(id);
+        }
+    }
     let (subject_kind, subject_id) = match &e.subject {
-        Some((k, id)) => (Some(*k), Some(id.as_str())),
+        Some((k, id)) => (Some(*k), Some(bounded(id, 128))),
         None => (None, None),
     };
     conn.prepare_cached(
-        "INSERT INTO events (ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged, agg_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
-        clock::now_rfc3339(),
+        now,
         e.kind,
         subject_kind,
         subject_id,
-        e.actor.label(),
-        e.source_ip,
-        e.summary,
-        e.details.to_string(),
-        !is_tripwire(e.kind),
+        bounded(&e.actor.label(), 160),
+        e.source_ip.as_deref().map(|ip| bounded(ip, MAX_IP_CHARS)),
+        summary,
+        details,
+        acknowledged,
+        e.agg_key,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -115,6 +204,10 @@ pub struct Event {
     pub summary: String,
     pub details: serde_json::Value,
     pub acknowledged: bool,
+    /// How many times it happened (repeats within the window fold in).
+    pub count: i64,
+    /// When it last happened, if more than once.
+    pub last_ts: Option<String>,
 }
 
 /// `GET /events` filters.
@@ -143,11 +236,9 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> {
-    let mut sql = String::from(
-        "SELECT id, ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged
-         FROM events WHERE 1 = 1",
-    );
+/// The conditions of `q` (after `WHERE 1 = 1`) and their arguments.
+fn conditions(q: &EventQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::new();
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(k) = &q.kind {
         match k.strip_suffix('*') {
@@ -172,6 +263,15 @@ pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> 
     if q.unacked_only {
         sql.push_str(" AND acknowledged = 0");
     }
+    (sql, args)
+}
+
+pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> {
+    let (conds, mut args) = conditions(q);
+    let mut sql = format!(
+        "SELECT id, ts, kind, subject_kind, subject_id, actor, source_ip, summary, details, acknowledged, count, last_ts
+         FROM events WHERE 1 = 1{conds}"
+    );
     if let Some(b) = q.before_id {
         sql.push_str(" AND id < ?");
         args.push(b.into());
@@ -192,9 +292,21 @@ pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> 
             summary: r.get(7)?,
             details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
             acknowledged: r.get(9)?,
+            count: r.get(10)?,
+            last_ts: r.get(11)?,
         })
     })?;
     rows.collect()
+}
+
+/// Acknowledge every unacknowledged event matching `q`'s kind, subject
+/// (`before_id` and `limit` are ignored); how many there were.
+pub fn acknowledge_matching(conn: &Connection, q: &EventQuery) -> rusqlite::Result<usize> {
+    let (conds, args) = conditions(q);
+    conn.execute(
+        &format!("UPDATE events SET acknowledged = 1 WHERE acknowledged = 0{conds}"),
+        rusqlite::params_from_iter(args),
+    )
 }
 
 /// Acknowledge one event; `false` if it does not exist.
@@ -226,6 +338,143 @@ pub fn acknowledge_many(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usiz
 
 pub fn unacknowledged_count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM events WHERE acknowledged = 0", [], |r| r.get(0))
+}
+
+/// Kinds that record what PXE clients did (anyone on the LAN can cause
+/// them): they age out under [`prune`]. Operator and system events stay.
+pub const PXE_HISTORY_KINDS: &[&str] = &[
+    "machine.discovered",
+    "machine.flash_failed",
+    "machine.flashed",
+    "machine.inventory",
+    "pxe.client.orphan",
+    "pxe.offered",
+    "pxe.plan",
+    "pxe.report.refused",
+];
+
+/// Rows deleted per write, so a prune never holds up PXE answers for long.
+const PRUNE_BATCH: usize = 2000;
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub flash_history: usize,
+}
+
+/// Every event with an id below the answer is older than `ts` (ids grow
+/// with time), found by bisection over the primary key, so no index on `ts`
+/// is needed. `None` when there are no events.
+fn first_id_since(conn: &Connection, ts: &str) -> rusqlite::Result<Option<i64>> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(mut lo), Some(max)) = (min, max) else { return Ok(None) };
+    let mut hi = max + 1;
+    let mut next = conn.prepare_cached("SELECT id, ts FROM events WHERE id >= ? ORDER BY id LIMIT 1")?;
+    // Rows below `lo` are older than `ts`; rows from `hi` on are not.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, String)> = next.query_row([mid], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        match row {
+            Some((id, t)) if t.as_str() < ts => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(Some(lo))
+}
+
+/// Age out the history PXE clients cause: events of [`PXE_HISTORY_KINDS`]
+/// older than `max_age_days`, and beyond the newest `per_machine` of each
+/// machine (its flash history likewise). Unacknowledged tripwires are never
+/// deleted. Runs in small writes between PXE answers; freed pages are reused
+/// by later inserts, and returned to the file system where the database was
+/// created with incremental auto-vacuum.
+pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Result<Pruned> {
+    let mut out = Pruned::default();
+    let cutoff = clock::rfc3339(clock::now() - time::Duration::days(max_age_days as i64));
+    let cut_id = db.read(move |c| first_id_since(c, &cutoff)).await?;
+    if let Some(cut_id) = cut_id {
+        for kind in PXE_HISTORY_KINDS {
+            loop {
+                let n = db
+                    .write(move |c| {
+                        c.prepare_cached(
+                            "DELETE FROM events WHERE id IN (SELECT id FROM events
+                                 WHERE kind = ?1 AND id < ?2 AND acknowledged = 1 ORDER BY id LIMIT ?3)",
+                        )?
+                        .execute(params![kind, cut_id, PRUNE_BATCH as i64])
+                    })
+                    .await?;
+                out.events += n;
+                if n < PRUNE_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    // Per machine: the id of its newest event (and flash) beyond the cap.
+    let offset = per_machine as i64;
+    let excess: Vec<(String, Option<i64>, Option<i64>)> = db
+        .read(move |c| {
+            let mut macs = c.prepare("SELECT mac FROM machines")?;
+            let macs: Vec<String> = macs.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut ev = c.prepare_cached(
+                "SELECT id FROM events WHERE subject_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+            )?;
+            let mut fl =
+                c.prepare_cached("SELECT id FROM flash_history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?;
+            let mut out = Vec::new();
+            for mac in macs {
+                let e: Option<i64> = ev.query_row(params![mac, offset], |r| r.get(0)).optional()?;
+                let f: Option<i64> = fl.query_row(params![mac, offset], |r| r.get(0)).optional()?;
+                if e.is_some() || f.is_some() {
+                    out.push((mac, e, f));
+                }
+            }
+            Ok::<_, rusqlite::Error>(out)
+        })
+        .await?;
+    for chunk in excess.chunks(64) {
+        let chunk = chunk.to_vec();
+        let (e, f) = db
+            .write(move |c| {
+                let kinds = PXE_HISTORY_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+                let mut del_ev = c.prepare_cached(&format!(
+                    "DELETE FROM events WHERE subject_id = ?1 AND id <= ?2 AND acknowledged = 1 AND kind IN ({kinds})"
+                ))?;
+                let mut del_fl = c.prepare_cached("DELETE FROM flash_history WHERE mac = ?1 AND id <= ?2")?;
+                let (mut e, mut f) = (0, 0);
+                for (mac, ev, fl) in &chunk {
+                    if let Some(id) = ev {
+                        e += del_ev.execute(params![mac, id])?;
+                    }
+                    if let Some(id) = fl {
+                        f += del_fl.execute(params![mac, id])?;
+                    }
+                }
+                Ok::<_, rusqlite::Error>((e, f))
+            })
+            .await?;
+        out.events += e;
+        out.flash_history += f;
+    }
+    if out.events + out.flash_history > 0 {
+        // Only does something in a database created with incremental
+        // auto-vacuum; a few thousand pages per write keep it short.
+        loop {
+            let free: i64 = db.read(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get(0))).await?;
+            let incremental: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))).await?;
+            if incremental != 2 || free == 0 {
+                break;
+            }
+            db.write(|c| c.execute_batch("PRAGMA incremental_vacuum(4000)")).await?;
+            if free <= 4000 {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -173,6 +173,27 @@ const KEYS: &[KeyDef] = &[
         help: "largest PUT /boot/{name} upload (413 beyond)",
     },
     KeyDef {
+        section: "limits",
+        key: "max_inventory_bytes",
+        kind: Kind::Int { min: 4096, max: 1 << 30 },
+        default: Some("524288"),
+        help: "largest POST /pxe/{mac}/inventory body (413 beyond; the agent then resends it without lshw)",
+    },
+    KeyDef {
+        section: "audit",
+        key: "pxe_history_days",
+        kind: Kind::Int { min: 1, max: 36500 },
+        default: Some("30"),
+        help: "days the events PXE clients cause (offers, plans, reports) are kept; unacknowledged tripwires stay",
+    },
+    KeyDef {
+        section: "audit",
+        key: "pxe_events_per_machine",
+        kind: Kind::Int { min: 10, max: 1_000_000 },
+        default: Some("200"),
+        help: "most PXE-client events kept per machine (older ones go first); also caps its flash history",
+    },
+    KeyDef {
         section: "auth",
         key: "session_ttl_hours",
         kind: Kind::Int { min: 1, max: 24 * 366 },
@@ -318,6 +339,14 @@ pub struct BootConfig {
 pub struct LimitsConfig {
     pub max_body_bytes: u64,
     pub max_upload_bytes: u64,
+    pub max_inventory_bytes: u64,
+}
+
+/// How long the history PXE clients cause is kept ([`crate::audit::prune`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditConfig {
+    pub pxe_history_days: u64,
+    pub pxe_events_per_machine: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +363,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub boot: BootConfig,
     pub limits: LimitsConfig,
+    pub audit: AuditConfig,
     pub auth: AuthConfig,
     pub tuning: TuningConfig,
     pub netboot: NetbootConfig,
@@ -556,6 +586,11 @@ impl Config {
             limits: LimitsConfig {
                 max_body_bytes: int("limits.max_body_bytes"),
                 max_upload_bytes: int("limits.max_upload_bytes"),
+                max_inventory_bytes: int("limits.max_inventory_bytes"),
+            },
+            audit: AuditConfig {
+                pxe_history_days: int("audit.pxe_history_days"),
+                pxe_events_per_machine: int("audit.pxe_events_per_machine"),
             },
             auth: AuthConfig {
                 session_ttl_hours: int("auth.session_ttl_hours"),

@@ -23,8 +23,11 @@ use crate::clock;
 
 /// Ordered schema scripts; `PRAGMA user_version` = how many have been applied.
 /// Append only: an applied script is never edited.
-pub const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_initial.sql"), include_str!("../migrations/0002_list_index.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_list_index.sql"),
+    include_str!("../migrations/0003_offers_and_bounds.sql"),
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -27,6 +27,7 @@ struct LiveCtx<'a> {
     policy: &'a str,
     offer: &'a str,
     reason: &'a str,
+    token: &'a str,
     kernel: &'a str,
     initrd: &'a str,
     squashfs: Option<&'a str>,
@@ -57,6 +58,8 @@ pub struct ScriptInput<'a> {
     pub offer: Offer,
     pub reason: &'a str,
     pub sanboot_drive: Option<&'a str>,
+    /// The offer's token (live offers); hex, so safe on a command line.
+    pub token: Option<&'a str>,
 }
 
 impl Templates {
@@ -106,6 +109,7 @@ impl Templates {
                     policy: i.policy.as_str(),
                     offer: i.offer.as_str(),
                     reason: i.reason,
+                    token: i.token.unwrap_or(""),
                     kernel: &self.boot.kernel,
                     initrd: &self.boot.initrd,
                     squashfs: self.boot.squashfs.as_deref(),
@@ -142,6 +146,7 @@ mod tests {
             offer,
             reason: "why",
             sanboot_drive: drive,
+            token: Some("0123abcd"),
         }
     }
 
@@ -160,7 +165,7 @@ mod tests {
              # bty: aa:bb:cc:dd:ee:ff policy=flash offer=flash\n\
              echo bty: why\n\
              kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 \
-             bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff\n\
+             bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff bty.token=0123abcd\n\
              initrd http://10.0.0.2:8080/boot/initrd.gz\n\
              boot\n"
         );
@@ -171,7 +176,7 @@ mod tests {
              # bty: aa:bb:cc:dd:ee:ff policy=tui offer=interactive\n\
              echo bty: why\n\
              kernel http://10.0.0.2:8080/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 \
-             bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff bty.mode=interactive \
+             bty.server=http://10.0.0.2:8080 bty.mac=aa:bb:cc:dd:ee:ff bty.token=0123abcd bty.mode=interactive \
              bty.squashfs=http://10.0.0.2:8080/boot/root.squashfs quiet loglevel=3\n\
              initrd http://10.0.0.2:8080/boot/initrd.gz\n\
              boot\n"

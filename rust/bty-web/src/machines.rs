@@ -357,7 +357,8 @@ pub fn put(conn: &Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::R
                                created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
          ON CONFLICT (mac) DO UPDATE SET policy = ?2, image = ?3, target_disk_serial = ?4, sanboot_drive = ?5,
-             provisioning_mode = ?6, state = ?7, updated_at = ?8",
+             provisioning_mode = ?6, state = ?7, updated_at = ?8,
+             offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL",
         params![
             mac.to_string(),
             input.policy.as_str(),

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub flashes_failed: AtomicU64,
     pub inventories: AtomicU64,
     pub discovered: AtomicU64,
+    /// Reports refused for want of the current offer's token.
+    pub reports_refused: AtomicU64,
 }
 
 /// Route templates are interned so the label set stays bounded: unmatched
@@ -68,6 +70,11 @@ impl Metrics {
         );
         out.push_str("# HELP bty_inventories_total Inventory reports received.\n# TYPE bty_inventories_total counter\n");
         let _ = writeln!(out, "bty_inventories_total {}", self.inventories.load(Ordering::Relaxed));
+        out.push_str(
+            "# HELP bty_pxe_reports_refused_total Reports refused: no, an old or another machine's offer token.\n\
+             # TYPE bty_pxe_reports_refused_total counter\n",
+        );
+        let _ = writeln!(out, "bty_pxe_reports_refused_total {}", self.reports_refused.load(Ordering::Relaxed));
         out.push_str("# HELP bty_machines_discovered_total Unknown MACs recorded since start.\n");
         out.push_str("# TYPE bty_machines_discovered_total counter\n");
         let _ = writeln!(out, "bty_machines_discovered_total {}", self.discovered.load(Ordering::Relaxed));

@@ -250,21 +250,80 @@ pub fn plan(policy: Policy, state: BootState, image: ImageCheck) -> (PlanMode, O
     }
 }
 
-/// A `done`/`failed` report from the agent.
-pub fn on_status(policy: Policy, state: BootState, status: FlashStatus) -> BootState {
-    match (policy.flashes(), status) {
-        (true, FlashStatus::Done) => BootState::Flashed,
-        (true, FlashStatus::Failed) => BootState::Failed,
-        (false, _) => state,
+/// A report from a live environment (`POST /pxe/{mac}/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Report {
+    Done,
+    Failed,
+    Inventory,
+}
+
+impl Report {
+    pub fn from_status(s: FlashStatus) -> Report {
+        match s {
+            FlashStatus::Done => Report::Done,
+            FlashStatus::Failed => Report::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Report::Done => "done",
+            Report::Failed => "failed",
+            Report::Inventory => "inventory",
+        }
     }
 }
 
-/// An inventory report.
-pub fn on_inventory(policy: Policy, state: BootState) -> BootState {
-    match policy {
-        Policy::Inventory => BootState::Inventoried,
-        _ => state,
+/// What a report carrying the current offer's token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportVerdict {
+    /// Store it; the machine moves to `next_state`, and the offer ends when
+    /// `ends_offer` (its token is then worthless).
+    Accept { next_state: BootState, ends_offer: bool },
+    /// The report does not belong to the offer: nothing changes.
+    Refuse(&'static str),
+}
+
+/// A report from the live environment that `offer` booted. Only a flash
+/// offer can mark a machine flashed: a done from the interactive flasher is
+/// history, never a reason to skip the flash a policy asks for.
+pub fn on_report(policy: Policy, state: BootState, offer: Offer, report: Report) -> ReportVerdict {
+    use ReportVerdict::{Accept, Refuse};
+    match (offer, report) {
+        (Offer::Flash, Report::Done) if policy.flashes() => {
+            Accept { next_state: BootState::Flashed, ends_offer: true }
+        }
+        (Offer::Flash, Report::Failed) if policy.flashes() => {
+            Accept { next_state: BootState::Failed, ends_offer: true }
+        }
+        // Saving a binding ends the outstanding offer, so this is a stored
+        // state bty-web did not write; it decides nothing.
+        (Offer::Flash, Report::Done | Report::Failed) => {
+            Refuse("the machine's policy no longer flashes; the report was not applied")
+        }
+        // The flash agent reports the disks before it flashes.
+        (Offer::Flash, Report::Inventory) => Accept { next_state: state, ends_offer: false },
+        (Offer::Inventory, Report::Inventory) => {
+            let next_state = if policy == Policy::Inventory { BootState::Inventoried } else { state };
+            Accept { next_state, ends_offer: true }
+        }
+        (Offer::Inventory, Report::Done | Report::Failed) => {
+            Refuse("this boot was offered an inventory, not a flash")
+        }
+        // The interactive flasher may fail and try again in the same boot;
+        // a success ends its offer.
+        (Offer::Interactive, Report::Done) => Accept { next_state: state, ends_offer: true },
+        (Offer::Interactive, Report::Failed | Report::Inventory) => {
+            Accept { next_state: state, ends_offer: false }
+        }
+        (Offer::Local, _) => Refuse("the machine was told to boot its local disk; no live environment was offered"),
     }
+}
+
+/// Whether `offer` starts a live environment, and so mints a token.
+pub fn is_live(offer: Offer) -> bool {
+    offer != Offer::Local
 }
 
 /// The machine's situation in the operator's words (machine list and page).
@@ -351,16 +410,26 @@ mod tests {
     fn run(policy: Policy, steps: &[&str]) -> Vec<&'static str> {
         let mut state = policy.armed_state();
         let mut seen = Vec::new();
+        let mut last_offer = None;
         for step in steps {
             match *step {
                 "pxe" => {
                     let d = on_pxe(policy, state, IMG);
                     seen.push(d.offer.as_str());
                     state = d.next_state;
+                    last_offer = Some(d.offer);
                 }
-                "done" => state = on_status(policy, state, FlashStatus::Done),
-                "failed" => state = on_status(policy, state, FlashStatus::Failed),
-                "inventory" => state = on_inventory(policy, state),
+                "done" | "failed" | "inventory" => {
+                    let report = match *step {
+                        "done" => Report::Done,
+                        "failed" => Report::Failed,
+                        _ => Report::Inventory,
+                    };
+                    let offer = last_offer.expect("a report follows an offer");
+                    if let ReportVerdict::Accept { next_state, .. } = on_report(policy, state, offer, report) {
+                        state = next_state;
+                    }
+                }
                 "rearm" => state = policy.armed_state(),
                 other => panic!("unknown step {other}"),
             }
@@ -401,11 +470,51 @@ mod tests {
 
     #[test]
     fn reports_do_not_move_non_flash_policies() {
+        use ReportVerdict::{Accept, Refuse};
         for p in [Policy::Tui, Policy::Local, Policy::Inventory] {
-            assert_eq!(on_status(p, S::Idle, FlashStatus::Done), S::Idle);
+            for r in [Report::Done, Report::Failed] {
+                assert!(matches!(on_report(p, S::Idle, Offer::Flash, r), Refuse(_)), "{p} {r:?}");
+            }
         }
-        assert_eq!(on_inventory(Policy::Flash, S::Flashing), S::Flashing);
+        assert_eq!(
+            on_report(Policy::Flash, S::Flashing, Offer::Flash, Report::Inventory),
+            Accept { next_state: S::Flashing, ends_offer: false }
+        );
         assert_eq!(plan(Policy::FlashOnce, S::Flashed, IMG).0, PlanMode::Local);
         assert_eq!(plan(Policy::Flash, S::Pending, ImageCheck::Missing).0, PlanMode::Interactive);
+    }
+
+    /// Every report against every offer: only a flash offer's done marks a
+    /// machine flashed; inventory and local offers refuse flash reports.
+    #[test]
+    fn only_a_flash_offer_can_mark_a_machine_flashed() {
+        use ReportVerdict::Accept;
+        let offers = [Offer::Flash, Offer::Inventory, Offer::Interactive, Offer::Local];
+        for p in Policy::ALL {
+            for s in BootState::ALL {
+                for o in offers {
+                    for r in [Report::Done, Report::Failed, Report::Inventory] {
+                        let v = on_report(p, s, o, r);
+                        if let Accept { next_state, ends_offer } = v {
+                            if next_state == S::Flashed {
+                                assert_eq!((o, r), (Offer::Flash, Report::Done), "{p} {s} {o:?} {r:?}");
+                            }
+                            assert!(o != Offer::Local, "{p} {s}: a local offer accepted {r:?}");
+                            if o == Offer::Flash && r != Report::Inventory {
+                                assert!(ends_offer, "a flash's outcome ends its offer");
+                            }
+                        }
+                        if o == Offer::Inventory && r != Report::Inventory {
+                            assert!(matches!(v, ReportVerdict::Refuse(_)));
+                        }
+                    }
+                }
+            }
+        }
+        // An interactive done on a flash policy whose image vanished is history only.
+        assert_eq!(
+            on_report(Policy::FlashOnce, S::Pending, Offer::Interactive, Report::Done),
+            Accept { next_state: S::Pending, ends_offer: true }
+        );
     }
 }

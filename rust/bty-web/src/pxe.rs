@@ -3,21 +3,28 @@
 //! write ([`crate::db::Db::write`]) that reads the record, applies
 //! [`crate::policy`], stores the new state and records the audit event, so
 //! concurrent contacts of one MAC serialise cleanly.
+//!
+//! Every live-environment offer mints a one-time token (stored as its
+//! SHA-256 on the machine's row, replacing any earlier one); the live
+//! environment gets it as `bty.token=` and reports carry it in
+//! [`OFFER_TOKEN_HEADER`]. A report is applied only with the current offer's
+//! token while that offer is outstanding; anything else changes nothing and
+//! is recorded once per source and window (see `ARCHITECTURE.md`, "Trust on
+//! the PXE side", for what a forged PXE contact can still do).
 
 use bty_core::catalog::Catalog;
 use bty_core::mac::MacAddr;
+pub use bty_core::wire::OFFER_TOKEN_HEADER;
 use bty_core::wire::{FlashStatus, InventoryReport, Plan, PlanImage, PlanMode, StatusReport};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::audit::{self, Actor, NewEvent};
+use crate::auth::{random_secret, sha256_hex};
 use crate::clock;
 use crate::machines::{self, Machine};
-use crate::policy::{self, Decision, ImageCheck, Offer};
-
-/// Largest `lshw` document kept; a bigger one is dropped (the rest of the
-/// inventory is still stored) so one odd machine cannot bloat the database.
-pub const MAX_LSHW_BYTES: usize = 4 * 1024 * 1024;
+use crate::policy::{self, BootState, Decision, ImageCheck, Offer, Report, ReportVerdict};
 
 /// Create the record of an unknown MAC (policy `tui`) and refresh last-seen.
 /// Race-safe: concurrent first contacts insert exactly one row, and only the
@@ -72,6 +79,9 @@ pub struct Contact {
     pub machine: Machine,
     pub decision: Decision,
     pub discovered: bool,
+    /// The new offer's token, for the live environment's kernel command
+    /// line; `None` for a local boot.
+    pub token: Option<String>,
 }
 
 pub fn contact(
@@ -86,11 +96,24 @@ pub fn contact(
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
-    if d.next_state != state {
-        conn.prepare_cached("UPDATE machines SET state = ?2 WHERE mac = ?1")?
-            .execute(params![mac.to_string(), d.next_state.as_str()])?;
-        m.state = d.next_state.as_str().to_string();
-    }
+    // A live offer replaces whatever offer was outstanding (the machine
+    // booted again, so that live environment is gone); a local boot ends it.
+    let token = if policy::is_live(d.offer) {
+        let token = random_secret();
+        conn.prepare_cached(
+            "UPDATE machines SET state = ?2, offer_kind = ?3, offer_token_hash = ?4, offer_at = ?5 WHERE mac = ?1",
+        )?
+        .execute(params![mac.to_string(), d.next_state.as_str(), d.offer.as_str(), sha256_hex(&token), now])?;
+        Some(token)
+    } else {
+        conn.prepare_cached(
+            "UPDATE machines SET state = ?2, offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL
+             WHERE mac = ?1 AND (state != ?2 OR offer_kind IS NOT NULL)",
+        )?
+        .execute(params![mac.to_string(), d.next_state.as_str()])?;
+        None
+    };
+    m.state = d.next_state.as_str().to_string();
     if d.abandons_flash {
         conn.execute(
             "UPDATE flash_history SET status = 'abandoned', finished_at = ?2,
@@ -125,7 +148,7 @@ pub fn contact(
                 "image_missing": image == ImageCheck::Missing && policy.flashes(),
             })),
     )?;
-    Ok(Contact { machine: m, decision: d, discovered })
+    Ok(Contact { machine: m, decision: d, discovered, token })
 }
 
 /// The result of `GET /pxe/{mac}/plan` before URLs are filled in.
@@ -188,36 +211,126 @@ pub fn build_plan(d: &PlanDecision, base: &str, catalog: &Catalog) -> Plan {
     }
 }
 
-fn orphan(conn: &Connection, mac: MacAddr, ip: Option<&str>, what: &str) -> rusqlite::Result<()> {
-    audit::insert(
-        conn,
-        &NewEvent::new(
-            "pxe.client.orphan",
-            Actor::PxeClient,
-            format!(
-                "{what} from unknown machine {mac}; it never PXE-booted from this server (or was deleted)"
-            ),
-        )
-        .machine(mac)
-        .ip(ip.map(str::to_string))
-        .details(json!({"report": what})),
-    )?;
+/// What became of a report from a live environment.
+#[derive(Debug, Clone)]
+pub enum ReportOutcome {
+    Accepted,
+    /// Nothing changed; the reason is for the client (403) and the log.
+    Refused(String),
+}
+
+/// The stored offer of a known machine, checked against the report's token:
+/// the offer that sent it, or why the report is not the current offer's.
+fn current_offer(conn: &Connection, mac: MacAddr, token: Option<&str>) -> rusqlite::Result<Result<Offer, String>> {
+    let (kind, hash): (Option<String>, Option<String>) = conn
+        .prepare_cached("SELECT offer_kind, offer_token_hash FROM machines WHERE mac = ?1")?
+        .query_row([mac.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(Err(format!(
+            "the report carries no {OFFER_TOKEN_HEADER} header; only the live environment bty-web booted \
+             (it has the token as bty.token= on its kernel command line) may report for {mac}"
+        )));
+    };
+    let (Some(kind), Some(hash)) = (kind, hash) else {
+        return Ok(Err(format!(
+            "no live environment is outstanding for {mac}: its offer ended (a report already came, the machine \
+             booted its disk, or an operator saved its binding) or none was made"
+        )));
+    };
+    let offer = match kind.as_str() {
+        "flash" => Offer::Flash,
+        "inventory" => Offer::Inventory,
+        "interactive" => Offer::Interactive,
+        _ => return Ok(Err(format!("the stored offer of {mac} is not one bty-web makes ({kind:?})"))),
+    };
+    if !bool::from(sha256_hex(token).as_bytes().ct_eq(hash.as_bytes())) {
+        return Ok(Err(format!(
+            "the offer token is not {mac}'s current one (it belongs to an earlier boot or another machine)"
+        )));
+    }
+    Ok(Ok(offer))
+}
+
+fn end_offer(conn: &Connection, mac: MacAddr) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE machines SET offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL WHERE mac = ?1")?
+        .execute([mac.to_string()])?;
     Ok(())
 }
 
-/// `POST /pxe/{mac}/status` and `/done`. `None`: unknown MAC (recorded as orphan).
+/// Record a refusal (folded per source address and window) and say why.
+fn refuse(
+    conn: &Connection,
+    mac: MacAddr,
+    ip: Option<&str>,
+    report: Report,
+    known: bool,
+    reason: String,
+) -> rusqlite::Result<ReportOutcome> {
+    let (kind, summary) = if known {
+        ("pxe.report.refused", format!("{} report for {mac} refused: {reason}", report.as_str()))
+    } else {
+        (
+            "pxe.client.orphan",
+            format!(
+                "{} report from unknown machine {mac}; it never PXE-booted from this server (or was deleted)",
+                report.as_str()
+            ),
+        )
+    };
+    audit::insert(
+        conn,
+        &NewEvent::new(kind, Actor::PxeClient, summary)
+            .machine(mac)
+            .ip(ip.map(str::to_string))
+            .details(json!({"report": report.as_str(), "mac": mac.to_string(), "reason": reason}))
+            .aggregate(ip.unwrap_or("unknown")),
+    )?;
+    Ok(ReportOutcome::Refused(reason))
+}
+
+/// Check a report against the machine's outstanding offer: the machine and
+/// the verdict, or the refusal already recorded.
+fn admit(
+    conn: &Connection,
+    mac: MacAddr,
+    ip: Option<&str>,
+    token: Option<&str>,
+    report: Report,
+) -> rusqlite::Result<Result<(Machine, Offer, BootState), ReportOutcome>> {
+    let Some(m) = machines::get(conn, mac)? else {
+        let why = format!("unknown machine {mac}: it must PXE-boot from this server first");
+        return refuse(conn, mac, ip, report, false, why).map(Err);
+    };
+    let offer = match current_offer(conn, mac, token)? {
+        Ok(o) => o,
+        Err(why) => return refuse(conn, mac, ip, report, true, why).map(Err),
+    };
+    match policy::on_report(m.policy(), m.state(), offer, report) {
+        ReportVerdict::Accept { next_state, ends_offer } => {
+            if ends_offer {
+                end_offer(conn, mac)?;
+            }
+            Ok(Ok((m, offer, next_state)))
+        }
+        ReportVerdict::Refuse(why) => refuse(conn, mac, ip, report, true, why.to_string()).map(Err),
+    }
+}
+
+/// `POST /pxe/{mac}/status` and `/done`.
 pub fn status(
     conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
+    token: Option<&str>,
     report: &StatusReport,
-) -> rusqlite::Result<Option<Machine>> {
+) -> rusqlite::Result<ReportOutcome> {
     let now = clock::now_rfc3339();
-    let Some(m) = machines::get(conn, mac)? else {
-        orphan(conn, mac, ip, "status report")?;
-        return Ok(None);
+    let (m, offer, next) = match admit(conn, mac, ip, token, Report::from_status(report.status))? {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
     };
-    let next = policy::on_status(m.policy(), m.state(), report.status);
     let st = report.status.as_str();
     match report.status {
         FlashStatus::Done => conn.execute(
@@ -231,13 +344,17 @@ pub fn status(
             params![mac.to_string(), next.as_str(), now, ip, report.reason],
         )?,
     };
-    let updated = conn.execute(
-        "UPDATE flash_history SET status = ?2, finished_at = ?3, reason = ?4
-         WHERE id = (SELECT max(id) FROM flash_history WHERE mac = ?1 AND status = 'running')",
-        params![mac.to_string(), st, now, report.reason],
-    )?;
+    let updated = if offer == Offer::Flash {
+        conn.execute(
+            "UPDATE flash_history SET status = ?2, finished_at = ?3, reason = ?4
+             WHERE id = (SELECT max(id) FROM flash_history WHERE mac = ?1 AND status = 'running')",
+            params![mac.to_string(), st, now, report.reason],
+        )?
+    } else {
+        0
+    };
     if updated == 0 {
-        // A report without an offer (interactive flash, or a USB-booted agent).
+        // The interactive flasher's outcome: history, not a policy's flash.
         conn.execute(
             "INSERT INTO flash_history (mac, image, finished_at, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![mac.to_string(), m.image, now, st, report.reason],
@@ -259,6 +376,7 @@ pub fn status(
                 "status": st,
                 "reason": report.reason,
                 "image": m.image,
+                "offer": offer.as_str(),
                 "policy": m.policy,
                 "state": m.state,
                 "next_state": next.as_str(),
@@ -267,47 +385,40 @@ pub fn status(
             }),
         ),
     )?;
-    let out = machines::get(conn, mac)?;
-    Ok(out)
+    Ok(ReportOutcome::Accepted)
 }
 
-/// `POST /pxe/{mac}/inventory`. `None`: unknown MAC (recorded as orphan).
+/// `POST /pxe/{mac}/inventory`: the latest report replaces the previous one.
 pub fn inventory(
     conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
+    token: Option<&str>,
     report: &InventoryReport,
-) -> rusqlite::Result<Option<Machine>> {
+) -> rusqlite::Result<ReportOutcome> {
     let now = clock::now_rfc3339();
-    let Some(m) = machines::get(conn, mac)? else {
-        orphan(conn, mac, ip, "inventory report")?;
-        return Ok(None);
+    let (m, offer, next) = match admit(conn, mac, ip, token, Report::Inventory)? {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
     };
-    let next = policy::on_inventory(m.policy(), m.state());
     let inv = json!({"disks": report.disks, "hardware": report.hardware});
     let lshw = report.lshw.as_ref().map(|v| v.to_string());
-    let lshw_dropped = lshw.as_ref().is_some_and(|s| s.len() > MAX_LSHW_BYTES);
-    let lshw = lshw.filter(|_| !lshw_dropped);
     conn.execute(
         "UPDATE machines SET state = ?2, inventory = ?3, inventory_at = ?4, lshw = coalesce(?5, lshw),
              last_seen_at = ?4, last_seen_ip = ?6 WHERE mac = ?1",
         params![mac.to_string(), next.as_str(), inv.to_string(), now, lshw, ip],
     )?;
     let serials: Vec<&str> = report.disks.iter().filter_map(|d| d.serial.as_deref()).collect();
-    let mut summary = format!("{mac} reported {} disk(s)", report.disks.len());
-    if lshw_dropped {
-        summary.push_str(&format!("; lshw larger than {MAX_LSHW_BYTES} bytes was not stored"));
-    }
+    let summary = format!("{mac} reported {} disk(s)", report.disks.len());
     audit::insert(
         conn,
         &NewEvent::new("machine.inventory", Actor::PxeClient, summary)
             .machine(mac)
             .ip(ip.map(str::to_string))
-            .details(json!({"disks": report.disks.len(), "serials": serials, "lshw_dropped": lshw_dropped,
-                   "policy": m.policy, "state": m.state, "next_state": next.as_str()})),
+            .details(json!({"disks": report.disks.len(), "serials": serials, "has_lshw": lshw.is_some(),
+                   "offer": offer.as_str(), "policy": m.policy, "state": m.state, "next_state": next.as_str()})),
     )?;
-    let out = machines::get(conn, mac)?;
-    Ok(out)
+    Ok(ReportOutcome::Accepted)
 }
 
 /// The offer a machine would get now, for display (no side effects).

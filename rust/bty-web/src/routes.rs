@@ -123,8 +123,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/version") => get(system::version),
         ("GET", "/metrics") => get(system::metrics),
         ("GET", "/pxe-bootstrap.ipxe") => get(pxe::bootstrap),
-        ("GET", "/pxe/{mac}") => get(pxe::script),
-        ("GET", "/pxe/{mac}/plan") => get(pxe::plan),
+        // Explicit HEAD handlers: a GET handler answering HEAD would make
+        // an offer (and a token) that nobody boots.
+        ("GET", "/pxe/{mac}") => get(pxe::script).head(pxe::head_script),
+        ("GET", "/pxe/{mac}/plan") => get(pxe::plan).head(pxe::head_plan),
         ("POST", "/pxe/{mac}/done") => post(pxe::done),
         ("POST", "/pxe/{mac}/status") => post(pxe::status),
         ("POST", "/pxe/{mac}/inventory") => post(pxe::inventory),

@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::{TestServer, MAC};
+use common::{without_token, TestServer, MAC};
 use serde_json::{json, Value};
 
 fn live(base: &str, mac: &str, policy: &str, offer: &str, reason: &str, interactive: bool) -> String {
     let mode = if interactive { " bty.mode=interactive" } else { "" };
     format!(
         "#!ipxe\n# bty: {mac} policy={policy} offer={offer}\necho bty: {reason}\n\
-         kernel {base}/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 bty.server={base} bty.mac={mac}{mode}\n\
+         kernel {base}/boot/vmlinuz initrd=initrd.gz console=tty0 console=ttyS0,115200 bty.server={base} bty.mac={mac} bty.token=T{mode}\n\
          initrd {base}/boot/initrd.gz\nboot\n"
     )
 }
@@ -30,9 +30,14 @@ fn offer(script: &str) -> String {
 }
 
 async fn boot(s: &TestServer, mac: &str) -> String {
-    let (code, text) = s.get_text(&format!("/pxe/{}", mac.replace(':', "-"))).await;
-    assert_eq!(code, 200, "{text}");
-    offer(&text)
+    s.pxe_boot(&mac.replace(':', "-")).await.0
+}
+
+/// PXE-boot and return the offer token the live environment would get.
+async fn boot_token(s: &TestServer, mac: &str, want_offer: &str) -> String {
+    let (offer, token) = s.pxe_boot(mac).await;
+    assert_eq!(offer, want_offer);
+    token.expect("a live offer carries a token")
 }
 
 async fn machine(s: &TestServer, token: &str, mac: &str) -> Value {
@@ -48,7 +53,7 @@ async fn bootstrap_and_unknown_mac_discovery() {
 
     let (code, text) = s.get_text("/pxe/52-54-00-12-34-56").await;
     assert_eq!(code, 200);
-    assert_eq!(text, live(&s.url, MAC, "tui", "interactive", "policy tui: interactive flasher", true));
+    assert_eq!(without_token(&text), live(&s.url, MAC, "tui", "interactive", "policy tui: interactive flasher", true));
 
     let (code, plan) = s.get_json("/pxe/52:54:00:12:34:56/plan").await;
     assert_eq!(code, 200);
@@ -115,7 +120,7 @@ async fn every_policy_script_and_plan() {
     ];
     for (i, (mac, _)) in cases.iter().enumerate() {
         let (_, script) = s.get_text(&format!("/pxe/{mac}")).await;
-        assert_eq!(script, want_scripts[i], "{mac}");
+        assert_eq!(without_token(&script), want_scripts[i], "{mac}");
         let (_, plan) = s.get_json(&format!("/pxe/{mac}/plan")).await;
         assert_eq!(plan, want_plans[i], "{mac}");
     }
@@ -136,15 +141,20 @@ async fn flash_alternates_and_retries_unreported_flashes() {
     assert_eq!(m["state"], "pending");
     assert_eq!(m["next_boot"], "flash");
 
-    assert_eq!(boot(&s, MAC).await, "flash");
+    let first = boot_token(&s, MAC, "flash").await;
     assert_eq!(machine(&s, &token, MAC).await["state"], "flashing");
     // Crash / power loss: PXE again without a report → flash again, never local.
     assert_eq!(boot(&s, MAC).await, "flash");
     let (_, script) = s.get_text(&format!("/pxe/{MAC}")).await;
     assert!(script.contains("echo bty: the previous flash never reported done: flashing again"), "{script}");
+    // The boot before the last one is gone: its live environment's token is worthless.
+    let (code, v) = s.report(&format!("/pxe/{MAC}/done"), &first, json!({"status": "done"})).await;
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(machine(&s, &token, MAC).await["state"], "flashing");
+    let live = common::offer_token(&script).unwrap();
 
     assert_eq!(
-        s.post_json(&format!("/pxe/{MAC}/done"), json!({"status": "done", "duration_s": 12.5})).await,
+        s.report(&format!("/pxe/{MAC}/done"), &live, json!({"status": "done", "duration_s": 12.5})).await.0,
         204
     );
     let m = machine(&s, &token, MAC).await;
@@ -152,13 +162,16 @@ async fn flash_alternates_and_retries_unreported_flashes() {
     assert_eq!(m["last_flash_status"], "done");
     assert!(m["last_flashed_at"].is_string());
 
+    // One report per offer: the same token again changes nothing.
+    let (code, _) = s.report(&format!("/pxe/{MAC}/status"), &live, json!({"status": "failed"})).await;
+    assert_eq!(code, 403);
     assert_eq!(boot(&s, MAC).await, "local");
     assert_eq!(machine(&s, &token, MAC).await["state"], "pending");
-    assert_eq!(boot(&s, MAC).await, "flash");
+    let t = boot_token(&s, MAC, "flash").await;
 
     // A failure is retried too, and is a tripwire.
-    let status = s
-        .post_json(&format!("/pxe/{MAC}/status"), json!({"status": "failed", "reason": "disk vanished"}))
+    let (status, _) = s
+        .report(&format!("/pxe/{MAC}/status"), &t, json!({"status": "failed", "reason": "disk vanished"}))
         .await;
     assert_eq!(status, 204);
     let m = machine(&s, &token, MAC).await;
@@ -168,9 +181,14 @@ async fn flash_alternates_and_retries_unreported_flashes() {
     );
     let failed = s.events(&token, "machine.flash_failed").await;
     assert_eq!(failed[0]["acknowledged"], false);
-    assert_eq!(boot(&s, MAC).await, "flash");
+    let t = boot_token(&s, MAC, "flash").await;
     // Empty-body /done works too.
-    let r = reqwest::Client::new().post(s.url(&format!("/pxe/{MAC}/done"))).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(s.url(&format!("/pxe/{MAC}/done")))
+        .header("x-bty-offer-token", &t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(boot(&s, MAC).await, "local");
     assert_eq!(s.events(&token, "machine.flashed").await.len(), 2);
@@ -189,8 +207,8 @@ async fn flash_once_stays_local_until_rearmed() {
     let token = s.token().await;
     let bind = json!({"policy": "flash-once", "image": "local-img", "target_disk_serial": "S1"});
     s.put_machine(&token, MAC, bind.clone()).await;
-    assert_eq!(boot(&s, MAC).await, "flash");
-    assert_eq!(s.post_json(&format!("/pxe/{MAC}/status"), json!({"status": "done"})).await, 204);
+    let t = boot_token(&s, MAC, "flash").await;
+    assert_eq!(s.report(&format!("/pxe/{MAC}/status"), &t, json!({"status": "done"})).await.0, 204);
     for _ in 0..3 {
         assert_eq!(boot(&s, MAC).await, "local");
     }
@@ -208,10 +226,14 @@ async fn inventory_then_local() {
     let token = s.token().await;
     s.put_machine(&token, MAC, json!({"policy": "inventory"})).await;
     assert_eq!(boot(&s, MAC).await, "inventory");
-    assert_eq!(boot(&s, MAC).await, "inventory");
+    let t = boot_token(&s, MAC, "inventory").await;
     let inv = json!({"disks": [{"path": "/dev/sda", "size_bytes": 1000, "serial": "S1", "model": "QEMU"}],
                      "hardware": {"cpus": 2}, "lshw": {"id": "machine"}});
-    assert_eq!(s.post_json(&format!("/pxe/{MAC}/inventory"), inv).await, 204);
+    // An inventory boot takes no flash reports.
+    assert_eq!(s.report(&format!("/pxe/{MAC}/done"), &t, json!({"status": "done"})).await.0, 403);
+    assert_eq!(s.report(&format!("/pxe/{MAC}/inventory"), &t, inv.clone()).await.0, 204);
+    // Its offer ended with the inventory.
+    assert_eq!(s.report(&format!("/pxe/{MAC}/inventory"), &t, inv).await.0, 403);
     assert_eq!(boot(&s, MAC).await, "local");
     assert_eq!(boot(&s, MAC).await, "local");
     let m = machine(&s, &token, MAC).await;
@@ -231,6 +253,7 @@ async fn inventory_then_local() {
     let many: Vec<Value> = (0..65).map(|i| json!({"path": format!("/dev/sd{i}")})).collect();
     let r = reqwest::Client::new()
         .post(s.url(&format!("/pxe/{MAC}/inventory")))
+        .header("x-bty-offer-token", "x")
         .json(&json!({"disks": many}))
         .send()
         .await
@@ -243,8 +266,10 @@ async fn inventory_then_local() {
 async fn tui_records_an_interactive_flash() {
     let s = TestServer::start().await;
     let token = s.token().await;
-    assert_eq!(boot(&s, MAC).await, "interactive");
-    assert_eq!(s.post_json(&format!("/pxe/{MAC}/status"), json!({"status": "done"})).await, 204);
+    let t = boot_token(&s, MAC, "interactive").await;
+    let (code, _) = s.report(&format!("/pxe/{MAC}/status"), &t, json!({"status": "failed"})).await;
+    assert_eq!(code, 204, "the interactive flasher may fail and try again");
+    assert_eq!(s.report(&format!("/pxe/{MAC}/status"), &t, json!({"status": "done"})).await.0, 204);
     let m = machine(&s, &token, MAC).await;
     assert!(m["last_flashed_at"].is_string());
     assert_eq!(m["state"], "idle");
@@ -306,16 +331,19 @@ async fn reports_from_unknown_machines_are_orphans() {
     ] {
         let r = reqwest::Client::new()
             .post(s.url(&format!("/pxe/{MAC}/{path}")))
+            .header("x-bty-offer-token", "0".repeat(64))
             .json(&body)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(r.status(), 403, "{path}");
         assert!(r.text().await.unwrap().contains("PXE-boot from this server first"));
     }
+    // Repeats from one source fold into one tripwire with a count.
     let orphans = s.events(&token, "pxe.client.orphan").await;
-    assert_eq!(orphans.len(), 3);
-    assert!(orphans.iter().all(|e| e["acknowledged"] == false));
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0]["count"], 3);
+    assert_eq!(orphans[0]["acknowledged"], false);
     assert!(s.authed_json(&token, "/machines").await.as_array().unwrap().is_empty());
 }
 

@@ -23,6 +23,9 @@ pub struct Args {
     /// This machine's MAC as the server knows it (default: `bty.mac=`).
     #[arg(long)]
     pub mac: Option<String>,
+    /// The offer token reports must carry (default: `bty.token=`).
+    #[arg(long, env = "BTY_OFFER_TOKEN", hide_env_values = true)]
+    pub offer_token: Option<String>,
     /// Stay up when done instead of rebooting (for trying the agent by hand).
     #[arg(long)]
     pub no_reboot: bool,
@@ -50,7 +53,7 @@ pub fn marker(msg: &str) {
 }
 
 pub fn run(mut a: Args) -> i32 {
-    let boot = if a.server.is_none() || a.mac.is_none() {
+    let boot = if a.server.is_none() || a.mac.is_none() || a.offer_token.is_none() {
         BootArgs::from_proc().unwrap_or_default()
     } else {
         BootArgs::default()
@@ -60,8 +63,9 @@ pub fn run(mut a: Args) -> i32 {
         marker("agent: no server or MAC (pass --server and --mac, or boot with bty.server= bty.mac=)");
         return 2;
     };
+    let token = a.offer_token.clone().or(boot.token);
     let client = match ServerClient::new(&server, &mac) {
-        Ok(c) => c,
+        Ok(c) => c.with_offer_token(token),
         Err(e) => {
             marker(&format!("agent: {e}"));
             return e.kind().exit_code();
@@ -172,12 +176,14 @@ fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<(
 }
 
 fn interactive(client: &ServerClient) -> i32 {
-    let status = std::process::Command::new("bty-tui")
-        .arg("--server")
-        .arg(client.base())
-        .arg("--mac")
-        .arg(client.mac().to_string())
-        .status();
+    let mut tui = std::process::Command::new("bty-tui");
+    tui.arg("--server").arg(client.base()).arg("--mac").arg(client.mac().to_string());
+    // In the environment, not the argument list: other processes can read
+    // arguments from /proc.
+    if let Some(t) = client.offer_token() {
+        tui.env("BTY_OFFER_TOKEN", t);
+    }
+    let status = tui.status();
     match status {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => {

@@ -63,6 +63,7 @@ pub async fn start_session(
                         format!("failed login as {username:?}"),
                     )
                     .subject("user", username.chars().take(64).collect::<String>())
+                    .aggregate(src.as_deref().unwrap_or("unknown"))
                     .ip(src),
                 )?;
                 return Ok(None);

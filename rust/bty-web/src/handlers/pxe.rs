@@ -13,7 +13,7 @@ use bty_core::wire::{FlashStatus, InventoryReport, StatusReport};
 use super::MacParam;
 use crate::error::{decode_json, ApiError, ApiJson};
 use crate::ipxe::ScriptInput;
-use crate::pxe;
+use crate::pxe::{self, ReportOutcome, OFFER_TOKEN_HEADER};
 use crate::state::{AppState, ClientIp};
 
 fn ipxe(script: String) -> Response {
@@ -58,7 +58,19 @@ pub async fn script(
         offer: c.decision.offer,
         reason: c.decision.reason,
         sanboot_drive: c.machine.sanboot_drive.as_deref(),
+        token: c.token.as_deref(),
     })))
+}
+
+/// `HEAD /pxe/{mac}` and `HEAD /pxe/{mac}/plan`: what a GET would answer
+/// with, minus the body and every side effect (no record, no offer, no
+/// token, no event). Link checkers and monitors probe with HEAD.
+pub async fn head_script(MacParam(_mac): MacParam) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")]).into_response()
+}
+
+pub async fn head_plan(MacParam(_mac): MacParam) -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")]).into_response()
 }
 
 pub async fn plan(
@@ -75,23 +87,38 @@ pub async fn plan(
     Ok(Json(pxe::build_plan(&d, &base, &catalog)).into_response())
 }
 
+/// The offer token a report carries, if any.
+fn offer_token(headers: &HeaderMap) -> Option<String> {
+    headers.get(OFFER_TOKEN_HEADER).and_then(|v| v.to_str().ok()).map(|t| t.trim().to_string())
+}
+
+fn answer(app: &AppState, mac: bty_core::mac::MacAddr, outcome: ReportOutcome) -> Result<(), ApiError> {
+    match outcome {
+        ReportOutcome::Accepted => {
+            app.machine_changed(mac);
+            Ok(())
+        }
+        ReportOutcome::Refused(why) => {
+            app.metrics.reports_refused.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::Forbidden(why))
+        }
+    }
+}
+
 async fn report(
     app: &AppState,
     ip: ClientIp,
     mac: bty_core::mac::MacAddr,
+    token: Option<String>,
     r: StatusReport,
 ) -> Result<StatusCode, ApiError> {
     if let Err((field, reason)) = r.validate() {
         return Err(ApiError::field(field, reason));
     }
     let status = r.status;
-    let found = app.db.write(move |c| pxe::status(c, mac, ip.string().as_deref(), &r)).await?;
-    if found.is_none() {
-        return Err(ApiError::not_found(format!(
-            "unknown machine {mac}: it must PXE-boot from this server first"
-        )));
-    }
-    app.machine_changed(mac);
+    let outcome =
+        app.db.write(move |c| pxe::status(c, mac, ip.string().as_deref(), token.as_deref(), &r)).await?;
+    answer(app, mac, outcome)?;
     match status {
         FlashStatus::Done => app.metrics.flashes_done.fetch_add(1, Ordering::Relaxed),
         FlashStatus::Failed => app.metrics.flashes_failed.fetch_add(1, Ordering::Relaxed),
@@ -119,34 +146,44 @@ pub async fn done(
         }
         r
     };
-    report(&app, ip, mac, r).await
+    report(&app, ip, mac, offer_token(&headers), r).await
 }
 
 pub async fn status(
     State(app): State<AppState>,
     ip: ClientIp,
     MacParam(mac): MacParam,
+    headers: HeaderMap,
     ApiJson(r): ApiJson<StatusReport>,
 ) -> Result<StatusCode, ApiError> {
-    report(&app, ip, mac, r).await
+    report(&app, ip, mac, offer_token(&headers), r).await
 }
 
+/// Inventories are bounded by `[limits] max_inventory_bytes`, checked
+/// before the body is parsed.
 pub async fn inventory(
     State(app): State<AppState>,
     ip: ClientIp,
     MacParam(mac): MacParam,
-    ApiJson(r): ApiJson<InventoryReport>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let max = app.config.limits.max_inventory_bytes;
+    if body.len() as u64 > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the inventory is {} bytes; the limit is {max} ([limits] max_inventory_bytes). \
+             Leave out lshw, or raise the limit",
+            body.len()
+        )));
+    }
+    let r: InventoryReport = decode_json(&headers, &body)?;
     if let Err((field, reason)) = r.validate() {
         return Err(ApiError::field(field, reason));
     }
-    let found = app.db.write(move |c| pxe::inventory(c, mac, ip.string().as_deref(), &r)).await?;
-    if found.is_none() {
-        return Err(ApiError::not_found(format!(
-            "unknown machine {mac}: it must PXE-boot from this server first"
-        )));
-    }
-    app.machine_changed(mac);
+    let token = offer_token(&headers);
+    let outcome =
+        app.db.write(move |c| pxe::inventory(c, mac, ip.string().as_deref(), token.as_deref(), &r)).await?;
+    answer(&app, mac, outcome)?;
     app.metrics.inventories.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT)
 }

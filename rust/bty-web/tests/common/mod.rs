@@ -33,6 +33,19 @@ name = "other-img"
 src = "other.img.zst"
 "#;
 
+/// The `bty.token=` of an iPXE script, if it has one.
+pub fn offer_token(script: &str) -> Option<String> {
+    script.split_whitespace().find_map(|w| w.strip_prefix("bty.token=")).map(str::to_string)
+}
+
+/// `script` with its offer token replaced by `T`, for comparing scripts.
+pub fn without_token(script: &str) -> String {
+    match offer_token(script) {
+        Some(t) => script.replace(&format!("bty.token={t}"), "bty.token=T"),
+        None => script.to_string(),
+    }
+}
+
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -160,6 +173,27 @@ impl TestServer {
 
     pub async fn post_json(&self, path: &str, body: Value) -> u16 {
         reqwest::Client::new().post(self.url(path)).json(&body).send().await.unwrap().status().as_u16()
+    }
+
+    /// A live environment's report: POST with the offer token it was booted with.
+    pub async fn report(&self, path: &str, offer_token: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .header("x-bty-offer-token", offer_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// PXE-boot `mac`: the script's offer and the offer token it carries.
+    pub async fn pxe_boot(&self, mac: &str) -> (String, Option<String>) {
+        let (code, text) = self.get_text(&format!("/pxe/{mac}")).await;
+        assert_eq!(code, 200, "{text}");
+        let offer = text.lines().nth(1).and_then(|l| l.split("offer=").nth(1)).unwrap_or("?").to_string();
+        (offer, offer_token(&text))
     }
 
     /// Events (newest first) of one kind.
