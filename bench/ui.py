@@ -59,8 +59,8 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.cookie, self.csrf = cookie, csrf
 
-    def request(self, method: str, path: str, body=None) -> tuple[int, bytes, http.client.HTTPResponse]:
-        headers = {}
+    def request(self, method: str, path: str, body=None, extra=None) -> tuple[int, bytes, http.client.HTTPResponse]:
+        headers = dict(extra or {})
         if self.cookie:
             headers["Cookie"] = self.cookie
         if self.csrf and method != "GET":
@@ -104,7 +104,14 @@ def in_parallel(port: int, cookie: str, csrf: str, jobs: list, what: str) -> Non
                 job = next(it, None)
             if job is None or failures:
                 return
-            st, body, _ = c.request(*job)
+            if job[0] == "REPORT":
+                # A live environment's report: boot first, then report with that offer's token.
+                mac = job[1].split("/")[2]
+                st, script, _ = c.request("GET", f"/pxe/{mac}")
+                token = next((w.split("=", 1)[1] for w in script.decode().split() if w.startswith("bty.token=")), "")
+                st, body, _ = c.request("POST", job[1], job[2], {"X-Bty-Offer-Token": token})
+            else:
+                st, body, _ = c.request(*job)
             if st >= 300:
                 failures.append(f"{job[0]} {job[1]}: {st} {body[:200]!r}")
 
@@ -122,8 +129,10 @@ def in_parallel(port: int, cookie: str, csrf: str, jobs: list, what: str) -> Non
 def fill(port: int, admin: Client, rnd: random.Random) -> None:
     macs = [mac_of(0x10000 + i) for i in range(MACHINES)]
     jobs = []
+    policies = {}
     for i, mac in enumerate(macs):
         policy = rnd.choices(["tui", "flash-once", "flash", "inventory", "local"], [3, 4, 2, 1, 2])[0]
+        policies[mac] = policy
         body = {"policy": policy, "labels": rnd.sample(LABELS, rnd.randint(0, 3))}
         if policy in ("flash", "flash-once"):
             body |= {"image": rnd.choice(IMAGES), "target_disk_serial": f"SN{i:08}"}
@@ -144,16 +153,19 @@ def fill(port: int, admin: Client, rnd: random.Random) -> None:
         disks = [{"path": f"/dev/nvme{d}n1", "size_bytes": 3_840_755_982_336, "model": "SAMSUNG MZQL23T8HCLS",
                   "serial": f"SN{i:08}" if d == 0 else f"SN{i:08}-{d}", "transport": "nvme",
                   "removable": False, "read_only": False} for d in range(4)]
-        jobs.append(("POST", f"/pxe/{mac}/inventory", {"disks": disks, "hardware": hw}))
+        # A machine told to boot its disk gets no live environment, so nothing to report with.
+        if policies[mac] != "local":
+            jobs.append(("REPORT", f"/pxe/{mac}/inventory", {"disks": disks, "hardware": hw}))
     in_parallel(port, admin.cookie, admin.csrf, jobs, "POST /pxe/{mac}/inventory")
 
     jobs = []
     for i, mac in enumerate(macs):
-        if rnd.random() < 0.5:
+        # Flash outcomes come from flash offers (and the interactive flasher).
+        if rnd.random() < 0.5 and policies[mac] in ("flash", "flash-once", "tui"):
             ok = rnd.random() < 0.97
             body = {"status": "done", "duration_s": 41.5, "bytes_written": 8 << 30} if ok else \
                 {"status": "failed", "reason": "sha256 mismatch: the image is corrupt"}
-            jobs.append(("POST", f"/pxe/{mac}/status", body))
+            jobs.append(("REPORT", f"/pxe/{mac}/status", body))
     in_parallel(port, admin.cookie, admin.csrf, jobs, "POST /pxe/{mac}/status")
 
     have = events_count(admin)

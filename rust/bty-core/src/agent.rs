@@ -117,7 +117,11 @@ impl ServerClient {
     }
 
     /// POST a report; on an HTTP error answer, its status with the error.
-    fn post(&self, tail: &str, body: &impl serde::Serialize) -> std::result::Result<(), (Option<u16>, Error)> {
+    fn post(
+        &self,
+        tail: &str,
+        body: &impl serde::Serialize,
+    ) -> std::result::Result<(), (Option<u16>, Error)> {
         let url = self.url(tail);
         let mut req = self.http.post(&url);
         if let Some(t) = &self.offer_token {

@@ -46,9 +46,10 @@ fn main() -> ExitCode {
     let client = match (&args.server, &args.mac) {
         (Some(s), Some(m)) => match ServerClient::new(s, m) {
             Ok(c) => {
-                let token = args.offer_token.clone().or_else(|| {
-                    bty_core::agent::BootArgs::from_proc().ok().and_then(|b| b.token)
-                });
+                let token = args
+                    .offer_token
+                    .clone()
+                    .or_else(|| bty_core::agent::BootArgs::from_proc().ok().and_then(|b| b.token));
                 Some(c.with_offer_token(token))
             }
             Err(e) => {

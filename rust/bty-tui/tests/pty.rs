@@ -254,8 +254,15 @@ fn server_mode_flashes_from_bty_web_and_reports_done() {
     .unwrap();
     let web = Web::start(&bin, &state);
     let mac = "52-54-00-77-00-01";
-    // The first PXE contact records the machine with the default policy, tui.
-    assert_eq!(web.http("GET", &format!("/pxe/{mac}"), &[], "").0, 200);
+    // The first PXE contact records the machine with the default policy, tui,
+    // and mints the offer token its live environment reports with.
+    let (status, _, script) = web.http("GET", &format!("/pxe/{mac}"), &[], "");
+    assert_eq!(status, 200);
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bty.token="))
+        .expect("the script carries an offer token")
+        .to_string();
 
     let target = dir.path().join("disk.img");
     let server = format!("http://127.0.0.1:{}", web.port);
@@ -270,7 +277,7 @@ fn server_mode_flashes_from_bty_web_and_reports_done() {
             "--target-file",
             target.to_str().unwrap(),
         ],
-        &[],
+        &[("BTY_OFFER_TOKEN", &token)],
     );
     s.wait_for("served", Duration::from_secs(20));
     assert!(s.text().contains("server"), "{}", s.text());

@@ -299,6 +299,17 @@ pub fn query(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<Event>> 
     rows.collect()
 }
 
+/// How many unacknowledged events match `q`'s kind and subject.
+pub fn count_unacked_matching(conn: &Connection, q: &EventQuery) -> rusqlite::Result<i64> {
+    let q = EventQuery { unacked_only: true, ..q.clone() };
+    let (conds, args) = conditions(&q);
+    conn.query_row(
+        &format!("SELECT count(*) FROM events WHERE 1 = 1{conds}"),
+        rusqlite::params_from_iter(args),
+        |r| r.get(0),
+    )
+}
+
 /// Acknowledge every unacknowledged event matching `q`'s kind, subject
 /// (`before_id` and `limit` are ignored); how many there were.
 pub fn acknowledge_matching(conn: &Connection, q: &EventQuery) -> rusqlite::Result<usize> {
@@ -422,8 +433,9 @@ pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Re
             let mut ev = c.prepare_cached(
                 "SELECT id FROM events WHERE subject_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
             )?;
-            let mut fl =
-                c.prepare_cached("SELECT id FROM flash_history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?;
+            let mut fl = c.prepare_cached(
+                "SELECT id FROM flash_history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+            )?;
             let mut out = Vec::new();
             for mac in macs {
                 let e: Option<i64> = ev.query_row(params![mac, offset], |r| r.get(0)).optional()?;
@@ -508,5 +520,130 @@ mod tests {
         assert_eq!(kinds("backup*"), ["backup", "backup.created", "backup.failed", "backup/x", "backups"]);
         assert_eq!(kinds("*").len(), 6);
         assert_eq!(kinds("machine.flashed"), ["machine.flashed"]);
+    }
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for m in crate::db::MIGRATIONS {
+            conn.execute_batch(m).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn stored_text_is_bounded() {
+        let conn = migrated();
+        let huge = "é".repeat(1 << 20);
+        let e = NewEvent::new("auth.login.failed", Actor::Operator(huge.clone()), huge.clone())
+            .subject("user", huge.clone())
+            .ip(Some(huge.clone()))
+            .details(
+                serde_json::json!({"name": huge, "list": vec![1; 10_000], "nested": {"k": "v".repeat(5000)}}),
+            );
+        insert(&conn, &e).unwrap();
+        let row: (String, String, String, String, String) = conn
+            .query_row("SELECT summary, subject_id, actor, source_ip, details FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap();
+        assert!(row.0.chars().count() < MAX_TEXT_CHARS + 40, "{}", row.0.len());
+        assert!(row.0.ends_with(&format!("({} bytes in all)", huge.len())));
+        assert!(row.1.chars().count() < 200 && row.2.chars().count() < 220 && row.3.chars().count() < 120);
+        assert!(row.4.len() <= MAX_DETAILS_BYTES, "{}", row.4.len());
+        let d: serde_json::Value = serde_json::from_str(&row.4).unwrap();
+        assert_eq!(d["list"].as_array().unwrap().len(), MAX_DETAIL_ITEMS + 1);
+    }
+
+    #[test]
+    fn repeats_fold_into_one_event_per_key() {
+        let conn = migrated();
+        for i in 0..50 {
+            let ip = if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.2" };
+            let e = NewEvent::new("pxe.report.refused", Actor::PxeClient, format!("refused {i}"))
+                .ip(Some(ip.into()))
+                .aggregate(ip);
+            insert(&conn, &e).unwrap();
+        }
+        let q = EventQuery { limit: 100, ..Default::default() };
+        let events = query(&conn, &q).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(events.iter().all(|e| e.count == 25 && e.last_ts.is_some() && !e.acknowledged));
+        assert_eq!(events[0].summary, "refused 49", "the summary is the latest");
+        // Acknowledged, the next repeat is news again.
+        assert_eq!(
+            acknowledge_matching(&conn, &EventQuery { kind: Some("pxe.*".into()), ..q.clone() }).unwrap(),
+            2
+        );
+        let e = NewEvent::new("pxe.report.refused", Actor::PxeClient, "again").aggregate("10.0.0.1");
+        insert(&conn, &e).unwrap();
+        assert_eq!(query(&conn, &q).unwrap().len(), 3);
+        assert_eq!(count_unacked_matching(&conn, &q).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_age_cutoff_is_found_by_bisection() {
+        let conn = migrated();
+        assert_eq!(first_id_since(&conn, "2026").unwrap(), None);
+        for (i, ts) in
+            ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-05", "2026-01-08"].iter().enumerate()
+        {
+            conn.execute(
+                "INSERT INTO events (id, ts, kind, actor, summary) VALUES (?1, ?2, 'pxe.plan', 'x', 'x')",
+                params![(i as i64 + 1) * 10, ts],
+            )
+            .unwrap();
+        }
+        assert_eq!(first_id_since(&conn, "2025-12-31").unwrap(), Some(10));
+        assert_eq!(first_id_since(&conn, "2026-01-03").unwrap(), Some(21));
+        assert_eq!(first_id_since(&conn, "2026-01-04").unwrap(), Some(31));
+        assert_eq!(first_id_since(&conn, "2026-01-08").unwrap(), Some(41));
+        assert_eq!(first_id_since(&conn, "2027").unwrap(), Some(51));
+    }
+
+    #[tokio::test]
+    async fn prune_ages_out_pxe_history_but_keeps_tripwires_and_operator_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::db::Db::open(&dir.path().join("state.db")).unwrap();
+        db.write(|c| {
+            c.execute_batch(
+                "INSERT INTO machines (mac, created_at, updated_at) VALUES ('02:00:00:00:00:01', 't', 't')",
+            )?;
+            let old = "2000-01-01T00:00:00Z";
+            let mut ins = c.prepare(
+                "INSERT INTO events (ts, kind, subject_id, actor, summary, acknowledged) VALUES (?1, ?2, ?3, 'x', 'x', ?4)",
+            )?;
+            // Old: aged out unless a tripwire or an operator's.
+            ins.execute(params![old, "pxe.offered", "02:00:00:00:00:01", true])?;
+            ins.execute(params![old, "pxe.client.orphan", "02:00:00:00:00:09", false])?;
+            ins.execute(params![old, "machine.updated", "02:00:00:00:00:01", true])?;
+            // Recent: beyond the newest ten of the machine, the PXE ones go.
+            for _ in 0..30 {
+                ins.execute(params![crate::clock::now_rfc3339(), "pxe.plan", "02:00:00:00:00:01", true])?;
+            }
+            for _ in 0..15 {
+                c.execute(
+                    "INSERT INTO flash_history (mac, status) VALUES ('02:00:00:00:00:01', 'done')",
+                    [],
+                )?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        let p = prune(&db, 30, 10).await.unwrap();
+        assert_eq!(p, Pruned { events: 1 + 20, flash_history: 5 });
+        let kinds: Vec<(String, i64)> = db
+            .read(|c| {
+                let mut s = c.prepare("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind")?;
+                let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            kinds,
+            [("machine.updated".into(), 1), ("pxe.client.orphan".into(), 1), ("pxe.plan".into(), 10)]
+        );
+        assert_eq!(prune(&db, 30, 10).await.unwrap(), Pruned::default(), "a second run finds nothing");
     }
 }

@@ -37,6 +37,13 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// Longest a checkpoint waits for the writer to pause.
 const CHECKPOINT_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// After this long without a commit, the checkpointer folds the whole WAL
+/// back and truncates it to nothing.
+const QUIET_FOR_TRUNCATE: std::time::Duration = std::time::Duration::from_secs(2);
+/// A WAL that is reset (rewound after a full checkpoint) is cut back to
+/// this size, so one burst does not leave a large file behind for good.
+const JOURNAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
 /// Most writes folded into one commit; bounds how long one caller can wait.
 const MAX_GROUP: usize = 256;
 
@@ -59,8 +66,17 @@ impl Activity {
     }
     /// A commit within the last 100 ms.
     fn busy(&self) -> bool {
-        let last = self.last_commit_ms.load(Ordering::Relaxed);
-        last != 0 && (self.now_ms() + 1).saturating_sub(last) < 100
+        self.quiet_for() < std::time::Duration::from_millis(100)
+    }
+    /// How long since the last commit (forever when there was none).
+    fn quiet_for(&self) -> std::time::Duration {
+        match self.last_commit_ms.load(Ordering::Relaxed) {
+            0 => std::time::Duration::MAX,
+            last => std::time::Duration::from_millis((self.now_ms() + 1).saturating_sub(last)),
+        }
+    }
+    fn last_commit(&self) -> u64 {
+        self.last_commit_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -154,6 +170,8 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, activity: A
 /// are left for the next round.
 fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<Activity>) {
     let mut last = std::time::Instant::now();
+    // The commit the last truncation followed; one truncation per quiet spell.
+    let mut truncated_after = u64::MAX;
     loop {
         match stopped.recv_timeout(CHECKPOINT_EVERY) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -166,8 +184,16 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<
             continue;
         }
         last = std::time::Instant::now();
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        // PASSIVE cannot rewind a WAL that readers and the writer keep
+        // using, so under steady load it only grows. In a quiet spell a
+        // TRUNCATE checkpoint folds everything back and empties the file;
+        // it waits (busy timeout) for a writer, which is idle by then.
+        let quiet = activity.quiet_for() >= QUIET_FOR_TRUNCATE && activity.last_commit() != truncated_after;
+        let mode = if quiet { "TRUNCATE" } else { "PASSIVE" };
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0)) {
+            Ok(0) if quiet => truncated_after = activity.last_commit(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
         }
     }
 }
@@ -223,6 +249,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // NORMAL under WAL: a commit survives a process crash; only an OS crash
     // can lose the last transactions, never corrupt the file.
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(())
 }
 
@@ -301,6 +328,14 @@ impl Db {
                 format!("cannot create state directory {} (set BTY_PATHS_STATE_DIR)", dir.display())
             })?;
         }
+        if std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true) {
+            // Only possible before the file is initialised: freed pages
+            // (aged-out history) can then go back to the file system in
+            // small steps, never in a full VACUUM that stops every write.
+            Connection::open(path)
+                .and_then(|c| c.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;"))
+                .with_context(|| format!("cannot create database {}", path.display()))?;
+        }
         let mut conn = open_conn(path)?;
         let version = user_version(&conn)?;
         let mut reset = None;
@@ -318,6 +353,11 @@ impl Db {
             conn = open_conn(path)?;
         }
         migrate(&mut conn)?;
+        // Whatever an earlier run left in the WAL (a crash, or a WAL that
+        // grew under load) is folded back and the file emptied.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "cannot truncate the WAL at start");
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open_conn(path)?));
@@ -513,5 +553,36 @@ mod tests {
         Connection::open(&path).unwrap().execute_batch("CREATE TABLE machines (mac TEXT);").unwrap();
         let (_db, reset) = Db::open(&path).unwrap();
         assert_eq!(reset.unwrap().found_version, None);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_database_vacuums_incrementally_and_the_wal_is_emptied_when_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (db, _) = Db::open(&path).unwrap();
+        let mode: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(mode, 2, "incremental");
+        db.write(|c| {
+            for i in 0..512 {
+                c.execute(
+                    "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, 't')",
+                    (format!("k{i}"), "x".repeat(4096)),
+                )?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        assert!(std::fs::metadata(&wal).unwrap().len() > 1 << 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the WAL was not truncated in a quiet spell");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let id: i64 = db.read(|c| c.query_row("PRAGMA application_id", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(id, 0x6274_7977);
     }
 }

@@ -155,6 +155,7 @@ impl App {
         // The scheduler holds the state (and so the state directory's lock):
         // it ends with the server.
         let scheduler = tokio::spawn(handlers::backups::scheduler(self.state.clone()));
+        let retention = tokio::spawn(retention(self.state.clone()));
         let streams = self.state.shutdown.clone();
         let shutdown = async move {
             shutdown.await;
@@ -163,8 +164,30 @@ impl App {
         let idle = self.state.config.server.idle_timeout;
         listener::serve(listener, router(self.state), idle, shutdown).await;
         scheduler.abort();
+        retention.abort();
         let _ = scheduler.await;
+        let _ = retention.await;
         Ok(())
+    }
+}
+
+/// How often aged-out history is pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Age out what PXE clients cause ([`audit::prune`]): shortly after start,
+/// then every few minutes.
+async fn retention(state: AppState) {
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    loop {
+        let a = state.config.audit;
+        match audit::prune(&state.db, a.pxe_history_days, a.pxe_events_per_machine).await {
+            Ok(p) if p.events + p.flash_history > 0 => {
+                tracing::info!(events = p.events, flash_history = p.flash_history, "pruned aged-out history")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning aged-out history failed; retrying later"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
     }
 }
 

@@ -74,7 +74,8 @@ impl Metrics {
             "# HELP bty_pxe_reports_refused_total Reports refused: no, an old or another machine's offer token.\n\
              # TYPE bty_pxe_reports_refused_total counter\n",
         );
-        let _ = writeln!(out, "bty_pxe_reports_refused_total {}", self.reports_refused.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "bty_pxe_reports_refused_total {}", self.reports_refused.load(Ordering::Relaxed));
         out.push_str("# HELP bty_machines_discovered_total Unknown MACs recorded since start.\n");
         out.push_str("# TYPE bty_machines_discovered_total counter\n");
         let _ = writeln!(out, "bty_machines_discovered_total {}", self.discovered.load(Ordering::Relaxed));

@@ -221,7 +221,11 @@ pub enum ReportOutcome {
 
 /// The stored offer of a known machine, checked against the report's token:
 /// the offer that sent it, or why the report is not the current offer's.
-fn current_offer(conn: &Connection, mac: MacAddr, token: Option<&str>) -> rusqlite::Result<Result<Offer, String>> {
+fn current_offer(
+    conn: &Connection,
+    mac: MacAddr,
+    token: Option<&str>,
+) -> rusqlite::Result<Result<Offer, String>> {
     let (kind, hash): (Option<String>, Option<String>) = conn
         .prepare_cached("SELECT offer_kind, offer_token_hash FROM machines WHERE mac = ?1")?
         .query_row([mac.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -254,8 +258,10 @@ fn current_offer(conn: &Connection, mac: MacAddr, token: Option<&str>) -> rusqli
 }
 
 fn end_offer(conn: &Connection, mac: MacAddr) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE machines SET offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL WHERE mac = ?1")?
-        .execute([mac.to_string()])?;
+    conn.prepare_cached(
+        "UPDATE machines SET offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL WHERE mac = ?1",
+    )?
+    .execute([mac.to_string()])?;
     Ok(())
 }
 

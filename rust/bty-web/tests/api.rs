@@ -187,8 +187,15 @@ async fn metrics_health_version() {
     let token = s.token().await;
     s.put_machine(&token, MAC, json!({"policy": "flash", "image": "local-img", "target_disk_serial": "S"}))
         .await;
-    s.get_text(&format!("/pxe/{MAC}")).await;
-    s.post_json(&format!("/pxe/{MAC}/status"), json!({"status": "failed", "reason": "x"})).await;
+    let (_, offer_token) = s.pxe_boot(MAC).await;
+    let (code, _) = s
+        .report(
+            &format!("/pxe/{MAC}/status"),
+            &offer_token.unwrap(),
+            json!({"status": "failed", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(code, 204);
     s.get_text("/pxe/02:00:00:00:00:01").await;
     let (code, text) = s.get_text("/metrics").await;
     assert_eq!(code, 200);

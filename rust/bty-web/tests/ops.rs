@@ -262,13 +262,22 @@ fn command_line_backup_restore_export_import() {
     // A server discovers two machines and gets an inventory for one, then stops.
     let (mut child, base) = spawn_server(&state);
     let http = reqwest::blocking::Client::new();
+    let mut scripts = Vec::new();
     for i in 0..2 {
-        assert_eq!(http.get(format!("{base}/pxe/{}", mac(i))).send().unwrap().status(), 200);
+        let r = http.get(format!("{base}/pxe/{}", mac(i))).send().unwrap();
+        assert_eq!(r.status(), 200);
+        scripts.push(r.text().unwrap());
     }
+    let offer_token = common::offer_token(&scripts[0]).unwrap();
     let inv = json!({"disks": [{"path": "/dev/vda", "size_bytes": 1u64 << 30, "serial": "S0"}],
                      "hardware": {"cpu_threads": 2, "memory_bytes": 1u64 << 30, "nics": [], "dmi": {}, "arch": "x86_64"}});
     assert_eq!(
-        http.post(format!("{base}/pxe/{}/inventory", mac(0))).json(&inv).send().unwrap().status(),
+        http.post(format!("{base}/pxe/{}/inventory", mac(0)))
+            .header("x-bty-offer-token", &offer_token)
+            .json(&inv)
+            .send()
+            .unwrap()
+            .status(),
         204
     );
 

@@ -53,7 +53,10 @@ async fn bootstrap_and_unknown_mac_discovery() {
 
     let (code, text) = s.get_text("/pxe/52-54-00-12-34-56").await;
     assert_eq!(code, 200);
-    assert_eq!(without_token(&text), live(&s.url, MAC, "tui", "interactive", "policy tui: interactive flasher", true));
+    assert_eq!(
+        without_token(&text),
+        live(&s.url, MAC, "tui", "interactive", "policy tui: interactive flasher", true)
+    );
 
     let (code, plan) = s.get_json("/pxe/52:54:00:12:34:56/plan").await;
     assert_eq!(code, 200);

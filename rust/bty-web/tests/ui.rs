@@ -48,8 +48,8 @@ async fn check_page(b: &Browser, name: &str) {
 }
 
 async fn pxe_client_reports(s: &TestServer) {
+    let (_, offer_token) = s.pxe_boot(MAC).await;
     let c = reqwest::Client::new();
-    assert_eq!(c.get(s.url(&format!("/pxe/{MAC}"))).send().await.unwrap().status(), 200);
     let inventory = json!({
         "disks": [
             {"path": "/dev/nvme0n1", "size_bytes": 512110190592u64, "model": "Samsung SSD 970 EVO Plus", "serial": SERIAL, "transport": "nvme"},
@@ -59,7 +59,13 @@ async fn pxe_client_reports(s: &TestServer) {
                      "nics": [{"name": "enp3s0", "mac": MAC, "speed_mbps": 1000}], "dmi": {"sys_vendor": "ASRock", "product_name": "DeskMini X300"},
                      "arch": "x86_64"},
     });
-    let r = c.post(s.url(&format!("/pxe/{MAC}/inventory"))).json(&inventory).send().await.unwrap();
+    let r = c
+        .post(s.url(&format!("/pxe/{MAC}/inventory")))
+        .header("x-bty-offer-token", offer_token.unwrap())
+        .json(&inventory)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
 }
 
@@ -111,10 +117,11 @@ async fn browser_ui_end_to_end() {
     b.run("window.notReloaded = true", json!([])).await;
     b.find("tbody[data-connected]").await;
     let c = reqwest::Client::new();
-    assert_eq!(c.get(s.url(&format!("/pxe/{MAC}"))).send().await.unwrap().status(), 200);
+    let (_, offer_token) = s.pxe_boot(MAC).await;
     b.wait_text(&row, "live env running; awaiting flash", 10).await;
     let r = c
         .post(s.url(&format!("/pxe/{MAC}/status")))
+        .header("x-bty-offer-token", offer_token.unwrap())
         .json(&json!({"status": "failed", "reason": "sha256 mismatch"}))
         .send()
         .await

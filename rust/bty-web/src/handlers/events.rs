@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use crate::audit::{self, EventQuery};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -65,4 +65,32 @@ pub async fn ack(State(app): State<AppState>, Path(id): Path<String>) -> Result<
     } else {
         Err(ApiError::not_found(format!("no event {id}")))
     }
+}
+
+/// `POST /events/ack`: acknowledge every unacknowledged event matching the
+/// filter (`kind`, exact or a `prefix.*`; `subject`); an empty filter
+/// acknowledges them all.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AckFilter {
+    kind: Option<String>,
+    subject: Option<String>,
+}
+
+pub async fn ack_matching(
+    State(app): State<AppState>,
+    ApiJson(f): ApiJson<AckFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query = EventQuery {
+        kind: f.kind.filter(|k| !k.is_empty()),
+        subject: f
+            .subject
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(s)),
+        unacked_only: true,
+        before_id: None,
+        limit: 0,
+    };
+    let n = app.db.write(move |c| audit::acknowledge_matching(c, &query)).await?;
+    Ok(Json(serde_json::json!({ "acknowledged": n })))
 }

@@ -66,7 +66,8 @@ pub async fn script(
 /// with, minus the body and every side effect (no record, no offer, no
 /// token, no event). Link checkers and monitors probe with HEAD.
 pub async fn head_script(MacParam(_mac): MacParam) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")]).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")])
+        .into_response()
 }
 
 pub async fn head_plan(MacParam(_mac): MacParam) -> Response {

@@ -36,8 +36,14 @@ pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, Ui
         before_id: q.before,
         limit: PER_PAGE,
     };
-    let (events, kinds) =
-        ctx.app.db.read(move |c| Ok::<_, rusqlite::Error>((audit::query(c, &eq)?, audit::kinds(c)?))).await?;
+    let (events, kinds, matching_unacked) = ctx
+        .app
+        .db
+        .read(move |c| {
+            let unacked = audit::count_unacked_matching(c, &eq)?;
+            Ok::<_, rusqlite::Error>((audit::query(c, &eq)?, audit::kinds(c)?, unacked))
+        })
+        .await?;
     let unacked_s = if unacked { "1" } else { "" };
     let here = |before: Option<i64>| {
         let b = before.map(|b| b.to_string()).unwrap_or_default();
@@ -56,23 +62,41 @@ pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, Ui
         "any_unacked": events.iter().any(|e| !e.acknowledged),
         "events": events.iter().map(|e| ctx.event_row(e)).collect::<Vec<_>>(),
         "older": older,
+        "matching_unacked": matching_unacked,
     });
     let meta =
         PageMeta { name: "events", title: "Events".into(), nav: "events", notice: q.notice.as_deref() };
     ctx.page(StatusCode::OK, meta, data)
 }
 
-/// `POST /ui/events/ack`: one event (`only`, a row's button) or every
-/// checked `id` (the bulk button); back to the page the form was on.
+/// `POST /ui/events/ack`: one event (`only`, a row's button), every
+/// checked `id` (the bulk button), or every unacknowledged event matching
+/// the filter (`all_matching` with `kind` and `subject`); back to the page
+/// the form was on.
 pub async fn ack(ctx: Ctx, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
     let f = Fields(f);
+    let back = local_target(f.get("back")).unwrap_or("/ui/events").to_string();
+    let sep = if back.contains('?') { '&' } else { '?' };
+    if !f.get("all_matching").is_empty() {
+        let subject = f.get("subject").trim().to_string();
+        let q = EventQuery {
+            kind: Some(f.get("kind").trim().to_string()).filter(|k| !k.is_empty()),
+            subject: Some(
+                subject.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(subject),
+            )
+            .filter(|s| !s.is_empty()),
+            unacked_only: true,
+            before_id: None,
+            limit: 0,
+        };
+        ctx.app.db.write(move |c| audit::acknowledge_matching(c, &q)).await?;
+        return Ok(Redirect::to(&format!("{back}{sep}notice=acked")).into_response());
+    }
     let picked = if f.get("only").is_empty() { f.all("id") } else { vec![f.get("only")] };
     let ids: Vec<i64> = picked
         .iter()
         .map(|s| s.parse().map_err(|_| ApiError::BadRequest(format!("{s:?} is not an event id"))))
         .collect::<Result<_, _>>()?;
     ctx.app.db.write(move |c| audit::acknowledge_many(c, &ids)).await?;
-    let back = local_target(f.get("back")).unwrap_or("/ui/events");
-    let sep = if back.contains('?') { '&' } else { '?' };
     Ok(Redirect::to(&format!("{back}{sep}notice=acked")).into_response())
 }

@@ -334,6 +334,8 @@ impl Ctx {
             "actor": e.actor,
             "source_ip": e.source_ip,
             "acknowledged": e.acknowledged,
+            "repeats": (e.count > 1).then_some(e.count),
+            "last_ts": e.last_ts.as_deref().map(|t| self.zone.format(t)),
         })
     }
 }
