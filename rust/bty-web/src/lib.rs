@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fileserve;
 pub mod handlers;
 pub mod health;
 pub mod images;
