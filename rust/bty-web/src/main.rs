@@ -41,7 +41,9 @@ enum Command {
         dest: Option<PathBuf>,
     },
     /// Put a backup (its directory, or a .db file) in place as state.db.
-    /// bty-web must be stopped. Checks the backup with PRAGMA integrity_check first.
+    /// bty-web must be stopped. The file must be a whole bty database (SQLite,
+    /// bty's application_id, its tables, a known schema, PRAGMA integrity_check)
+    /// before anything changes.
     Restore {
         #[arg(value_name = "SRC")]
         src: PathBuf,

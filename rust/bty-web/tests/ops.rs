@@ -313,6 +313,97 @@ fn command_line_backup_restore_export_import() {
     assert!(!ok && err.contains("bty_export_version 3"), "{err}");
 }
 
+#[test]
+fn restore_refuses_anything_but_a_whole_bty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let state_db = state.join("state.db");
+    drop(bty_web::db::Db::open(&state_db).unwrap());
+    rusqlite::Connection::open(&state_db)
+        .unwrap()
+        .execute("INSERT INTO machines (mac, created_at, updated_at) VALUES (?1, 't', 't')", [mac(7)])
+        .unwrap();
+    let backups = dir.path().join("backups");
+    let good = backups.join(bty_web::backup::create(&state_db, &backups).unwrap().name).join("state.db");
+    let before = std::fs::read(&state_db).unwrap();
+
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let variant = |name: &str, sql: &str| {
+        let p = src.join(name);
+        std::fs::copy(&good, &p).unwrap();
+        rusqlite::Connection::open(&p).unwrap().execute_batch(sql).unwrap();
+        p
+    };
+    let text = src.join("notes.txt");
+    std::fs::write(&text, "machines: 52:54:00:00:00:01\n").unwrap();
+    let foreign = src.join("foreign.db");
+    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE photos (id INTEGER)").unwrap();
+    let other_app = variant("other-app.db", "PRAGMA application_id = 305419896");
+    let newer = variant("newer.db", &format!("PRAGMA user_version = {}", bty_web::db::SCHEMA_VERSION + 1));
+    let no_schema = variant("no-schema.db", "PRAGMA user_version = 0");
+    let partial = src.join("partial.db");
+    let c = rusqlite::Connection::open(&partial).unwrap();
+    c.execute_batch(
+        "CREATE TABLE machines (mac TEXT); CREATE TABLE events (id INTEGER); PRAGMA user_version = 2",
+    )
+    .unwrap();
+    drop(c);
+    let truncated = src.join("truncated.db");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+
+    let newest = format!("schema version {}", bty_web::db::SCHEMA_VERSION + 1);
+    let cases: [(&Path, &str); 7] = [
+        (&text, "not an SQLite database"),
+        (&foreign, "not a bty state database"),
+        (&other_app, "application_id 0x12345678"),
+        (&newer, &newest),
+        (&no_schema, "not a bty state database"),
+        (
+            &partial,
+            "lacks the bty table(s) settings, users, sessions, api_tokens, flash_history, machine_labels",
+        ),
+        (&truncated, "truncated"),
+    ];
+    for (bad, why) in cases {
+        let out = Command::new(BIN)
+            .args(["restore", bad.to_str().unwrap(), "--force"])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was restored", bad.display());
+        assert!(err.contains(why) && err.contains(bad.to_str().unwrap()), "{}: {err}", bad.display());
+        let untouched = format!("The state database {} is untouched", state_db.display());
+        assert!(err.contains(&untouched), "{err}");
+        assert_eq!(std::fs::read(&state_db).unwrap(), before, "{} changed state.db", bad.display());
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert!(
+        left.iter().all(|n| n.starts_with("state.db") && !n.contains("pre-restore") || n == "bty-web.lock"),
+        "{left:?}"
+    );
+
+    // Stamped as from schema 3 on, or unstamped at schemas 1-2: both are bty's.
+    let stamped = variant("stamped.db", &format!("PRAGMA application_id = {}", bty_web::db::APPLICATION_ID));
+    for ok in [&good, &stamped] {
+        let out = Command::new(BIN)
+            .args(["restore", ok.to_str().unwrap(), "--force"])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}: {e}", ok.display());
+        assert!(o.contains("1 machines") && o.contains("pre-restore"), "{o}");
+    }
+}
+
 /// A full state disk: writes fail saying so, nothing stored is lost, and the
 /// server recovers once space returns. Needs root for a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
