@@ -242,11 +242,31 @@ pub struct StateLock {
     _file: File,
 }
 
-pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
+/// Who holds the state directory's lock.
+#[derive(Debug)]
+pub struct Held {
+    pub lock_file: PathBuf,
+    /// As the holder wrote it into the lock file (absent from an older bty-web).
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}, holding {}", self.lock_file.display()),
+            None => write!(f, "pid unknown, holding {}", self.lock_file.display()),
+        }
+    }
+}
+
+/// Take the state directory's lock, or say who holds it.
+pub fn try_lock_state_dir(state_dir: &Path) -> anyhow::Result<Result<StateLock, Held>> {
+    use std::io::Write;
     let path = state_dir.join(LOCK_FILE);
-    let file = File::options()
+    let mut file = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
@@ -257,14 +277,27 @@ pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     let err = std::io::Error::last_os_error();
     match rc {
-        0 => Ok(StateLock { _file: file }),
-        _ if err.raw_os_error() == Some(libc::EWOULDBLOCK) => anyhow::bail!(
-            "another bty-web is already running on the state directory {} ({} is locked); \
-             stop it first, or give this one its own BTY_PATHS_STATE_DIR",
-            state_dir.display(),
-            path.display()
-        ),
+        0 => {
+            // Only for the messages of those refused; the lock is what counts.
+            let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+            Ok(Ok(StateLock { _file: file }))
+        }
+        _ if err.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            let pid = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+            Ok(Err(Held { lock_file: path, pid }))
+        }
         _ => Err(err).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
+    match try_lock_state_dir(state_dir)? {
+        Ok(lock) => Ok(lock),
+        Err(held) => anyhow::bail!(
+            "another bty-web is already running on the state directory {} ({held}); \
+             stop it first, or give this one its own BTY_PATHS_STATE_DIR",
+            state_dir.display()
+        ),
     }
 }
 

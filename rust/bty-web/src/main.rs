@@ -166,6 +166,18 @@ fn offline(config: &bty_web::config::Config, command: Command) -> anyhow::Result
         }
         Command::Import { src } => {
             let b = bundle::read(&src)?;
+            let dir = &config.paths.state_dir;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            // The import writes in a transaction of its own, beside the
+            // server's writer and its caches: only with the server stopped.
+            let _lock = match backup::try_lock_state_dir(dir)? {
+                Ok(lock) => lock,
+                Err(held) => anyhow::bail!(
+                    "bty-web is running on this state directory {} ({held}): stop it first, then import; \
+                     a running server cannot import a bundle. Nothing was imported",
+                    dir.display()
+                ),
+            };
             let (db, _) = bty_web::db::Db::open(&state_db)?;
             drop(db); // migrated; now import in one transaction of our own
             let mut c = rusqlite::Connection::open(&state_db)?;

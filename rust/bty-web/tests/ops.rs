@@ -404,6 +404,76 @@ fn restore_refuses_anything_but_a_whole_bty_database() {
     }
 }
 
+#[test]
+fn import_refuses_a_running_server_and_loose_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bundle = dir.path().join("bundle.json");
+    let machine = |mac: &str| json!({"mac": mac, "hardware": null, "hw_lshw": null, "known_disks": []});
+    let write = |v: &Value| std::fs::write(&bundle, serde_json::to_vec(v).unwrap()).unwrap();
+    let import = || {
+        let out = Command::new(BIN)
+            .args(["import", bundle.to_str().unwrap()])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    write(&json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                  "machines": [machine(&mac(1)), machine(&mac(2))]}));
+
+    let (mut child, _base) = spawn_server(&state);
+    let (ok, err) = import();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!ok, "imported while the server ran");
+    assert!(
+        err.contains("bty-web is running on this state directory") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("Nothing was imported"), "{err}");
+    assert_eq!(count_machines(&state.join("state.db")), 0);
+
+    // Stopped, it imports.
+    let (ok, err) = import();
+    assert!(ok, "{err}");
+    assert_eq!(count_machines(&state.join("state.db")), 2);
+
+    let mut extra = machine(&mac(3));
+    extra["colour"] = json!("red");
+    let loose = [
+        (
+            json!({"bty_export_version": "3", "exported_at": "t", "exported_by": "x", "machines": []}),
+            "bty_export_version must be an integer such as 3, not the string \"3\"",
+        ),
+        (
+            json!({"bty_export_version": 3.0, "exported_at": "t", "exported_by": "x", "machines": []}),
+            "bty_export_version must be an integer such as 3, not the number 3.0",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x", "note": "hi", "machines": []}),
+            "note: unknown field",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                "machines": [machine(&mac(3)), machine(&mac(4)), extra]}),
+            "machines[2].colour: unknown field",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                "machines": [machine(&mac(3)), machine(&mac(4)), machine("52:54:00:zz:00:01")]}),
+            "machines[2].mac \"52:54:00:zz:00:01\": not a MAC address",
+        ),
+    ];
+    for (v, want) in loose {
+        write(&v);
+        let (ok, err) = import();
+        assert!(!ok && err.contains(want) && err.contains(bundle.to_str().unwrap()), "{want}: {err}");
+        assert_eq!(count_machines(&state.join("state.db")), 2, "{want}: something was imported");
+    }
+}
+
 /// A full state disk: writes fail saying so, nothing stored is lost, and the
 /// server recovers once space returns. Needs root for a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
