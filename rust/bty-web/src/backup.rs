@@ -118,6 +118,7 @@ pub fn integrity_check(path: &Path) -> anyhow::Result<()> {
 /// Copy the live database at `src` to the new file `dest`, consistently.
 pub fn snapshot(src: &Path, dest: &Path) -> anyhow::Result<()> {
     let from = open_read_only(src)?;
+    create_private(dest)?;
     let mut to = Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     {
         let b = rusqlite::backup::Backup::new(&from, &mut to)?;
@@ -145,7 +146,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Make a backup of `state_db` in a new directory under `backup_dir`.
 pub fn create(state_db: &Path, backup_dir: &Path) -> anyhow::Result<BackupInfo> {
-    std::fs::create_dir_all(backup_dir)
+    create_private_dir(backup_dir)
         .with_context(|| format!("cannot create backup directory {}", backup_dir.display()))?;
     let stamp = clock::dir_stamp(clock::now());
     let mut name = stamp.clone();
@@ -156,7 +157,7 @@ pub fn create(state_db: &Path, backup_dir: &Path) -> anyhow::Result<BackupInfo> 
     }
     let partial = backup_dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    create_private_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let made = (|| -> anyhow::Result<()> {
         let db_file = partial.join(DB_FILE);
         snapshot(state_db, &db_file)?;
@@ -240,6 +241,63 @@ pub fn prune(backup_dir: &Path, keep: u32) -> anyhow::Result<Vec<String>> {
 /// Held while bty-web runs; [`restore`] refuses to run while anyone holds it.
 pub struct StateLock {
     _file: File,
+}
+
+/// Files of the state directory that hold secrets (password hashes, session
+/// CSRF tokens) or everything (the database and its WAL): owner only.
+const PRIVATE_FILES: &[&str] =
+    &[DB_FILE, "state.db-wal", "state.db-shm", "state.db-journal", "session-secret"];
+
+/// Create the state directory owner-only (0700), or tighten an existing one
+/// and its private files (0600) that allow more, whatever the umask. Returns
+/// a warning for each path it tightened, for the caller to log.
+pub fn secure_state_dir(state_dir: &Path) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {} (set BTY_PATHS_STATE_DIR to a writable place)",
+            state_dir.display()
+        )
+    })?;
+    let mut warnings = Vec::new();
+    let paths = std::iter::once((state_dir.to_path_buf(), 0o700))
+        .chain(PRIVATE_FILES.iter().map(|f| (state_dir.join(f), 0o600)));
+    for (path, allowed) in paths {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() || mode & !allowed == 0 {
+            continue;
+        }
+        let tight = mode & allowed;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight))
+            .with_context(|| format!("cannot restrict {} to mode {tight:04o}", path.display()))?;
+        warnings.push(format!(
+            "{} was mode {mode:04o}, open to other users; now {tight:04o} (it holds password hashes and sessions)",
+            path.display()
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Create `path` empty and owner-only, for SQLite to fill: SQLite creates a
+/// new database with 0644 less the umask, and its `-wal` and `-shm` files
+/// copy the database's mode.
+pub fn create_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A directory owned by this user only, created with its parents if needed.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
 /// Who holds the state directory's lock.
@@ -424,7 +482,9 @@ fn restore_steps(
         anyhow::bail!("{} is not a backup: no database file there (expected a backup directory holding {DB_FILE}, or a .db file)", src.display());
     }
     let version = check_bty_database(&src_db)?;
-    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    for w in secure_state_dir(state_dir)? {
+        eprintln!("bty-web: warning: {w}");
+    }
     let _lock = lock_state_dir(state_dir).context("restore needs bty-web stopped")?;
     let target = state_dir.join(DB_FILE);
     if target.exists() && !force {

@@ -88,12 +88,24 @@ pub fn export(conn: &Connection) -> rusqlite::Result<Bundle> {
 
 /// Write `DEST/inventory.json` (DEST is a directory, created if needed).
 pub fn write(bundle: &Bundle, dest_dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dest_dir)
+    crate::backup::create_private_dir(dest_dir)
         .with_context(|| format!("cannot create export directory {}", dest_dir.display()))?;
     let path = dest_dir.join(FILE_NAME);
     let tmp = dest_dir.join(format!(".{FILE_NAME}.partial"));
     let text = serde_json::to_vec_pretty(bundle).context("cannot serialise the bundle")?;
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    // Owner-only like the state it comes from: it lists every machine's hardware.
+    let _ = std::fs::remove_file(&tmp);
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&text))
+    };
+    written.with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)

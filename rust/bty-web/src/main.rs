@@ -167,7 +167,9 @@ fn offline(config: &bty_web::config::Config, command: Command) -> anyhow::Result
         Command::Import { src } => {
             let b = bundle::read(&src)?;
             let dir = &config.paths.state_dir;
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for w in backup::secure_state_dir(dir)? {
+                eprintln!("bty-web: warning: {w}");
+            }
             // The import writes in a transaction of its own, beside the
             // server's writer and its caches: only with the server stopped.
             let _lock = match backup::try_lock_state_dir(dir)? {
@@ -231,6 +233,11 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // Everything bty-web writes is its own: the database (password hashes,
+    // session CSRF tokens), its WAL, backups, bundles, boot files it serves
+    // itself. Owner-only whatever umask the caller left, for every command.
+    // SAFETY: umask only swaps the process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let config = match bty_web::config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

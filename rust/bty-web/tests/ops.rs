@@ -474,6 +474,113 @@ fn import_refuses_a_running_server_and_loose_bundles() {
     }
 }
 
+/// The real binary under a given umask; its base URL and the log lines up to
+/// the one saying where it listens.
+fn spawn_server_umask(state: &Path, umask: libc::mode_t) -> (Child, String, Vec<String>) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.env("BTY_PATHS_STATE_DIR", state)
+        .env("BTY_SERVER_HOST", "127.0.0.1")
+        .env("BTY_SERVER_PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("BTY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            return (child, format!("http://127.0.0.1:{port}"), seen);
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("bty-web did not start on {}: {seen:?}", state.display());
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode()
+        & 0o7777
+}
+
+#[test]
+fn state_is_owner_only_whatever_the_umask() {
+    use std::os::unix::process::CommandExt;
+    for umask in [0o022, 0o000] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("var/state");
+        let (mut child, base, _) = spawn_server_umask(&state, umask);
+        let http = reqwest::blocking::Client::new();
+        assert_eq!(http.get(format!("{base}/pxe/{}", mac(1))).send().unwrap().status(), 200);
+        let run = |args: &[&str]| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(args).env("BTY_PATHS_STATE_DIR", &state);
+            // SAFETY: as above.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(umask);
+                    Ok(())
+                })
+            };
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let backup = std::path::PathBuf::from(run(&["backup"]));
+        let export = state.join("export");
+        run(&["export", export.to_str().unwrap()]);
+        child.kill().unwrap(); // -wal and -shm stay behind
+        child.wait().unwrap();
+
+        let expect = [
+            (state.clone(), 0o700),
+            (state.join("state.db"), 0o600),
+            (state.join("state.db-wal"), 0o600),
+            (state.join("state.db-shm"), 0o600),
+            (state.join("bty-web.lock"), 0o600),
+            (state.join("boot"), 0o700),
+            (state.join("backups"), 0o700),
+            (backup.clone(), 0o700),
+            (backup.join("state.db"), 0o600),
+            (backup.join("inventory.json"), 0o600),
+            (export.clone(), 0o700),
+            (export.join("inventory.json"), 0o600),
+        ];
+        for (p, want) in expect {
+            assert_eq!(mode(&p), want, "umask {umask:03o}: {}", p.display());
+        }
+    }
+
+    // A state directory and database left open to others are tightened, saying so.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (mut child, _, _) = spawn_server_umask(&state, 0o022);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(state.join("state.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut child, _, log) = spawn_server_umask(&state, 0o022);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!((mode(&state), mode(&state.join("state.db"))), (0o700, 0o600));
+    for (p, was) in [(state.clone(), "0755"), (state.join("state.db"), "0644")] {
+        let said = format!("{} was mode {was}", p.display());
+        assert!(log.iter().any(|l| l.contains("WARN") && l.contains(&said)), "{said} not in {log:?}");
+    }
+}
+
 /// A full state disk: writes fail saying so, nothing stored is lost, and the
 /// server recovers once space returns. Needs root for a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
