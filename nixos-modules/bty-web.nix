@@ -169,7 +169,7 @@ in
       example = lib.literalExpression "bty.packages.x86_64-linux.live-x86";
       description = ''
         The network-booted live environment (a directory with `vmlinuz` and `initrd`, and
-        `passthru.kernelParams`), e.g. this flake's `live-x86`. Its files are linked into the
+        `passthru.kernelParams`), e.g. this flake's `live-x86`. Its files are copied into the
         boot directory at each start and its kernel parameters become
         `boot.extra_kernel_args`. When null, upload them with `PUT /boot/NAME`.
       '';
@@ -290,12 +290,20 @@ in
           after = [ "network-online.target" ];
           restartTriggers = [ configFile ];
 
-          # Boot files from the Nix store are linked, not copied: they change with the system
-          # and take no space; an operator's PUT /boot/NAME replaces a link with a file.
+          # Boot files from the Nix store are copied, not linked: bty-web never serves a symlink
+          # that leads out of the boot directory. A copy is made only when the content differs
+          # (no rewrite at every start), renamed into place under a hidden name so a download
+          # never sees half a file; an operator's PUT /boot/NAME is replaced at the next start.
           preStart = lib.optionalString (live != null) ''
             mkdir -p ${lib.escapeShellArg bootDir}
-            ln -sfn ${live}/vmlinuz ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.kernel}"}
-            ln -sfn ${live}/initrd ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.initrd}"}
+            install_boot() {
+              if [ -L "$2" ] || [ ! -f "$2" ] || [ "$(sha256sum < "$1")" != "$(sha256sum < "$2")" ]; then
+                install -m 0644 "$1" "$(dirname "$2")/.$(basename "$2").nixos"
+                mv -f "$(dirname "$2")/.$(basename "$2").nixos" "$2"
+              fi
+            }
+            install_boot ${live}/vmlinuz ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.kernel}"}
+            install_boot ${live}/initrd ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.initrd}"}
           '' + lib.optionalString cfg.imagesGroupWritable ''
             mkdir -p ${lib.escapeShellArg "${cfg.stateDir}/images"}
             chmod 2770 ${lib.escapeShellArg "${cfg.stateDir}/images"}

@@ -118,6 +118,7 @@ pub fn integrity_check(path: &Path) -> anyhow::Result<()> {
 /// Copy the live database at `src` to the new file `dest`, consistently.
 pub fn snapshot(src: &Path, dest: &Path) -> anyhow::Result<()> {
     let from = open_read_only(src)?;
+    create_private(dest)?;
     let mut to = Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     {
         let b = rusqlite::backup::Backup::new(&from, &mut to)?;
@@ -145,7 +146,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Make a backup of `state_db` in a new directory under `backup_dir`.
 pub fn create(state_db: &Path, backup_dir: &Path) -> anyhow::Result<BackupInfo> {
-    std::fs::create_dir_all(backup_dir)
+    create_private_dir(backup_dir)
         .with_context(|| format!("cannot create backup directory {}", backup_dir.display()))?;
     let stamp = clock::dir_stamp(clock::now());
     let mut name = stamp.clone();
@@ -156,7 +157,7 @@ pub fn create(state_db: &Path, backup_dir: &Path) -> anyhow::Result<BackupInfo> 
     }
     let partial = backup_dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    create_private_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let made = (|| -> anyhow::Result<()> {
         let db_file = partial.join(DB_FILE);
         snapshot(state_db, &db_file)?;
@@ -242,11 +243,88 @@ pub struct StateLock {
     _file: File,
 }
 
-pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
+/// Files of the state directory that hold secrets (password hashes, session
+/// CSRF tokens) or everything (the database and its WAL): owner only.
+const PRIVATE_FILES: &[&str] =
+    &[DB_FILE, "state.db-wal", "state.db-shm", "state.db-journal", "session-secret"];
+
+/// Create the state directory owner-only (0700), or tighten an existing one
+/// and its private files (0600) that allow more, whatever the umask. Returns
+/// a warning for each path it tightened, for the caller to log.
+pub fn secure_state_dir(state_dir: &Path) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {} (set BTY_PATHS_STATE_DIR to a writable place)",
+            state_dir.display()
+        )
+    })?;
+    let mut warnings = Vec::new();
+    let paths = std::iter::once((state_dir.to_path_buf(), 0o700))
+        .chain(PRIVATE_FILES.iter().map(|f| (state_dir.join(f), 0o600)));
+    for (path, allowed) in paths {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() || mode & !allowed == 0 {
+            continue;
+        }
+        let tight = mode & allowed;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight))
+            .with_context(|| format!("cannot restrict {} to mode {tight:04o}", path.display()))?;
+        warnings.push(format!(
+            "{} was mode {mode:04o}, open to other users; now {tight:04o} (it holds password hashes and sessions)",
+            path.display()
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Create `path` empty and owner-only, for SQLite to fill: SQLite creates a
+/// new database with 0644 less the umask, and its `-wal` and `-shm` files
+/// copy the database's mode.
+pub fn create_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A directory owned by this user only, created with its parents if needed.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Who holds the state directory's lock.
+#[derive(Debug)]
+pub struct Held {
+    pub lock_file: PathBuf,
+    /// As the holder wrote it into the lock file (absent from an older bty-web).
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}, holding {}", self.lock_file.display()),
+            None => write!(f, "pid unknown, holding {}", self.lock_file.display()),
+        }
+    }
+}
+
+/// Take the state directory's lock, or say who holds it.
+pub fn try_lock_state_dir(state_dir: &Path) -> anyhow::Result<Result<StateLock, Held>> {
+    use std::io::Write;
     let path = state_dir.join(LOCK_FILE);
-    let file = File::options()
+    let mut file = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
@@ -257,14 +335,27 @@ pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     let err = std::io::Error::last_os_error();
     match rc {
-        0 => Ok(StateLock { _file: file }),
-        _ if err.raw_os_error() == Some(libc::EWOULDBLOCK) => anyhow::bail!(
-            "another bty-web is already running on the state directory {} ({} is locked); \
-             stop it first, or give this one its own BTY_PATHS_STATE_DIR",
-            state_dir.display(),
-            path.display()
-        ),
+        0 => {
+            // Only for the messages of those refused; the lock is what counts.
+            let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+            Ok(Ok(StateLock { _file: file }))
+        }
+        _ if err.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            let pid = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+            Ok(Err(Held { lock_file: path, pid }))
+        }
         _ => Err(err).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<StateLock> {
+    match try_lock_state_dir(state_dir)? {
+        Ok(lock) => Ok(lock),
+        Err(held) => anyhow::bail!(
+            "another bty-web is already running on the state directory {} ({held}); \
+             stop it first, or give this one its own BTY_PATHS_STATE_DIR",
+            state_dir.display()
+        ),
     }
 }
 
@@ -285,60 +376,156 @@ fn sidecars(path: &Path) -> [PathBuf; 3] {
     })
 }
 
+/// The tables every bty state database has had since schema 1.
+pub const EXPECTED_TABLES: &[&str] =
+    &["machines", "events", "settings", "users", "sessions", "api_tokens", "flash_history", "machine_labels"];
+
+/// Check that `path` is a whole bty state database this binary can use, and
+/// return its schema version. Every refusal says what is wrong with the file.
+pub fn check_bty_database(path: &Path) -> anyhow::Result<i64> {
+    use std::io::Read;
+    let shown = path.display();
+    let mut head = [0u8; 100];
+    let mut f = File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    let len = f.metadata().with_context(|| format!("cannot read {shown}"))?.len();
+    let got = f.read(&mut head).with_context(|| format!("cannot read {shown}"))?;
+    if got < 16 || &head[..16] != b"SQLite format 3\0" {
+        anyhow::bail!("{shown} is not an SQLite database, so not a bty state database (expected a backup directory or its state.db)");
+    }
+    if got == head.len() {
+        // The page count in the header is current when its "valid for" stamp
+        // equals the change counter (always, for files SQLite 3.7+ wrote).
+        let be = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+        let page_size = match u16::from_be_bytes([head[16], head[17]]) {
+            1 => 65_536,
+            n => u64::from(n),
+        };
+        let declared = u64::from(be(28)) * page_size;
+        if be(92) == be(24) && declared > len {
+            anyhow::bail!("{shown} is truncated: {len} bytes of the {declared} its header declares (an incomplete copy?)");
+        }
+    }
+    let c = open_read_only(path)?;
+    let pragma = |name: &str| -> anyhow::Result<i64> {
+        c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .with_context(|| format!("cannot read PRAGMA {name} of {shown} (a damaged file?)"))
+    };
+    let version = pragma("user_version")?;
+    let app_id = pragma("application_id")?;
+    if version > db::SCHEMA_VERSION {
+        anyhow::bail!(
+            "{shown} has schema version {version}, newer than this bty-web knows ({}); restore it with the \
+             bty-web that made it",
+            db::SCHEMA_VERSION
+        );
+    }
+    // Schemas 1 and 2 predate the application_id stamp.
+    let legacy = app_id == 0 && (1..=2).contains(&version);
+    if app_id != i64::from(db::APPLICATION_ID) && !legacy {
+        anyhow::bail!(
+            "{shown} is an SQLite database but not a bty state database (application_id {:#010x}, \
+             schema version {version}; bty's is {:#010x})",
+            app_id as u32,
+            db::APPLICATION_ID
+        );
+    }
+    if version < 1 {
+        anyhow::bail!(
+            "{shown} has no bty schema version (user_version {version}); it was not made by bty-web"
+        );
+    }
+    let mut present = c.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?;
+    let missing: Vec<&str> =
+        EXPECTED_TABLES.iter().copied().filter(|t| !present.exists([t]).unwrap_or(false)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{shown} lacks the bty table(s) {}; it is not a bty state database",
+            missing.join(", ")
+        );
+    }
+    drop(present);
+    drop(c);
+    integrity_check(path).context("the file is damaged")?;
+    Ok(version)
+}
+
 /// Put the database from `src` (a backup directory or a database file) in
 /// place as `<state_dir>/state.db`. bty-web must be stopped; an existing
-/// database is replaced only with `force`, and even then kept aside.
+/// database is replaced only with `force`, and even then kept aside. The
+/// source is checked to be a whole bty database before anything changes;
+/// every error ends by saying where the state database that was in place is.
 pub fn restore(src: &Path, state_dir: &Path, force: bool) -> anyhow::Result<RestoreReport> {
+    let target = state_dir.join(DB_FILE);
+    let mut aside = None;
+    restore_steps(src, state_dir, force, &mut aside).map_err(|e| {
+        let whereabouts = match &aside {
+            Some(a) => format!(
+                "The state database that was in place is kept as {}; move it back to {} to undo",
+                a.display(),
+                target.display()
+            ),
+            None if target.exists() => format!("The state database {} is untouched", target.display()),
+            None => format!("Nothing was changed (there is no state database at {})", target.display()),
+        };
+        anyhow::anyhow!("{e:#}. {whereabouts}")
+    })
+}
+
+fn restore_steps(
+    src: &Path,
+    state_dir: &Path,
+    force: bool,
+    aside: &mut Option<PathBuf>,
+) -> anyhow::Result<RestoreReport> {
     let src_db = if src.is_dir() { src.join(DB_FILE) } else { src.to_path_buf() };
     if !src_db.is_file() {
         anyhow::bail!("{} is not a backup: no database file there (expected a backup directory holding {DB_FILE}, or a .db file)", src.display());
     }
-    integrity_check(&src_db).context("the backup is damaged; nothing was changed")?;
-    let version: i64 = open_read_only(&src_db)?.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version > db::SCHEMA_VERSION {
-        anyhow::bail!(
-            "{} has schema version {version}, newer than this bty-web knows ({}); restore it with the \
-             bty-web that made it. Nothing was changed.",
-            src_db.display(),
-            db::SCHEMA_VERSION
-        );
+    let version = check_bty_database(&src_db)?;
+    for w in secure_state_dir(state_dir)? {
+        eprintln!("bty-web: warning: {w}");
     }
-    if version == 0 {
-        anyhow::bail!(
-            "{} was not made by bty-web (no schema version); nothing was changed",
-            src_db.display()
-        );
-    }
-    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
     let _lock = lock_state_dir(state_dir).context("restore needs bty-web stopped")?;
     let target = state_dir.join(DB_FILE);
-    let mut previous_kept_as = None;
+    if target.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; pass --force to replace it (the current database is then kept as \
+             {DB_FILE}.pre-restore.<time>.bak)",
+            target.display()
+        );
+    }
+    // The copy is made and checked next to the target first, so the
+    // database in place is moved only once its replacement is ready.
+    let tmp = state_dir.join(format!(".{DB_FILE}.restoring"));
+    let _ = std::fs::remove_file(&tmp);
+    let copied = snapshot(&src_db, &tmp).and_then(|()| integrity_check(&tmp));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("cannot copy {} into {}", src_db.display(), state_dir.display())));
+    }
     if target.exists() {
-        if !force {
-            anyhow::bail!(
-                "{} already exists; pass --force to replace it (the current database is then kept as \
-                 {DB_FILE}.pre-restore.<time>.bak). Nothing was changed.",
-                target.display()
-            );
-        }
         // Fold the WAL in first: the file moved aside must be complete on its own.
         Connection::open(&target)
             .and_then(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
             .with_context(|| format!("cannot checkpoint {}", target.display()))?;
-        let aside = state_dir.join(format!("{DB_FILE}.pre-restore.{}.bak", clock::compact(clock::now())));
-        std::fs::rename(&target, &aside)
-            .with_context(|| format!("cannot move {} aside", target.display()))?;
-        previous_kept_as = Some(aside);
+        let to = state_dir.join(format!("{DB_FILE}.pre-restore.{}.bak", clock::compact(clock::now())));
+        std::fs::rename(&target, &to).with_context(|| format!("cannot move {} aside", target.display()))?;
+        *aside = Some(to);
     }
     for side in sidecars(&target) {
         let _ = std::fs::remove_file(side);
     }
-    let tmp = state_dir.join(format!(".{DB_FILE}.restoring"));
-    let _ = std::fs::remove_file(&tmp);
-    snapshot(&src_db, &tmp)?;
-    std::fs::rename(&tmp, &target)
-        .with_context(|| format!("cannot put the backup in place as {}", target.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &target) {
+        let _ = std::fs::remove_file(&tmp);
+        if let Some(a) = aside.as_ref() {
+            if std::fs::rename(a, &target).is_ok() {
+                *aside = None;
+            }
+        }
+        return Err(e).with_context(|| format!("cannot put the backup in place as {}", target.display()));
+    }
     File::open(state_dir).and_then(|d| d.sync_all()).ok();
+    let previous_kept_as = aside.clone();
     let c = Connection::open(&target)?;
     let machines = c.query_row("SELECT count(*) FROM machines", [], |r| r.get(0))?;
     crate::audit::insert(

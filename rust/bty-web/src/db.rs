@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[&str] = &[
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// `PRAGMA application_id` of a bty state database ("btyw" in ASCII), so a
+/// file can be told apart from any other SQLite database. Stamped from
+/// schema 3 on; databases at schemas 1 and 2 carry 0.
+pub const APPLICATION_ID: i32 = 0x6274_7977;
+
 const READERS: usize = 2;
 /// How often the checkpointer folds the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);

@@ -1,17 +1,16 @@
 //! The image catalog the server offers and the bytes behind `/images/{name}`:
-//! local files from the images directory, or an http(s) origin proxied as a
-//! stream (no temporary file; Range passed through).
+//! local files from the images directory (served by [`crate::fileserve`]), or
+//! an http(s) origin proxied as a stream (no temporary file; Range passed
+//! through).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bty_core::catalog::{Catalog, CatalogEntry, CatalogError, ImageSrc};
 use futures_util::TryStreamExt;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
 
 use crate::error::ApiError;
 
@@ -130,20 +129,6 @@ pub fn republish(catalog: &Catalog, base: &str) -> String {
         e.src = format!("{base}/images/{}", e.name);
     }
     out.to_toml()
-}
-
-/// Serve a file with Range/HEAD/conditional support.
-pub async fn serve_file(path: PathBuf, method: Method, headers: &HeaderMap) -> Response {
-    let mut req = Request::builder().method(method).uri("/").body(Body::empty()).expect("static request");
-    for name in [header::RANGE, header::IF_RANGE, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE] {
-        if let Some(v) = headers.get(&name) {
-            req.headers_mut().insert(name, v.clone());
-        }
-    }
-    match ServeFile::new(path).oneshot(req).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(e) => ApiError::internal(format!("cannot read file: {e}")).into_response(),
-    }
 }
 
 const PASSED_REQUEST_HEADERS: [header::HeaderName; 2] = [header::RANGE, header::IF_RANGE];

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fileserve;
 pub mod handlers;
 pub mod health;
 pub mod images;
@@ -58,12 +59,9 @@ impl App {
         let started = Instant::now();
         let config = Arc::new(config);
         let state_dir = &config.paths.state_dir;
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!(
-                "cannot create state directory {} (set BTY_PATHS_STATE_DIR to a writable place)",
-                state_dir.display()
-            )
-        })?;
+        for warning in backup::secure_state_dir(state_dir)? {
+            tracing::warn!("{warning}");
+        }
         for dir in [&config.paths.boot_dir, &config.paths.images_dir] {
             // Created so operators see where files go; a read-only mount is
             // fine as long as it already holds the files.
@@ -72,7 +70,11 @@ impl App {
             }
         }
         let state_lock = backup::lock_state_dir(state_dir)?;
-        let (db, reset) = db::Db::open(&state_dir.join("state.db"))?;
+        let state_db = state_dir.join(backup::DB_FILE);
+        if !state_db.exists() {
+            backup::create_private(&state_db)?;
+        }
+        let (db, reset) = db::Db::open(&state_db)?;
         if let Some(r) = &reset {
             let found = r.found_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
             let archived = r.archived_to.display().to_string();

@@ -41,7 +41,9 @@ enum Command {
         dest: Option<PathBuf>,
     },
     /// Put a backup (its directory, or a .db file) in place as state.db.
-    /// bty-web must be stopped. Checks the backup with PRAGMA integrity_check first.
+    /// bty-web must be stopped. The file must be a whole bty database (SQLite,
+    /// bty's application_id, its tables, a known schema, PRAGMA integrity_check)
+    /// before anything changes.
     Restore {
         #[arg(value_name = "SRC")]
         src: PathBuf,
@@ -164,6 +166,20 @@ fn offline(config: &bty_web::config::Config, command: Command) -> anyhow::Result
         }
         Command::Import { src } => {
             let b = bundle::read(&src)?;
+            let dir = &config.paths.state_dir;
+            for w in backup::secure_state_dir(dir)? {
+                eprintln!("bty-web: warning: {w}");
+            }
+            // The import writes in a transaction of its own, beside the
+            // server's writer and its caches: only with the server stopped.
+            let _lock = match backup::try_lock_state_dir(dir)? {
+                Ok(lock) => lock,
+                Err(held) => anyhow::bail!(
+                    "bty-web is running on this state directory {} ({held}): stop it first, then import; \
+                     a running server cannot import a bundle. Nothing was imported",
+                    dir.display()
+                ),
+            };
             let (db, _) = bty_web::db::Db::open(&state_db)?;
             drop(db); // migrated; now import in one transaction of our own
             let mut c = rusqlite::Connection::open(&state_db)?;
@@ -217,6 +233,11 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // Everything bty-web writes is its own: the database (password hashes,
+    // session CSRF tokens), its WAL, backups, bundles, boot files it serves
+    // itself. Owner-only whatever umask the caller left, for every command.
+    // SAFETY: umask only swaps the process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let config = match bty_web::config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -251,3 +251,218 @@ async fn catalog_listing_points_back_at_this_server() {
     assert_eq!(parsed.images.len(), 6);
     assert!(parsed.images.iter().all(|e| e.src == format!("{}/images/{}", s.url, e.name)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_files_are_regular_files_inside_the_boot_directory() {
+    let s = TestServer::start().await;
+    let boot = s.state_dir().join("boot");
+    std::fs::create_dir_all(boot.join("sub")).unwrap();
+    std::fs::write(boot.join("vmlinuz"), pattern(1000)).unwrap();
+    std::fs::write(s.state_dir().join("secret"), "TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink("vmlinuz", boot.join("kernel")).unwrap();
+    std::os::unix::fs::symlink("sub/../vmlinuz", boot.join("dotted")).unwrap();
+    std::os::unix::fs::symlink(s.state_dir().join("secret"), boot.join("out")).unwrap();
+    std::os::unix::fs::symlink("../secret", boot.join("up")).unwrap();
+    std::os::unix::fs::symlink("../state.db", boot.join("db")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", boot.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("loop", boot.join("loop")).unwrap();
+    std::os::unix::fs::symlink("sub", boot.join("subdir-link")).unwrap();
+    let fifo = std::ffi::CString::new(boot.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let c = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap();
+
+    // Links that stay inside are served like the file.
+    for name in ["kernel", "dotted"] {
+        let r = c.get(s.url(&format!("/boot/{name}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(1000), "{name}");
+    }
+    // Links out, loops, directories and FIFOs are a JSON 404, never a leak,
+    // a dropped connection or a hang.
+    for name in ["out", "up", "db", "passwd", "loop", "sub", "subdir-link", "fifo"] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let r = c.request(method.clone(), s.url(&format!("/boot/{name}"))).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{method} {name}");
+            if method == reqwest::Method::GET {
+                let v: Value = r.json().await.unwrap();
+                let e = v["error"].as_str().unwrap();
+                assert!(e.contains(name) && !e.contains("TOP-SECRET") && !e.contains("root:"), "{name}: {e}");
+            }
+        }
+    }
+    let r = c.get(s.url("/boot/out")).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains("links outside"));
+
+    // A name the file system cannot hold is the client's mistake: 400, in JSON.
+    let long = "k".repeat(300);
+    let r = c.get(s.url(&format!("/boot/{long}"))).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("300"), "{v}");
+    // One that fits is uploaded and served, although its partial's usual name would not fit.
+    let token = s.token().await;
+    let fits = "f".repeat(250);
+    let r = c.put(s.url(&format!("/boot/{fits}"))).bearer_auth(&token).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(c.get(s.url(&format!("/boot/{fits}"))).send().await.unwrap().text().await.unwrap(), "x");
+}
+
+#[test]
+fn a_boot_link_out_of_the_directory_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("boot")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("boot/vmlinuz")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .env("BTY_PATHS_STATE_DIR", dir.path())
+        .env("BTY_SERVER_HOST", "127.0.0.1")
+        .env("BTY_SERVER_PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("BTY_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("bty-web started").unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest.chars().take_while(char::is_ascii_digit).collect::<String>();
+        }
+    };
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}/boot/vmlinuz")).unwrap();
+    assert_eq!(r.status(), 404);
+    let logged = lines.map_while(Result::ok).find(|l| l.contains("symlink out of the boot directory"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = logged.expect("the refusal is logged");
+    assert!(logged.contains("/etc/passwd") && logged.contains("WARN"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_images_never_leave_the_images_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("store/a-dir")).unwrap();
+    std::fs::write(images.join("store/real.img"), pattern(4096)).unwrap();
+    std::fs::write(dir.path().join("secret"), "TOP-SECRET").unwrap();
+    let link = |target: &str, name: &str| std::os::unix::fs::symlink(target, images.join(name)).unwrap();
+    link("store/real.img", "inside.img");
+    link("../secret", "outside.img");
+    let catalog = format!(
+        "{}\n[[images]]\nname = \"inside\"\nsrc = \"inside.img\"\n\
+         [[images]]\nname = \"outside\"\nsrc = \"outside.img\"\n\
+         [[images]]\nname = \"a-dir\"\nsrc = \"store/a-dir\"\n",
+        common::CATALOG
+    );
+    std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let c = reqwest::Client::new();
+    let r = c.get(s.url("/images/inside")).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(10));
+    for name in ["outside", "a-dir"] {
+        let r = c.get(s.url(&format!("/images/{name}"))).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{name}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("TOP-SECRET"), "{name}: {body}");
+        assert!(
+            body.contains(if name == "outside" { "links outside" } else { "not a regular file" }),
+            "{body}"
+        );
+    }
+}
+
+async fn expect(r: reqwest::Response, status: u16, content_range: Option<&str>, body: &[u8]) {
+    assert_eq!(r.status(), status);
+    let got = r.headers().get("content-range").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(got.as_deref(), content_range);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_and_validators_per_rfc_9110() {
+    let s = TestServer::start().await;
+    let boot = s.state_dir().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::write(boot.join("initrd"), pattern(100)).unwrap();
+    let c = reqwest::Client::new();
+    let url = s.url("/boot/initrd");
+    let get = |headers: &[(&str, &str)]| {
+        let mut r = c.get(&url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    let full = get(&[]).await.unwrap();
+    let etag = full.headers()["etag"].to_str().unwrap().to_string();
+    let modified = full.headers()["last-modified"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert!(httpdate::parse_http_date(&modified).is_ok(), "{modified}");
+
+    let whole = pattern(100);
+    // If-Range matching the current version: the range.
+    expect(
+        get(&[("range", "bytes=10-19"), ("if-range", &etag)]).await.unwrap(),
+        206,
+        Some("bytes 10-19/100"),
+        &whole[10..20],
+    )
+    .await;
+    expect(
+        get(&[("range", "bytes=10-19"), ("if-range", &modified)]).await.unwrap(),
+        206,
+        Some("bytes 10-19/100"),
+        &whole[10..20],
+    )
+    .await;
+    // Not matching (another tag, a weak tag, another date, garbage): the whole file.
+    let weak = format!("W/{etag}");
+    for other in ["\"something-else\"", weak.as_str(), "Sun, 06 Nov 1994 08:49:37 GMT", "yesterday"] {
+        expect(get(&[("range", "bytes=10-19"), ("if-range", other)]).await.unwrap(), 200, None, &whole).await;
+    }
+    // A suffix longer than the file is all of it, as a range.
+    expect(get(&[("range", "bytes=-99999")]).await.unwrap(), 206, Some("bytes 0-99/100"), &whole).await;
+    expect(get(&[("range", "bytes=-10")]).await.unwrap(), 206, Some("bytes 90-99/100"), &whole[90..]).await;
+    expect(get(&[("range", "bytes=95-1000")]).await.unwrap(), 206, Some("bytes 95-99/100"), &whole[95..])
+        .await;
+    // Another unit is ignored.
+    expect(get(&[("range", "items=0-5")]).await.unwrap(), 200, None, &whole).await;
+    // Unchanged: several ranges, and ranges outside the file, are 416 with the size.
+    for bad in ["bytes=0-1,5-6", "bytes=100-", "bytes=-0", "bytes=7-3"] {
+        let r = get(&[("range", bad)]).await.unwrap();
+        assert_eq!(r.status(), 416, "{bad}");
+        assert_eq!(r.headers()["content-range"], "bytes */100", "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("100 bytes"), "{v}");
+    }
+    // Conditional requests.
+    let r = get(&[("if-none-match", &etag)]).await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert_eq!(get(&[("if-modified-since", &modified)]).await.unwrap().status(), 304);
+    assert_eq!(get(&[("if-match", "\"nope\"")]).await.unwrap().status(), 412);
+    assert_eq!(get(&[("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]).await.unwrap().status(), 412);
+    expect(
+        get(&[("if-match", &etag), ("range", "bytes=0-0")]).await.unwrap(),
+        206,
+        Some("bytes 0-0/100"),
+        &whole[..1],
+    )
+    .await;
+    // HEAD describes the whole file whatever the Range.
+    let r = c.head(&url).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100");
+    assert_eq!(r.headers()["etag"], etag.as_str());
+
+    // A new version (as an upload renames into place) changes the validators,
+    // so an If-Range from the old one gets the whole new file.
+    std::fs::write(boot.join(".next"), pattern(120)).unwrap();
+    std::fs::rename(boot.join(".next"), boot.join("initrd")).unwrap();
+    let r = get(&[("range", "bytes=10-19"), ("if-range", &etag)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["etag"], etag.as_str());
+    assert_eq!(r.bytes().await.unwrap().len(), 120);
+}

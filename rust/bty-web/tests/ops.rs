@@ -322,6 +322,274 @@ fn command_line_backup_restore_export_import() {
     assert!(!ok && err.contains("bty_export_version 3"), "{err}");
 }
 
+#[test]
+fn restore_refuses_anything_but_a_whole_bty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let state_db = state.join("state.db");
+    drop(bty_web::db::Db::open(&state_db).unwrap());
+    rusqlite::Connection::open(&state_db)
+        .unwrap()
+        .execute("INSERT INTO machines (mac, created_at, updated_at) VALUES (?1, 't', 't')", [mac(7)])
+        .unwrap();
+    let backups = dir.path().join("backups");
+    let good = backups.join(bty_web::backup::create(&state_db, &backups).unwrap().name).join("state.db");
+    let before = std::fs::read(&state_db).unwrap();
+
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let variant = |name: &str, sql: &str| {
+        let p = src.join(name);
+        std::fs::copy(&good, &p).unwrap();
+        rusqlite::Connection::open(&p).unwrap().execute_batch(sql).unwrap();
+        p
+    };
+    let text = src.join("notes.txt");
+    std::fs::write(&text, "machines: 52:54:00:00:00:01\n").unwrap();
+    let foreign = src.join("foreign.db");
+    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE photos (id INTEGER)").unwrap();
+    let other_app = variant("other-app.db", "PRAGMA application_id = 305419896");
+    let newer = variant("newer.db", &format!("PRAGMA user_version = {}", bty_web::db::SCHEMA_VERSION + 1));
+    let no_schema = variant("no-schema.db", "PRAGMA user_version = 0");
+    let partial = src.join("partial.db");
+    let c = rusqlite::Connection::open(&partial).unwrap();
+    c.execute_batch(
+        "CREATE TABLE machines (mac TEXT); CREATE TABLE events (id INTEGER); PRAGMA user_version = 2",
+    )
+    .unwrap();
+    drop(c);
+    let truncated = src.join("truncated.db");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+
+    let newest = format!("schema version {}", bty_web::db::SCHEMA_VERSION + 1);
+    let cases: [(&Path, &str); 7] = [
+        (&text, "not an SQLite database"),
+        (&foreign, "not a bty state database"),
+        (&other_app, "application_id 0x12345678"),
+        (&newer, &newest),
+        (&no_schema, "not a bty state database"),
+        (
+            &partial,
+            "lacks the bty table(s) settings, users, sessions, api_tokens, flash_history, machine_labels",
+        ),
+        (&truncated, "truncated"),
+    ];
+    for (bad, why) in cases {
+        let out = Command::new(BIN)
+            .args(["restore", bad.to_str().unwrap(), "--force"])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was restored", bad.display());
+        assert!(err.contains(why) && err.contains(bad.to_str().unwrap()), "{}: {err}", bad.display());
+        let untouched = format!("The state database {} is untouched", state_db.display());
+        assert!(err.contains(&untouched), "{err}");
+        assert_eq!(std::fs::read(&state_db).unwrap(), before, "{} changed state.db", bad.display());
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert!(
+        left.iter().all(|n| n.starts_with("state.db") && !n.contains("pre-restore") || n == "bty-web.lock"),
+        "{left:?}"
+    );
+
+    // Stamped as from schema 3 on, or unstamped at schemas 1-2: both are bty's.
+    let stamped = variant("stamped.db", &format!("PRAGMA application_id = {}", bty_web::db::APPLICATION_ID));
+    for ok in [&good, &stamped] {
+        let out = Command::new(BIN)
+            .args(["restore", ok.to_str().unwrap(), "--force"])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}: {e}", ok.display());
+        assert!(o.contains("1 machines") && o.contains("pre-restore"), "{o}");
+    }
+}
+
+#[test]
+fn import_refuses_a_running_server_and_loose_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bundle = dir.path().join("bundle.json");
+    let machine = |mac: &str| json!({"mac": mac, "hardware": null, "hw_lshw": null, "known_disks": []});
+    let write = |v: &Value| std::fs::write(&bundle, serde_json::to_vec(v).unwrap()).unwrap();
+    let import = || {
+        let out = Command::new(BIN)
+            .args(["import", bundle.to_str().unwrap()])
+            .env("BTY_PATHS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    write(&json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                  "machines": [machine(&mac(1)), machine(&mac(2))]}));
+
+    let (mut child, _base) = spawn_server(&state);
+    let (ok, err) = import();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!ok, "imported while the server ran");
+    assert!(
+        err.contains("bty-web is running on this state directory") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("Nothing was imported"), "{err}");
+    assert_eq!(count_machines(&state.join("state.db")), 0);
+
+    // Stopped, it imports.
+    let (ok, err) = import();
+    assert!(ok, "{err}");
+    assert_eq!(count_machines(&state.join("state.db")), 2);
+
+    let mut extra = machine(&mac(3));
+    extra["colour"] = json!("red");
+    let loose = [
+        (
+            json!({"bty_export_version": "3", "exported_at": "t", "exported_by": "x", "machines": []}),
+            "bty_export_version must be an integer such as 3, not the string \"3\"",
+        ),
+        (
+            json!({"bty_export_version": 3.0, "exported_at": "t", "exported_by": "x", "machines": []}),
+            "bty_export_version must be an integer such as 3, not the number 3.0",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x", "note": "hi", "machines": []}),
+            "note: unknown field",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                "machines": [machine(&mac(3)), machine(&mac(4)), extra]}),
+            "machines[2].colour: unknown field",
+        ),
+        (
+            json!({"bty_export_version": 3, "exported_at": "t", "exported_by": "x",
+                "machines": [machine(&mac(3)), machine(&mac(4)), machine("52:54:00:zz:00:01")]}),
+            "machines[2].mac \"52:54:00:zz:00:01\": not a MAC address",
+        ),
+    ];
+    for (v, want) in loose {
+        write(&v);
+        let (ok, err) = import();
+        assert!(!ok && err.contains(want) && err.contains(bundle.to_str().unwrap()), "{want}: {err}");
+        assert_eq!(count_machines(&state.join("state.db")), 2, "{want}: something was imported");
+    }
+}
+
+/// The real binary under a given umask; its base URL and the log lines up to
+/// the one saying where it listens.
+fn spawn_server_umask(state: &Path, umask: libc::mode_t) -> (Child, String, Vec<String>) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.env("BTY_PATHS_STATE_DIR", state)
+        .env("BTY_SERVER_HOST", "127.0.0.1")
+        .env("BTY_SERVER_PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("BTY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            return (child, format!("http://127.0.0.1:{port}"), seen);
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("bty-web did not start on {}: {seen:?}", state.display());
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode()
+        & 0o7777
+}
+
+#[test]
+fn state_is_owner_only_whatever_the_umask() {
+    use std::os::unix::process::CommandExt;
+    for umask in [0o022, 0o000] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("var/state");
+        let (mut child, base, _) = spawn_server_umask(&state, umask);
+        let http = reqwest::blocking::Client::new();
+        assert_eq!(http.get(format!("{base}/pxe/{}", mac(1))).send().unwrap().status(), 200);
+        let run = |args: &[&str]| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(args).env("BTY_PATHS_STATE_DIR", &state);
+            // SAFETY: as above.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(umask);
+                    Ok(())
+                })
+            };
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let backup = std::path::PathBuf::from(run(&["backup"]));
+        let export = state.join("export");
+        run(&["export", export.to_str().unwrap()]);
+        child.kill().unwrap(); // -wal and -shm stay behind
+        child.wait().unwrap();
+
+        let expect = [
+            (state.clone(), 0o700),
+            (state.join("state.db"), 0o600),
+            (state.join("state.db-wal"), 0o600),
+            (state.join("state.db-shm"), 0o600),
+            (state.join("bty-web.lock"), 0o600),
+            (state.join("boot"), 0o700),
+            (state.join("backups"), 0o700),
+            (backup.clone(), 0o700),
+            (backup.join("state.db"), 0o600),
+            (backup.join("inventory.json"), 0o600),
+            (export.clone(), 0o700),
+            (export.join("inventory.json"), 0o600),
+        ];
+        for (p, want) in expect {
+            assert_eq!(mode(&p), want, "umask {umask:03o}: {}", p.display());
+        }
+    }
+
+    // A state directory and database left open to others are tightened, saying so.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (mut child, _, _) = spawn_server_umask(&state, 0o022);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(state.join("state.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut child, _, log) = spawn_server_umask(&state, 0o022);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!((mode(&state), mode(&state.join("state.db"))), (0o700, 0o600));
+    for (p, was) in [(state.clone(), "0755"), (state.join("state.db"), "0644")] {
+        let said = format!("{} was mode {was}", p.display());
+        assert!(log.iter().any(|l| l.contains("WARN") && l.contains(&said)), "{said} not in {log:?}");
+    }
+}
+
 /// A full state disk: writes fail saying so, nothing stored is lost, and the
 /// server recovers once space returns. Needs root for a small tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

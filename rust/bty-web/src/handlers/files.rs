@@ -1,7 +1,7 @@
 //! Bytes machines download: boot artifacts (`/boot`) and images (`/images`),
 //! plus the catalog they are listed in.
 
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -16,14 +16,28 @@ use tokio::io::AsyncWriteExt;
 use crate::audit::{self, NewEvent};
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::fileserve::{self, Refused};
 use crate::images;
 use crate::state::{AppState, ClientIp};
 
 /// Boot artifacts are addressed by plain file name only: no directories, no
 /// hidden files (which includes `..` and in-progress uploads).
+fn name_too_long(name: &str, dir: &FsPath) -> ApiError {
+    ApiError::BadRequest(format!(
+        "a name of {} bytes is longer than the file system of {} can hold; use a shorter name",
+        name.len(),
+        dir.display()
+    ))
+}
+
 fn plain_name(name: &str) -> Result<&str, ApiError> {
+    if name.len() > 255 {
+        return Err(ApiError::BadRequest(format!(
+            "a boot file name is at most 255 bytes (this one has {}); use a shorter name",
+            name.len()
+        )));
+    }
     let bad = name.is_empty()
-        || name.len() > 255
         || name.starts_with('.')
         || name.contains(['/', '\\', '\0'])
         || name.chars().any(char::is_control);
@@ -42,14 +56,29 @@ pub async fn boot_get(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = plain_name(&name)?;
-    let path = app.config.paths.boot_dir.join(name);
-    let mut resp = images::serve_file(path, method, &headers).await;
-    if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::not_found(format!(
-            "no boot file {name} in {}; upload it with PUT /boot/{name}",
-            app.config.paths.boot_dir.display()
-        )));
-    }
+    let dir = &app.config.paths.boot_dir;
+    let mut resp = match fileserve::serve(dir, FsPath::new(name), &method, &headers).await {
+        Ok(r) => r,
+        Err(Refused::Missing | Refused::NotAFile) => {
+            return Err(ApiError::not_found(format!(
+                "no boot file {name} in {}; upload it with PUT /boot/{name}",
+                dir.display()
+            )))
+        }
+        Err(Refused::Outside(target)) => {
+            tracing::warn!(name, target = %target.display(), dir = %dir.display(),
+                "boot file refused: it is a symlink out of the boot directory");
+            return Err(ApiError::not_found(format!(
+                "boot file {name} links outside {}, so it is not served; replace the link with the file \
+                 (PUT /boot/{name})",
+                dir.display()
+            )));
+        }
+        Err(Refused::NameTooLong) => return Err(name_too_long(name, dir)),
+        Err(Refused::Io(e)) => {
+            return Err(ApiError::internal(format!("cannot read boot file {name} in {}: {e}", dir.display())))
+        }
+    };
     // The kernel and initrd are the last files a boot loader fetches before
     // it hands the machine over, so the server closes the connection itself,
     // while the loader is still there to answer. Left to the loader, the
@@ -86,7 +115,14 @@ pub async fn boot_put(
         .await
         .map_err(|e| ApiError::internal(format!("cannot create boot directory {}: {e}", dir.display())))?;
     let final_path = dir.join(&name);
-    let partial = dir.join(format!(".{name}.{}.partial", &crate::auth::random_secret()[..8]));
+    let tag = &crate::auth::random_secret()[..8];
+    // The partial's name carries the file's so a leftover says what it was,
+    // unless that would make it too long where the name itself still fits.
+    let partial = if name.len() + 18 <= 255 {
+        dir.join(format!(".{name}.{tag}.partial"))
+    } else {
+        dir.join(format!(".upload.{tag}.partial"))
+    };
     let existed = tokio::fs::try_exists(&final_path).await.unwrap_or(false);
 
     let result = write_stream(req, &partial, max).await;
@@ -96,6 +132,7 @@ pub async fn boot_put(
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(match e {
                 UploadError::TooLarge => too_large(),
+                UploadError::NameTooLong => name_too_long(&name, &dir),
                 UploadError::Io(m) => ApiError::internal(m),
                 UploadError::Body(m) => ApiError::BadRequest(format!("upload interrupted: {m}")),
             });
@@ -103,6 +140,9 @@ pub async fn boot_put(
     };
     if let Err(e) = tokio::fs::rename(&partial, &final_path).await {
         let _ = tokio::fs::remove_file(&partial).await;
+        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            return Err(name_too_long(&name, &dir));
+        }
         return Err(ApiError::internal(format!(
             "cannot move the upload into place at {}: {e}",
             final_path.display()
@@ -127,13 +167,17 @@ pub async fn boot_put(
 
 enum UploadError {
     TooLarge,
+    NameTooLong,
     Io(String),
     Body(String),
 }
 
 async fn write_stream(req: Request, partial: &PathBuf, max: u64) -> Result<(u64, String), UploadError> {
     let io = |what: &str, e: std::io::Error| UploadError::Io(format!("{what} {}: {e}", partial.display()));
-    let mut file = tokio::fs::File::create(partial).await.map_err(|e| io("cannot create", e))?;
+    let mut file = tokio::fs::File::create(partial).await.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENAMETOOLONG) => UploadError::NameTooLong,
+        _ => io("cannot create", e),
+    })?;
     let mut stream = req.into_body().into_data_stream();
     let mut size = 0u64;
     let mut hasher = Sha256::new();
@@ -172,14 +216,37 @@ pub async fn image_get(
     match entry.src() {
         ImageSrc::Url(url) => Ok(images::proxy(&app.http, url, method, &headers).await),
         ImageSrc::Local(rel) => {
-            let path = app.config.paths.images_dir.join(rel);
-            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                return Err(ApiError::not_found(format!(
+            let dir = &app.config.paths.images_dir;
+            match fileserve::serve(dir, FsPath::new(rel), &method, &headers).await {
+                Ok(r) => Ok(r),
+                Err(Refused::Missing) => Err(ApiError::not_found(format!(
                     "catalog entry {name} names {}, which does not exist; copy the image there or fix the entry",
-                    path.display()
-                )));
+                    dir.join(rel).display()
+                ))),
+                Err(Refused::NotAFile) => Err(ApiError::not_found(format!(
+                    "catalog entry {name} names {}, which is not a regular file; point its src at the image file",
+                    dir.join(rel).display()
+                ))),
+                Err(Refused::Outside(target)) => {
+                    tracing::warn!(image = %name, target = %target.display(), dir = %dir.display(),
+                        "image refused: its file is a symlink out of the images directory");
+                    Err(ApiError::not_found(format!(
+                        "catalog entry {name} names {}, which links outside the images directory, so it is not \
+                         served; move the image into {} instead of linking to it",
+                        dir.join(rel).display(),
+                        dir.display()
+                    )))
+                }
+                // The catalog is the operator's, not the client's: a server-side fault.
+                Err(Refused::NameTooLong) => Err(ApiError::internal(format!(
+                    "catalog entry {name} names a path the file system of {} cannot hold; shorten its src",
+                    dir.display()
+                ))),
+                Err(Refused::Io(e)) => Err(ApiError::internal(format!(
+                    "cannot read image {name} ({}): {e}",
+                    dir.join(rel).display()
+                ))),
             }
-            Ok(images::serve_file(path, method, &headers).await)
         }
     }
 }
