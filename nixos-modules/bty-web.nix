@@ -315,7 +315,9 @@ in
             User = cfg.user;
             Group = cfg.group;
             StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
-            StateDirectoryMode = "0750";
+            # Owner only (bty-web tightens anything looser); the group may only pass through to a
+            # group-writable images/.
+            StateDirectoryMode = if cfg.imagesGroupWritable then "0710" else "0700";
             WorkingDirectory = cfg.stateDir;
             LoadCredential = lib.optional (cfg.adminPasswordFile != null) "admin-password:${cfg.adminPasswordFile}";
             Restart = "on-failure";

@@ -249,8 +249,11 @@ const PRIVATE_FILES: &[&str] =
     &[DB_FILE, "state.db-wal", "state.db-shm", "state.db-journal", "session-secret"];
 
 /// Create the state directory owner-only (0700), or tighten an existing one
-/// and its private files (0600) that allow more, whatever the umask. Returns
-/// a warning for each path it tightened, for the caller to log.
+/// that allows more than 0710 and its private files (0600) that allow more,
+/// whatever the umask. Group traversal is left alone: a deployment may let a
+/// group reach a subdirectory (the appliance's `images/`), and traversal
+/// lists and reads nothing. Returns a warning for each path it tightened,
+/// for the caller to log.
 pub fn secure_state_dir(state_dir: &Path) -> anyhow::Result<Vec<String>> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).with_context(|| {
@@ -260,7 +263,7 @@ pub fn secure_state_dir(state_dir: &Path) -> anyhow::Result<Vec<String>> {
         )
     })?;
     let mut warnings = Vec::new();
-    let paths = std::iter::once((state_dir.to_path_buf(), 0o700))
+    let paths = std::iter::once((state_dir.to_path_buf(), 0o710))
         .chain(PRIVATE_FILES.iter().map(|f| (state_dir.join(f), 0o600)));
     for (path, allowed) in paths {
         use std::os::unix::fs::PermissionsExt;
