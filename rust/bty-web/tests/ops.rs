@@ -369,7 +369,7 @@ fn restore_refuses_anything_but_a_whole_bty_database() {
         (&foreign, "not a bty state database"),
         (&other_app, "application_id 0x12345678"),
         (&newer, &newest),
-        (&no_schema, "not a bty state database"),
+        (&no_schema, "has no bty schema version (user_version 0)"),
         (
             &partial,
             "lacks the bty table(s) settings, users, sessions, api_tokens, flash_history, machine_labels",
