@@ -82,6 +82,20 @@ const KEYS: &[KeyDef] = &[
         help: "seconds an open connection may wait for its next request before it is closed",
     },
     KeyDef {
+        section: "server",
+        key: "body_timeout_s",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: Some("30"),
+        help: "seconds a request body may take to arrive (uploads: with no bytes at all) before 408 and a closed connection",
+    },
+    KeyDef {
+        section: "server",
+        key: "max_connections",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+        default: None,
+        help: "connections served at once; more wait in the kernel's queue (default and ceiling: the open-file limit minus 64)",
+    },
+    KeyDef {
         section: "paths",
         key: "state_dir",
         kind: Kind::Text,
@@ -272,6 +286,11 @@ pub struct ServerConfig {
     /// Idle keep-alive connections are closed after this long; network boot
     /// clients abandon theirs (see `listener`).
     pub idle_timeout: std::time::Duration,
+    /// How long a request body may take; for streamed uploads, how long it
+    /// may go without a byte (see `listener`).
+    pub body_timeout: std::time::Duration,
+    /// `None`: derived from the open-file limit at startup.
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +548,9 @@ impl Config {
                 port: int("server.port") as u16,
                 public_url: text("server.public_url").map(|u| u.trim_end_matches('/').to_string()),
                 idle_timeout: std::time::Duration::from_secs(int("server.idle_timeout_s")),
+                body_timeout: std::time::Duration::from_secs(int("server.body_timeout_s")),
+                max_connections: (values["server.max_connections"].0 != Value::Unset)
+                    .then(|| int("server.max_connections")),
             },
             paths: PathsConfig {
                 boot_dir: text("paths.boot_dir").map(PathBuf::from).unwrap_or_else(|| state_dir.join("boot")),
@@ -776,7 +798,7 @@ mod tests {
                 .to_string();
         for want in [
             "server.prot (file:",
-            "unknown key; [server] knows host, port, public_url, idle_timeout_s",
+            "unknown key; [server] knows host, port, public_url, idle_timeout_s, body_timeout_s, max_connections",
             "server.port (file:",
             "nope.a (file:",
             "unknown section [nope]",
@@ -825,6 +847,17 @@ mod tests {
             ],
         );
         assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
+    fn server_connection_keys() {
+        let c = load(None, &[("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
+        assert_eq!(c.server.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, None);
+        let c = load(None, &[("BTY_SERVER_MAX_CONNECTIONS", "500"), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
+        assert_eq!(c.server.max_connections, Some(500));
+        let err = load(None, &[("BTY_SERVER_BODY_TIMEOUT_S", "0")]).unwrap_err().to_string();
+        assert!(err.contains("server.body_timeout_s (env:BTY_SERVER_BODY_TIMEOUT_S): 0 is out of range"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! reads the same table, so a route's access level is declared exactly once
 //! and anything not marked [`Access::Open`] requires a login.
 
+use axum::extract::Request;
 use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -192,6 +195,14 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
     }
 }
 
+/// An upload may take as long as its bytes keep coming (see `listener`).
+async fn streamed_body(req: Request, next: Next) -> Response {
+    if let Some(clock) = req.extensions().get::<crate::listener::BodyClock>() {
+        clock.streaming();
+    }
+    next.run(req).await
+}
+
 /// Build the router from [`ROUTES`] with the auth guard and metrics on every route.
 pub fn router(state: AppState) -> Router {
     let limit = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
@@ -201,7 +212,7 @@ pub fn router(state: AppState) -> Router {
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
         for r in ROUTES.iter().filter(|r| r.path == path) {
             let ep = if streams_body(r) {
-                endpoint(r)
+                endpoint(r).layer(axum::middleware::from_fn(streamed_body))
             } else {
                 endpoint(r).layer(RequestBodyLimitLayer::new(limit))
             };
