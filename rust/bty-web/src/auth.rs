@@ -374,7 +374,9 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         if !safe_method(req.method()) {
             match csrf_ok(req, csrf_token, app.config.limits.max_body_bytes).await {
                 Ok(r) => req = r,
-                Err(_) if is_ui => return crate::handlers::ui::form_refused(),
+                Err(resp) if is_ui && resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    return crate::handlers::ui::form_refused()
+                }
                 Err(resp) => return *resp,
             }
         }
@@ -410,14 +412,11 @@ async fn csrf_ok(req: Request, want: &str, max_body: u64) -> Result<Request, Box
         return Err(csrf_denied());
     }
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, max_body as usize).await {
+    let bytes = match axum::body::to_bytes(body, usize::try_from(max_body).unwrap_or(usize::MAX)).await {
         Ok(b) => b,
-        Err(_) => {
-            return Err(Box::new(
-                ApiError::PayloadTooLarge("form body is larger than [limits] max_body_bytes".into())
-                    .into_response(),
-            ))
-        }
+        // A body that timed out is answered by the listener; anything else
+        // that stops the read here is the size limit.
+        Err(_) => return Err(Box::new(ApiError::body_too_large(max_body).into_response())),
     };
     let ok = form_urlencoded_field(&bytes, CSRF_FORM_FIELD).is_some_and(|v| matches(&v));
     if !ok {

@@ -45,6 +45,14 @@ impl ApiError {
     pub fn internal(what: impl std::fmt::Display) -> Self {
         ApiError::Internal(what.to_string())
     }
+    /// The one answer to a body over `[limits] max_body_bytes`, whichever
+    /// part of the server noticed.
+    pub fn body_too_large(limit: u64) -> Self {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than {limit} bytes, the limit set by [limits] max_body_bytes \
+             (BTY_LIMITS_MAX_BODY_BYTES)"
+        ))
+    }
 }
 
 impl From<FieldError> for ApiError {
