@@ -107,3 +107,51 @@ async fn uploads_have_their_own_limit_and_the_same_shape() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("[limits] max_upload_bytes"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_labels_come_from_a_closed_set() {
+    let s = TestServer::start().await;
+    let c = reqwest::Client::new();
+    for path in ["/healthz", "/version", "/metrics"] {
+        c.get(s.url(path)).send().await.unwrap();
+    }
+    c.get(s.url("/nope")).send().await.unwrap();
+    let before = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+
+    // 2,000 made-up methods and 2,000 random paths.
+    let jobs = (0..4000).map(|i| {
+        let c = c.clone();
+        let url = if i % 2 == 0 { s.url("/healthz") } else { s.url(&format!("/scan/{i:x}/wp-login.php")) };
+        async move {
+            let method = Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+            let method = if i % 2 == 0 { method } else { Method::GET };
+            c.request(method, url).send().await.unwrap().status().as_u16()
+        }
+    });
+    use futures_util::StreamExt;
+    let codes: Vec<u16> = futures_util::stream::iter(jobs).buffer_unordered(16).collect().await;
+    assert!(codes.iter().all(|c| *c == 404 || *c == 405 || *c == 401), "{codes:?}");
+
+    let after = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(after.len() < before.len() + 1024, "/metrics grew from {} to {} bytes:\n{after}", before.len(), after.len());
+    for line in after.lines().filter(|l| l.starts_with("bty_http_requests_total{")) {
+        let method = line.split("method=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert!(
+            ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"].contains(&method),
+            "{line}"
+        );
+        let route = line.split("route=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert!(
+            route == "other" || bty_web::routes::ROUTES.iter().any(|r| r.path == route),
+            "{line}"
+        );
+    }
+    let junk = |route: &str, method: &str| {
+        after
+            .lines()
+            .find(|l| l.contains(&format!("method=\"{method}\",route=\"{route}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(junk("/healthz", "other") >= 2000, "made-up methods are counted, as one: {after}");
+}
