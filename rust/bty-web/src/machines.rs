@@ -314,31 +314,36 @@ impl MachineInput {
                 format!("use one of {}", PROVISIONING_MODES.join(", ")),
             ));
         }
-        let mut labels = Vec::new();
-        match obj.get("labels") {
-            None | Some(Value::Null) => {}
+        // Count and length first, then a set: anything else lets a client
+        // make the server do work that grows faster than what it sent (a
+        // 1.9 MB list once took 39 s to de-duplicate, every request waiting).
+        let labels: Vec<String> = match obj.get("labels") {
+            None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
+                if items.len() > MAX_LABELS {
+                    return Err(field_err(
+                        "labels",
+                        format!("at most {MAX_LABELS} labels; {} were sent", items.len()),
+                    ));
+                }
+                let mut set = std::collections::BTreeSet::new();
                 for item in items {
                     let Some(l) = item.as_str() else {
                         return Err(field_err("labels", "must be an array of strings"));
                     };
                     if l.len() > MAX_LABEL_LEN || !valid_label(l) {
+                        let shown: String = l.chars().take(MAX_LABEL_LEN + 1).collect();
                         return Err(field_err(
                             "labels",
-                            format!("{l:?}: a label starts with a letter or digit and has at most {MAX_LABEL_LEN} of letters, digits, `.`, `_`, `-`, `:`, `=`"),
+                            format!("{shown:?}: a label starts with a letter or digit and has at most {MAX_LABEL_LEN} of letters, digits, `.`, `_`, `-`, `:`, `=`"),
                         ));
                     }
-                    if !labels.iter().any(|x| x == l) {
-                        labels.push(l.to_string());
-                    }
+                    set.insert(l);
                 }
-                if labels.len() > MAX_LABELS {
-                    return Err(field_err("labels", format!("at most {MAX_LABELS} labels")));
-                }
+                set.into_iter().map(str::to_string).collect()
             }
             Some(_) => return Err(field_err("labels", "must be an array of strings")),
-        }
-        labels.sort();
+        };
         Ok(MachineInput { policy, image, target_disk_serial, sanboot_drive, provisioning_mode, labels })
     }
 }
@@ -466,6 +471,8 @@ mod tests {
             (json!({"policy": "tui", "sanboot_drive": "80"}), "sanboot_drive"),
             (json!({"policy": "tui", "labels": ["-x"]}), "labels"),
             (json!({"policy": "tui", "labels": "x"}), "labels"),
+            (json!({"policy": "tui", "labels": vec!["a"; MAX_LABELS + 1]}), "labels"),
+            (json!({"policy": "tui", "labels": ["x".repeat(MAX_LABEL_LEN + 1)]}), "labels"),
             (json!({"policy": "tui", "provisioning_mode": "cloud-init"}), "provisioning_mode"),
             (json!({"policy": "tui", "hostname": "x"}), "hostname"),
             (json!({"policy": "tui", "image": 3}), "image"),

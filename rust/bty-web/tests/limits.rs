@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{TestServer, MAC};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -154,4 +156,60 @@ async fn metrics_labels_come_from_a_closed_set() {
             .unwrap_or(0)
     };
     assert!(junk("/healthz", "other") >= 2000, "made-up methods are counted, as one: {after}");
+}
+
+fn flood(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("label-{i:06}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_labels_is_refused_fast() {
+    let s = TestServer::start().await;
+    let token = s.token().await;
+    let c = reqwest::Client::new();
+    let labels = flood(130_000);
+    let body = json!({"policy": "tui", "labels": labels}).to_string();
+    assert!(body.len() > 1_900_000, "{}", body.len());
+    let started = Instant::now();
+    let r = c
+        .put(s.url(&format!("/machines/{MAC}")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["field"], "labels", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("at most 32"), "{v}");
+    assert!(took < Duration::from_millis(900), "refused in {took:?}");
+
+    // The same through the browser form.
+    let (code, _) = s.put_machine(&token, MAC, json!({"policy": "tui"})).await;
+    assert_eq!(code, 201);
+    let form = format!("csrf_token=&policy=tui&labels={}", labels.join("+"));
+    let started = Instant::now();
+    let r = c
+        .post(s.url(&format!("/ui/machines/{MAC}")))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("at most 32"));
+    assert!(took < Duration::from_millis(900), "refused in {took:?}");
+
+    // Duplicates still fold, and 32 distinct labels are fine.
+    let ok = flood(32);
+    let (code, m) = s.put_machine(&token, MAC, json!({"policy": "tui", "labels": ok})).await;
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["labels"].as_array().unwrap().len(), 32);
+    let (code, m) = s.put_machine(&token, MAC, json!({"policy": "tui", "labels": ["b", "a", "b"]})).await;
+    assert_eq!(code, 200);
+    assert_eq!(m["labels"], json!(["a", "b"]));
 }
