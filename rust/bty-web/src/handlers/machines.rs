@@ -10,7 +10,7 @@ use serde_json::json;
 
 use bty_core::mac::MacAddr;
 
-use super::MacParam;
+use super::{AnyMacParam, MacParam};
 use crate::audit::{self, NewEvent};
 use crate::auth::Principal;
 use crate::error::{decode_json, ApiError};
@@ -52,7 +52,7 @@ pub async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Re
     Ok(Json(views).into_response())
 }
 
-pub async fn show(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn show(State(app): State<AppState>, AnyMacParam(mac): AnyMacParam) -> Result<Response, ApiError> {
     match app.db.read(move |c| machines::get(c, mac)).await? {
         Some(m) => Ok(Json(view(&app, m)).into_response()),
         None => Err(ApiError::not_found(format!("no machine {mac}"))),
@@ -146,7 +146,7 @@ pub async fn remove(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     ip: ClientIp,
-    MacParam(mac): MacParam,
+    AnyMacParam(mac): AnyMacParam,
 ) -> Result<StatusCode, ApiError> {
     if delete_one(&app, &who, ip, mac).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -155,7 +155,7 @@ pub async fn remove(
     }
 }
 
-pub async fn lshw(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn lshw(State(app): State<AppState>, AnyMacParam(mac): AnyMacParam) -> Result<Response, ApiError> {
     match app.db.read(move |c| machines::lshw(c, mac)).await? {
         Some(doc) => Ok((
             [
@@ -175,7 +175,10 @@ pub async fn lshw(State(app): State<AppState>, MacParam(mac): MacParam) -> Resul
 }
 
 /// Flash attempts, newest first (at most 100).
-pub async fn flashes(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn flashes(
+    State(app): State<AppState>,
+    AnyMacParam(mac): AnyMacParam,
+) -> Result<Response, ApiError> {
     let found = app
         .db
         .read(move |c| match machines::get(c, mac)? {
