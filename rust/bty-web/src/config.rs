@@ -857,7 +857,10 @@ mod tests {
         let c = load(None, &[("BTY_SERVER_MAX_CONNECTIONS", "500"), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
         assert_eq!(c.server.max_connections, Some(500));
         let err = load(None, &[("BTY_SERVER_BODY_TIMEOUT_S", "0")]).unwrap_err().to_string();
-        assert!(err.contains("server.body_timeout_s (env:BTY_SERVER_BODY_TIMEOUT_S): 0 is out of range"), "{err}");
+        assert!(
+            err.contains("server.body_timeout_s (env:BTY_SERVER_BODY_TIMEOUT_S): 0 is out of range"),
+            "{err}"
+        );
     }
 
     #[test]

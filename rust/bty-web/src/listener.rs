@@ -83,7 +83,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             tracing::warn!(soft = before, hard = lim.rlim_max, error = %e, "cannot raise the open-file limit");
             return Ok(before);
         }
-        tracing::info!(from = before, to = lim.rlim_cur, "raised the open-file limit (soft) to the hard limit");
+        tracing::info!(
+            from = before,
+            to = lim.rlim_cur,
+            "raised the open-file limit (soft) to the hard limit"
+        );
     } else {
         tracing::info!(limit = before, "open-file limit");
     }
@@ -272,7 +276,10 @@ impl Body for TimedBody {
     type Data = Bytes;
     type Error = Box<dyn StdError + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -176,7 +176,11 @@ async fn a_slow_body_is_answered_408_and_its_connection_closed() {
         assert_eq!(code, 200);
         let (code, script) = s.get_text(&format!("/pxe/{MAC}")).await;
         assert!(code == 200 && script.contains("#!ipxe"));
-        assert!(t.elapsed() < Duration::from_millis(500), "healthz and PXE stay responsive: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "healthz and PXE stay responsive: {:?}",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for mut conn in slow {

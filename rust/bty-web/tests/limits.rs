@@ -135,7 +135,12 @@ async fn metrics_labels_come_from_a_closed_set() {
     assert!(codes.iter().all(|c| *c == 404 || *c == 405 || *c == 401), "{codes:?}");
 
     let after = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(after.len() < before.len() + 1024, "/metrics grew from {} to {} bytes:\n{after}", before.len(), after.len());
+    assert!(
+        after.len() < before.len() + 1024,
+        "/metrics grew from {} to {} bytes:\n{after}",
+        before.len(),
+        after.len()
+    );
     for line in after.lines().filter(|l| l.starts_with("bty_http_requests_total{")) {
         let method = line.split("method=\"").nth(1).unwrap().split('"').next().unwrap();
         assert!(
@@ -143,10 +148,7 @@ async fn metrics_labels_come_from_a_closed_set() {
             "{line}"
         );
         let route = line.split("route=\"").nth(1).unwrap().split('"').next().unwrap();
-        assert!(
-            route == "other" || bty_web::routes::ROUTES.iter().any(|r| r.path == route),
-            "{line}"
-        );
+        assert!(route == "other" || bty_web::routes::ROUTES.iter().any(|r| r.path == route), "{line}");
     }
     let junk = |route: &str, method: &str| {
         after
