@@ -198,7 +198,7 @@ const KEYS: &[KeyDef] = &[
         key: "login_attempts_per_minute",
         kind: Kind::Int { min: 1, max: 100_000 },
         default: Some("10"),
-        help: "login attempts allowed per source IP per minute (429 beyond)",
+        help: "login attempts allowed per minute for one username from one source IP (429 beyond; a success resets)",
     },
     KeyDef {
         section: "tuning",
