@@ -90,9 +90,15 @@ pub fn ensure_admin(conn: &Connection, admin: &AdminConfig) -> rusqlite::Result<
         (Some(hash), true) => Ok(password::verify(DEFAULT_PASSWORD, &hash)),
         (Some(hash), false) => {
             if !password::verify(&admin.password, &hash) {
-                store(password::hash(&admin.password))?;
-                // A configured password replaces the old one: old logins end.
-                conn.execute("DELETE FROM sessions WHERE username = ?", [&admin.username])?;
+                // A configured password replaces the old one like any
+                // password change: old logins end, API tokens are revoked.
+                let revoked = set_password(conn, &admin.username, &password::hash(&admin.password), None)?;
+                if revoked > 0 {
+                    tracing::warn!(
+                        revoked,
+                        "the configured admin password replaced the stored one: API tokens were revoked"
+                    );
+                }
             }
             Ok(admin.password == DEFAULT_PASSWORD)
         }
@@ -123,21 +129,27 @@ pub fn verify_stored(pass: &str, stored: Option<&str>) -> bool {
     }
 }
 
+/// Store a new password hash. A password change is what an operator does
+/// when a credential may have leaked, so every other session ends and every
+/// API token is revoked with it (a token is a credential minted by whoever
+/// held the password); only `keep_session`, the one making the change,
+/// stays logged in. Returns how many tokens were revoked.
 pub fn set_password(
     conn: &Connection,
     username: &str,
     hash: &str,
     keep_session: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
+    let now = clock::now_rfc3339();
     conn.execute(
         "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1",
-        params![username, hash, clock::now_rfc3339()],
+        params![username, hash, now],
     )?;
     conn.execute(
         "DELETE FROM sessions WHERE username = ?1 AND token_hash IS NOT ?2",
         params![username, keep_session],
     )?;
-    Ok(())
+    conn.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])
 }
 
 pub struct NewSession {

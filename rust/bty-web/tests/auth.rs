@@ -358,6 +358,74 @@ async fn password_change_ends_other_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_revokes_every_api_token() {
+    let s = TestServer::start().await;
+    let (a, csrf) = s.login().await;
+    let (b, _) = s.login().await;
+    let mut tokens = Vec::new();
+    for name in ["ci", "backup-script"] {
+        let r =
+            a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": name})).send();
+        let v: Value = r.await.unwrap().json().await.unwrap();
+        tokens.push(v["token"].as_str().unwrap().to_string());
+    }
+    for t in &tokens {
+        s.authed_json(t, "/auth/me").await;
+    }
+    // The account page says what a change will do...
+    let page = a.get(s.url("/ui/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("ends every other session of this account and revokes every API token"), "{page}");
+
+    // ...the browser form makes it...
+    let form = format!(
+        "csrf_token={csrf}&current_password=bty&new_password=long+enough&confirm_password=long+enough"
+    );
+    let r = a
+        .post(s.url("/ui/account/password"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "followed the redirect");
+    assert!(r.url().as_str().ends_with("/ui/account?notice=password"), "{}", r.url());
+    let page = r.text().await.unwrap();
+    assert!(page.contains("every API token was revoked"), "...and says what it did: {page}");
+
+    // ...and it is so: the tokens and the other session are gone, this one stays.
+    for t in &tokens {
+        let r = reqwest::Client::new().get(s.url("/auth/me")).bearer_auth(t).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(b.get(s.url("/auth/me")).send().await.unwrap().status(), 401);
+    assert_eq!(a.get(s.url("/auth/me")).send().await.unwrap().status(), 200);
+    let list: Value = a.get(s.url("/auth/tokens")).send().await.unwrap().json().await.unwrap();
+    assert!(list.as_array().unwrap().iter().all(|t| t["revoked_at"].is_string()), "{list}");
+
+    // A token made afterwards works, and the JSON API's change revokes it too.
+    let r = a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": "new"})).send();
+    let fresh = r.await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    s.authed_json(&fresh, "/auth/me").await;
+    let r = a
+        .put(s.url("/auth/password"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"current_password": "long enough", "new_password": "longer still"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = reqwest::Client::new().get(s.url("/auth/me")).bearer_auth(&fresh).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r =
+        a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": "audit"})).send();
+    let reader = r.await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let changes = s.events(&reader, "auth.password.changed").await;
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["details"]["tokens_revoked"], 1);
+    assert_eq!(changes[1]["details"]["tokens_revoked"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_admin_password_replaces_the_default() {
     let s = TestServer::start_with(|c| {
         c.admin.password = "from-the-environment".into();

@@ -176,7 +176,8 @@ pub struct PasswordChange {
     new_password: String,
 }
 
-/// Change the caller's password; other sessions end. Field errors name
+/// Change the caller's password; other sessions end and every API token is
+/// revoked (see [`auth::set_password`]). Field errors name
 /// `current_password` or `new_password`.
 pub async fn set_own_password(
     app: &AppState,
@@ -203,12 +204,17 @@ pub async fn set_own_password(
     let user = who.username.clone();
     app.db
         .write(move |c| {
-            auth::set_password(c, &user, &hash, keep.as_deref())?;
+            let revoked = auth::set_password(c, &user, &hash, keep.as_deref())?;
             audit::insert(
                 c,
-                &NewEvent::new("auth.password.changed", actor, "password changed; other sessions ended")
-                    .subject("user", user.clone())
-                    .ip(ip.string()),
+                &NewEvent::new(
+                    "auth.password.changed",
+                    actor,
+                    format!("password changed; other sessions ended, {revoked} API token(s) revoked"),
+                )
+                .subject("user", user.clone())
+                .ip(ip.string())
+                .details(json!({"tokens_revoked": revoked})),
             )
         })
         .await?;
