@@ -325,6 +325,10 @@ in
             # SIGTERM lets bty-web finish in-flight requests and checkpoint the SQLite WAL.
             KillSignal = "SIGTERM";
             TimeoutStopSec = 30;
+            # Each connection is a file descriptor: systemd's default soft limit
+            # (1024) is a few hundred boot clients. bty-web raises its soft limit
+            # to this hard one and serves at most 64 fewer connections at once.
+            LimitNOFILE = 65536;
 
             # Hardening: bty-web needs the network, its state directory and nothing else.
             UMask = "0027";

@@ -16,6 +16,22 @@ pub struct MacParseError {
     input: String,
 }
 
+/// A well-formed MAC that no network card has; the message says which kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe_not_unicast(.0))]
+pub struct NotUnicast(pub MacAddr);
+
+fn describe_not_unicast(m: &MacAddr) -> String {
+    let kind = if m.0 == [0xff; 6] {
+        "the broadcast address"
+    } else if m.0 == [0; 6] {
+        "all zeros, which firmware reports when it has no address"
+    } else {
+        "a multicast address (the low bit of its first octet is set)"
+    };
+    format!("{m} is {kind}; a network card's MAC is unicast, e.g. 52:54:00:12:34:56")
+}
+
 impl MacAddr {
     pub const fn new(bytes: [u8; 6]) -> Self {
         MacAddr(bytes)
@@ -23,6 +39,25 @@ impl MacAddr {
 
     pub fn octets(&self) -> [u8; 6] {
         self.0
+    }
+
+    /// Whether a network card could have this address: not multicast (the
+    /// low bit of the first octet, which broadcast `ff:ff:ff:ff:ff:ff` has
+    /// too) and not all zeros. Locally administered unicast addresses, such
+    /// as QEMU's `52:54:00:…`, are unicast.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+
+    /// `self` if [`MacAddr::is_unicast`], else why not: a machine is never
+    /// identified by a group address, so one arriving as an identity is a
+    /// typo or a forgery.
+    pub fn unicast(self) -> Result<MacAddr, NotUnicast> {
+        if self.is_unicast() {
+            Ok(self)
+        } else {
+            Err(NotUnicast(self))
+        }
     }
 
     /// `aa-bb-cc-dd-ee-ff`: the form iPXE's `${mac:hexhyp}` produces, and safe
@@ -123,6 +158,27 @@ mod tests {
         ] {
             let err = s.parse::<MacAddr>().unwrap_err();
             assert!(err.to_string().contains("aa:bb:cc:dd:ee:ff"), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn unicast_and_the_rest() {
+        for s in ["52:54:00:12:34:56", "aa:bb:cc:dd:ee:ff", "02:00:00:00:00:01", "00:00:00:00:00:01"] {
+            let m: MacAddr = s.parse().unwrap();
+            assert!(m.is_unicast(), "{s}");
+            assert_eq!(m.unicast(), Ok(m));
+        }
+        for (s, says) in [
+            ("ff:ff:ff:ff:ff:ff", "broadcast"),
+            ("00:00:00:00:00:00", "all zeros"),
+            ("01:00:5e:00:00:01", "multicast"),
+            ("33:33:00:00:00:01", "multicast"),
+            ("03:00:00:00:00:00", "multicast"),
+        ] {
+            let m: MacAddr = s.parse().unwrap();
+            assert!(!m.is_unicast(), "{s}");
+            let err = m.unicast().unwrap_err().to_string();
+            assert!(err.starts_with(s) && err.contains(says) && err.contains("unicast"), "{err}");
         }
     }
 

@@ -90,9 +90,15 @@ pub fn ensure_admin(conn: &Connection, admin: &AdminConfig) -> rusqlite::Result<
         (Some(hash), true) => Ok(password::verify(DEFAULT_PASSWORD, &hash)),
         (Some(hash), false) => {
             if !password::verify(&admin.password, &hash) {
-                store(password::hash(&admin.password))?;
-                // A configured password replaces the old one: old logins end.
-                conn.execute("DELETE FROM sessions WHERE username = ?", [&admin.username])?;
+                // A configured password replaces the old one like any
+                // password change: old logins end, API tokens are revoked.
+                let revoked = set_password(conn, &admin.username, &password::hash(&admin.password), None)?;
+                if revoked > 0 {
+                    tracing::warn!(
+                        revoked,
+                        "the configured admin password replaced the stored one: API tokens were revoked"
+                    );
+                }
             }
             Ok(admin.password == DEFAULT_PASSWORD)
         }
@@ -123,21 +129,27 @@ pub fn verify_stored(pass: &str, stored: Option<&str>) -> bool {
     }
 }
 
+/// Store a new password hash. A password change is what an operator does
+/// when a credential may have leaked, so every other session ends and every
+/// API token is revoked with it (a token is a credential minted by whoever
+/// held the password); only `keep_session`, the one making the change,
+/// stays logged in. Returns how many tokens were revoked.
 pub fn set_password(
     conn: &Connection,
     username: &str,
     hash: &str,
     keep_session: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
+    let now = clock::now_rfc3339();
     conn.execute(
         "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1",
-        params![username, hash, clock::now_rfc3339()],
+        params![username, hash, now],
     )?;
     conn.execute(
         "DELETE FROM sessions WHERE username = ?1 AND token_hash IS NOT ?2",
         params![username, keep_session],
     )?;
-    Ok(())
+    conn.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE revoked_at IS NULL", [now])
 }
 
 pub struct NewSession {
@@ -256,30 +268,68 @@ fn record_token_use(conn: &Connection, id: i64) -> rusqlite::Result<()> {
         .map(|_| ())
 }
 
-/// Fixed one-minute windows per source IP.
+/// Login attempts in fixed one-minute windows per (source IP, username).
+///
+/// Keyed by both so an attacker guessing one name cannot lock the operator
+/// out: not from another address, and not from the same address (a shared
+/// NAT, the operator's own machine) under another name. A successful login
+/// clears its key, so an operator who mistyped a few times starts afresh.
+/// At most [`LOGIN_KEYS`] keys are tracked; beyond that, expired windows go
+/// first, then the oldest, so a flood of made-up names costs bounded memory.
 pub struct LoginLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    max_keys: usize,
+    windows: Mutex<HashMap<(IpAddr, String), (Instant, u32)>>,
+}
+
+pub const LOGIN_KEYS: usize = 10_000;
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// The part of a username a limiter key keeps: enough to tell real names
+/// apart, never a megabyte per key.
+fn login_key(ip: IpAddr, username: &str) -> (IpAddr, String) {
+    (ip, username.chars().take(64).collect())
 }
 
 impl LoginLimiter {
     pub fn new(per_minute: u32) -> Self {
-        LoginLimiter { per_minute, windows: Mutex::new(HashMap::new()) }
+        Self::with_max_keys(per_minute, LOGIN_KEYS)
     }
 
-    /// Count an attempt; `false` when the IP is over its budget.
-    pub fn allow(&self, ip: IpAddr) -> bool {
+    pub fn with_max_keys(per_minute: u32, max_keys: usize) -> Self {
+        LoginLimiter { per_minute, max_keys: max_keys.max(1), windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Count an attempt; `false` when this address has used up its attempts
+    /// for this username.
+    pub fn allow(&self, ip: IpAddr, username: &str) -> bool {
         let now = Instant::now();
+        let key = login_key(ip, username);
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if w.len() > 10_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        if !w.contains_key(&key) && w.len() >= self.max_keys {
+            w.retain(|_, (start, _)| now.duration_since(*start) < LOGIN_WINDOW);
+            if w.len() >= self.max_keys {
+                let oldest = w.iter().min_by_key(|(_, (start, _))| *start).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    w.remove(&k);
+                }
+            }
         }
-        let entry = w.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+        let entry = w.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= LOGIN_WINDOW {
             *entry = (now, 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
         entry.1 <= self.per_minute
+    }
+
+    /// A login succeeded: its earlier failures no longer count.
+    pub fn succeeded(&self, ip: IpAddr, username: &str) {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).remove(&login_key(ip, username));
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -374,7 +424,9 @@ pub async fn require_auth(State(app): State<AppState>, req: Request, next: Next)
         if !safe_method(req.method()) {
             match csrf_ok(req, csrf_token, app.config.limits.max_body_bytes).await {
                 Ok(r) => req = r,
-                Err(_) if is_ui => return crate::handlers::ui::form_refused(),
+                Err(resp) if is_ui && resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    return crate::handlers::ui::form_refused()
+                }
                 Err(resp) => return *resp,
             }
         }
@@ -410,14 +462,11 @@ async fn csrf_ok(req: Request, want: &str, max_body: u64) -> Result<Request, Box
         return Err(csrf_denied());
     }
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, max_body as usize).await {
+    let bytes = match axum::body::to_bytes(body, usize::try_from(max_body).unwrap_or(usize::MAX)).await {
         Ok(b) => b,
-        Err(_) => {
-            return Err(Box::new(
-                ApiError::PayloadTooLarge("form body is larger than [limits] max_body_bytes".into())
-                    .into_response(),
-            ))
-        }
+        // A body that timed out is answered by the listener; anything else
+        // that stops the read here is the size limit.
+        Err(_) => return Err(Box::new(ApiError::body_too_large(max_body).into_response())),
     };
     let ok = form_urlencoded_field(&bytes, CSRF_FORM_FIELD).is_some_and(|v| matches(&v));
     if !ok {
@@ -475,12 +524,30 @@ mod tests {
     }
 
     #[test]
-    fn limiter_counts_per_ip() {
+    fn limiter_counts_per_ip_and_username() {
         let l = LoginLimiter::new(2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(l.allow(a) && l.allow(a));
-        assert!(!l.allow(a));
-        assert!(l.allow(b));
+        assert!(l.allow(a, "bty") && l.allow(a, "bty"));
+        assert!(!l.allow(a, "bty"));
+        assert!(l.allow(b, "bty"), "another address");
+        assert!(l.allow(a, "admin"), "another username");
+        l.succeeded(a, "bty");
+        assert!(l.allow(a, "bty"), "a success starts afresh");
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded_and_the_oldest_goes() {
+        let l = LoginLimiter::with_max_keys(1, 100);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.allow(a, "first"));
+        assert!(!l.allow(a, "first"));
+        for i in 0..1000 {
+            l.allow(a, &format!("made-up-{i}"));
+            assert!(l.tracked() <= 100);
+        }
+        assert!(l.allow(a, "first"), "the oldest key was evicted");
+        l.allow(a, &"x".repeat(1 << 20));
+        assert!(l.windows.lock().unwrap().keys().all(|(_, name)| name.len() <= 64));
     }
 }

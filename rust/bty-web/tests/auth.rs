@@ -240,27 +240,69 @@ async fn token_for(s: &TestServer) -> String {
     s.token().await
 }
 
+/// A client whose connections come from `ip` (any of 127/8 reaches the
+/// server on 127.0.0.1).
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn login_as(s: &TestServer, c: &reqwest::Client, user: &str, pass: &str) -> reqwest::Response {
+    c.post(s.url("/auth/login")).json(&json!({"username": user, "password": pass})).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_is_rate_limited() {
     let s = TestServer::start_with(|c| c.auth.login_attempts_per_minute = 3).await;
-    let c = reqwest::Client::new();
+    let attacker = from("127.0.0.1");
     for _ in 0..3 {
-        let r = c
-            .post(s.url("/auth/login"))
-            .json(&json!({"username": "bty", "password": "x"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
+        assert_eq!(login_as(&s, &attacker, "bty", "x").await.status(), 401);
     }
-    let r = c
-        .post(s.url("/auth/login"))
-        .json(&json!({"username": "bty", "password": "bty"}))
+    let r = login_as(&s, &attacker, "bty", "bty").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    let msg = r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("\"bty\" from 127.0.0.1") && msg.contains("wait a minute"), "{msg}");
+
+    // The operator on another address is not held up by it...
+    assert_eq!(login_as(&s, &from("127.0.0.2"), "bty", "bty").await.status(), 200);
+    // ...and neither is another username from the same one.
+    assert_eq!(login_as(&s, &attacker, "someone", "x").await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammering_a_wrong_username_does_not_lock_the_operator_out() {
+    let s = TestServer::start_with(|c| c.auth.login_attempts_per_minute = 3).await;
+    let shared = from("127.0.0.3");
+    for i in 0..20 {
+        let want = if i < 3 { 401 } else { 429 };
+        assert_eq!(login_as(&s, &shared, "admin", "guess").await.status(), want, "attempt {i}");
+    }
+    // The operator behind the same address logs in with the right name.
+    assert_eq!(login_as(&s, &shared, "bty", "bty").await.status(), 200);
+    // A success resets: two typos, a login, then three more tries before 429.
+    for _ in 0..2 {
+        assert_eq!(login_as(&s, &shared, "bty", "typo").await.status(), 401);
+    }
+    assert_eq!(login_as(&s, &shared, "bty", "bty").await.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(login_as(&s, &shared, "bty", "typo").await.status(), 401);
+    }
+    assert_eq!(login_as(&s, &shared, "bty", "bty").await.status(), 429);
+    // The browser's login page says the same.
+    let page = shared.get(s.url("/ui/login")).send().await.unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let html = page.text().await.unwrap();
+    let token = html.split("name=\"login_token\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let r = shared
+        .post(s.url("/ui/login"))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("login_token={token}&username=bty&password=bty"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["retry-after"], "60");
+    assert!(r.text().await.unwrap().contains("wait a minute"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +355,74 @@ async fn password_change_ends_other_sessions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_revokes_every_api_token() {
+    let s = TestServer::start().await;
+    let (a, csrf) = s.login().await;
+    let (b, _) = s.login().await;
+    let mut tokens = Vec::new();
+    for name in ["ci", "backup-script"] {
+        let r =
+            a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": name})).send();
+        let v: Value = r.await.unwrap().json().await.unwrap();
+        tokens.push(v["token"].as_str().unwrap().to_string());
+    }
+    for t in &tokens {
+        s.authed_json(t, "/auth/me").await;
+    }
+    // The account page says what a change will do...
+    let page = a.get(s.url("/ui/account")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("ends every other session of this account and revokes every API token"), "{page}");
+
+    // ...the browser form makes it...
+    let form = format!(
+        "csrf_token={csrf}&current_password=bty&new_password=long+enough&confirm_password=long+enough"
+    );
+    let r = a
+        .post(s.url("/ui/account/password"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "followed the redirect");
+    assert!(r.url().as_str().ends_with("/ui/account?notice=password"), "{}", r.url());
+    let page = r.text().await.unwrap();
+    assert!(page.contains("every API token was revoked"), "...and says what it did: {page}");
+
+    // ...and it is so: the tokens and the other session are gone, this one stays.
+    for t in &tokens {
+        let r = reqwest::Client::new().get(s.url("/auth/me")).bearer_auth(t).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(b.get(s.url("/auth/me")).send().await.unwrap().status(), 401);
+    assert_eq!(a.get(s.url("/auth/me")).send().await.unwrap().status(), 200);
+    let list: Value = a.get(s.url("/auth/tokens")).send().await.unwrap().json().await.unwrap();
+    assert!(list.as_array().unwrap().iter().all(|t| t["revoked_at"].is_string()), "{list}");
+
+    // A token made afterwards works, and the JSON API's change revokes it too.
+    let r = a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": "new"})).send();
+    let fresh = r.await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    s.authed_json(&fresh, "/auth/me").await;
+    let r = a
+        .put(s.url("/auth/password"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"current_password": "long enough", "new_password": "longer still"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = reqwest::Client::new().get(s.url("/auth/me")).bearer_auth(&fresh).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r =
+        a.post(s.url("/auth/tokens")).header("x-csrf-token", &csrf).json(&json!({"name": "audit"})).send();
+    let reader = r.await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let changes = s.events(&reader, "auth.password.changed").await;
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["details"]["tokens_revoked"], 1);
+    assert_eq!(changes[1]["details"]["tokens_revoked"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

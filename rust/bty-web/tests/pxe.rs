@@ -397,3 +397,74 @@ async fn bad_macs_and_bad_reports() {
         c.post(s.url(&format!("/pxe/{MAC}/done"))).json(&json!({"status": "failed"})).send().await.unwrap();
     assert_eq!(r.status(), 422);
 }
+
+/// Broadcast, multicast and all-zero addresses name no network card: a
+/// request under one is a typo or a forgery, refused wherever a MAC enters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_and_zero_macs_are_refused_where_a_mac_enters() {
+    let s = TestServer::start().await;
+    let token = s.token().await;
+    let c = reqwest::Client::new();
+    let bad = [
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("01-00-5e-00-00-fb", "multicast"),
+        ("333300000001", "multicast"),
+        ("00:00:00:00:00:00", "all zeros"),
+    ];
+    for (mac, why) in bad {
+        let check = |what: String, code: u16, body: String| {
+            assert_eq!(code, 400, "{what}: {body}");
+            assert!(body.contains(why) && body.contains("a network card's MAC is unicast"), "{what}: {body}");
+        };
+        for path in ["", "/plan"] {
+            let r = c.get(s.url(&format!("/pxe/{mac}{path}"))).send().await.unwrap();
+            check(format!("GET /pxe/{mac}{path}"), r.status().as_u16(), r.text().await.unwrap());
+        }
+        for path in ["/done", "/status", "/inventory"] {
+            let r = c
+                .post(s.url(&format!("/pxe/{mac}{path}")))
+                .json(&json!({"status": "done"}))
+                .send()
+                .await
+                .unwrap();
+            check(format!("POST /pxe/{mac}{path}"), r.status().as_u16(), r.text().await.unwrap());
+        }
+        let r = c
+            .put(s.url(&format!("/machines/{mac}")))
+            .bearer_auth(&token)
+            .json(&json!({"policy": "tui"}))
+            .send()
+            .await
+            .unwrap();
+        check(format!("PUT /machines/{mac}"), r.status().as_u16(), r.text().await.unwrap());
+        // The browser's add form answers next to the field, like any other
+        // MAC it cannot take.
+        let r = c
+            .post(s.url("/ui/machines"))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("mac={mac}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "POST /ui/machines {mac}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(why) && page.contains("unicast"), "{page}");
+    }
+    let listed = s.authed_json(&token, "/machines").await;
+    assert!(listed.as_array().unwrap().is_empty(), "nothing was recorded: {listed}");
+
+    // Locally administered unicast addresses (QEMU's) are machines like any.
+    assert_eq!(boot(&s, "52:54:00:ab:cd:ef").await, "interactive");
+    assert_eq!(boot(&s, "02:00:00:00:00:01").await, "interactive");
+
+    // A record stored under a group address before they were refused can
+    // still be read and removed.
+    let legacy: bty_core::mac::MacAddr = "01:00:5e:00:00:01".parse().unwrap();
+    let input = bty_web::machines::MachineInput::from_json(&json!({"policy": "local"}), &s.app.catalog.get())
+        .unwrap();
+    s.app.db.write(move |c| bty_web::machines::put(c, legacy, &input)).await.unwrap();
+    s.authed_json(&token, &format!("/machines/{legacy}")).await;
+    let r = c.delete(s.url(&format!("/machines/{legacy}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+}

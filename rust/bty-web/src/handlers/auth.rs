@@ -32,7 +32,7 @@ async fn check(app: &AppState, username: String, pass: String) -> Result<bool, A
         .map_err(ApiError::internal)
 }
 
-/// Check credentials (rate-limited per source IP), audit the attempt and
+/// Check credentials (rate-limited per source IP and username), audit the attempt and
 /// open a session: the one login path for the API and the browser UI.
 pub async fn start_session(
     app: &AppState,
@@ -41,15 +41,18 @@ pub async fn start_session(
     pass: String,
 ) -> Result<auth::NewSession, ApiError> {
     if let Some(addr) = ip.0 {
-        if !app.logins.allow(addr) {
+        if !app.logins.allow(addr, &username) {
+            let shown: String = username.chars().take(64).collect();
             return Err(ApiError::TooManyRequests(format!(
-                "too many login attempts from {addr}; wait a minute ([auth] login_attempts_per_minute = {})",
+                "too many login attempts as {shown:?} from {addr}: wait a minute and try again \
+                 ([auth] login_attempts_per_minute = {}); other addresses and other usernames are not held up",
                 app.config.auth.login_attempts_per_minute
             )));
         }
     }
     let ttl = session_ttl(app);
     let src = ip.string();
+    let who = username.clone();
     let ok = check(app, username.clone(), pass).await?;
     let session = app
         .db
@@ -78,7 +81,11 @@ pub async fn start_session(
             Ok::<_, rusqlite::Error>(Some(s))
         })
         .await?;
-    session.ok_or_else(|| ApiError::Unauthorized("wrong username or password".into()))
+    let session = session.ok_or_else(|| ApiError::Unauthorized("wrong username or password".into()))?;
+    if let Some(addr) = ip.0 {
+        app.logins.succeeded(addr, &who);
+    }
+    Ok(session)
 }
 
 pub fn session_ttl(app: &AppState) -> Duration {
@@ -170,7 +177,8 @@ pub struct PasswordChange {
     new_password: String,
 }
 
-/// Change the caller's password; other sessions end. Field errors name
+/// Change the caller's password; other sessions end and every API token is
+/// revoked (see [`auth::set_password`]). Field errors name
 /// `current_password` or `new_password`.
 pub async fn set_own_password(
     app: &AppState,
@@ -197,12 +205,17 @@ pub async fn set_own_password(
     let user = who.username.clone();
     app.db
         .write(move |c| {
-            auth::set_password(c, &user, &hash, keep.as_deref())?;
+            let revoked = auth::set_password(c, &user, &hash, keep.as_deref())?;
             audit::insert(
                 c,
-                &NewEvent::new("auth.password.changed", actor, "password changed; other sessions ended")
-                    .subject("user", user.clone())
-                    .ip(ip.string()),
+                &NewEvent::new(
+                    "auth.password.changed",
+                    actor,
+                    format!("password changed; other sessions ended, {revoked} API token(s) revoked"),
+                )
+                .subject("user", user.clone())
+                .ip(ip.string())
+                .details(json!({"tokens_revoked": revoked})),
             )
         })
         .await?;

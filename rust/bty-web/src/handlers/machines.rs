@@ -10,7 +10,7 @@ use serde_json::json;
 
 use bty_core::mac::MacAddr;
 
-use super::MacParam;
+use super::{AnyMacParam, MacParam};
 use crate::audit::{self, NewEvent};
 use crate::auth::Principal;
 use crate::error::{decode_json, ApiError};
@@ -24,7 +24,16 @@ pub struct ListQuery {
     label: Option<String>,
     policy: Option<String>,
     q: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+    include: Option<String>,
 }
+
+/// Machines per page of `GET /machines` unless `?limit=` says otherwise, and
+/// the most it may say: one response stays a few megabytes at most (the
+/// whole fleet with inventories once made one of 407 MB).
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
 
 /// A machine plus what its next PXE boot would get (for the UI).
 #[derive(serde::Serialize)]
@@ -39,6 +48,8 @@ fn view(app: &AppState, machine: Machine) -> MachineView {
     MachineView { machine, next_boot }
 }
 
+/// `GET /machines`: a JSON array of one page in MAC order; a `Link: <...>;
+/// rel="next"` header points at the next page while there is one.
 pub async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let policy = match q.policy.as_deref().filter(|p| !p.is_empty()) {
         None => None,
@@ -46,13 +57,73 @@ pub async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Re
             Some(Policy::parse(p).ok_or_else(|| ApiError::field("policy", format!("unknown policy {p:?}")))?)
         }
     };
-    let filter = ListFilter { label: q.label.filter(|l| !l.is_empty()), policy, q: q.q };
-    let rows = app.db.read(move |c| machines::list(c, &filter)).await?;
-    let views: Vec<MachineView> = rows.into_iter().map(|m| view(&app, m)).collect();
-    Ok(Json(views).into_response())
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => DEFAULT_PAGE,
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+            ApiError::field(
+                "limit",
+                format!("{l:?}: machines per page, 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"),
+            )
+        })?,
+    };
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => Some(a.parse::<MacAddr>().map_err(|e| {
+            ApiError::field("after", format!("{e}; use the MAC of the last machine of the previous page"))
+        })?),
+    };
+    let with_inventory = match q.include.as_deref().unwrap_or("") {
+        "" => false,
+        "inventory" => true,
+        other => {
+            return Err(ApiError::field(
+                "include",
+                format!("{other:?}: the one thing to include is `inventory`"),
+            ))
+        }
+    };
+    let filter = ListFilter { label: q.label.clone().filter(|l| !l.is_empty()), policy, q: q.q.clone() };
+    let (rows, more) =
+        app.db.read(move |c| machines::list_page(c, &filter, after, limit, with_inventory)).await?;
+    let next = match rows.last() {
+        Some(last) if more => Some(next_link(&q, limit, last.mac)),
+        _ => None,
+    };
+    let mut views = Vec::with_capacity(rows.len());
+    for m in rows {
+        let mut v = serde_json::to_value(view(&app, m)).map_err(ApiError::internal)?;
+        if !with_inventory {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("inventory");
+            }
+        }
+        views.push(v);
+    }
+    let mut resp = Json(views).into_response();
+    if let Some(link) = next {
+        let value = header::HeaderValue::from_str(&link).map_err(ApiError::internal)?;
+        resp.headers_mut().insert(header::LINK, value);
+    }
+    Ok(resp)
 }
 
-pub async fn show(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+/// The `Link` header of the page after the one ending at `last`, with the
+/// same filters.
+fn next_link(q: &ListQuery, limit: usize, last: MacAddr) -> String {
+    let limit = limit.to_string();
+    let after = last.to_string();
+    let query = super::ui::query(&[
+        ("label", q.label.as_deref().unwrap_or("")),
+        ("policy", q.policy.as_deref().unwrap_or("")),
+        ("q", q.q.as_deref().unwrap_or("")),
+        ("include", q.include.as_deref().unwrap_or("")),
+        ("limit", &limit),
+        ("after", &after),
+    ]);
+    format!("</machines{query}>; rel=\"next\"")
+}
+
+pub async fn show(State(app): State<AppState>, AnyMacParam(mac): AnyMacParam) -> Result<Response, ApiError> {
     match app.db.read(move |c| machines::get(c, mac)).await? {
         Some(m) => Ok(Json(view(&app, m)).into_response()),
         None => Err(ApiError::not_found(format!("no machine {mac}"))),
@@ -146,7 +217,7 @@ pub async fn remove(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     ip: ClientIp,
-    MacParam(mac): MacParam,
+    AnyMacParam(mac): AnyMacParam,
 ) -> Result<StatusCode, ApiError> {
     if delete_one(&app, &who, ip, mac).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -155,7 +226,7 @@ pub async fn remove(
     }
 }
 
-pub async fn lshw(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn lshw(State(app): State<AppState>, AnyMacParam(mac): AnyMacParam) -> Result<Response, ApiError> {
     match app.db.read(move |c| machines::lshw(c, mac)).await? {
         Some(doc) => Ok((
             [
@@ -175,7 +246,10 @@ pub async fn lshw(State(app): State<AppState>, MacParam(mac): MacParam) -> Resul
 }
 
 /// Flash attempts, newest first (at most 100).
-pub async fn flashes(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+pub async fn flashes(
+    State(app): State<AppState>,
+    AnyMacParam(mac): AnyMacParam,
+) -> Result<Response, ApiError> {
     let found = app
         .db
         .read(move |c| match machines::get(c, mac)? {

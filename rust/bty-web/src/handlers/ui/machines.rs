@@ -20,7 +20,7 @@ use super::{field_errors, query, Ctx, Fields, PageMeta, UiError};
 use crate::audit::{self, EventQuery};
 use crate::error::ApiError;
 use crate::handlers::machines as api;
-use crate::handlers::MacParam;
+use crate::handlers::{AnyMacParam, MacParam};
 use crate::health::human_bytes;
 use crate::machines::{self, ListFilter, ListKey, Machine, MachineInput, PROVISIONING_MODES};
 use crate::policy::{self, BootState, Policy};
@@ -204,7 +204,8 @@ async fn list_page(
 pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
     let f = Fields(f);
     let raw = f.get("mac").trim().to_string();
-    let mac: MacAddr = match raw.parse() {
+    let parsed = raw.parse::<MacAddr>().map_err(|e| e.to_string());
+    let mac = match parsed.and_then(|m| m.unicast().map_err(|e| e.to_string())) {
         Ok(m) => m,
         Err(e) => {
             let errors = field_errors("mac", &format!("{e}"));
@@ -264,7 +265,7 @@ pub struct ShowQuery {
 
 pub async fn show(
     ctx: Ctx,
-    MacParam(mac): MacParam,
+    AnyMacParam(mac): AnyMacParam,
     Query(q): Query<ShowQuery>,
 ) -> Result<Response, UiError> {
     machine_page(&ctx, mac, StatusCode::OK, q.notice.as_deref(), None, json!({})).await
@@ -498,7 +499,7 @@ pub async fn assign(
     }
 }
 
-pub async fn delete(ctx: Ctx, ip: ClientIp, MacParam(mac): MacParam) -> Result<Response, UiError> {
+pub async fn delete(ctx: Ctx, ip: ClientIp, AnyMacParam(mac): AnyMacParam) -> Result<Response, UiError> {
     if !api::delete_one(&ctx.app, &ctx.who, ip, mac).await? {
         return Err(ApiError::not_found(format!("no machine {mac}")).into());
     }
@@ -506,7 +507,7 @@ pub async fn delete(ctx: Ctx, ip: ClientIp, MacParam(mac): MacParam) -> Result<R
 }
 
 /// The stored inventory as a download.
-pub async fn inventory_json(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, UiError> {
+pub async fn inventory_json(ctx: Ctx, AnyMacParam(mac): AnyMacParam) -> Result<Response, UiError> {
     let m = ctx.app.db.read(move |c| machines::get(c, mac)).await?;
     let Some(inv) = m.and_then(|m| m.inventory) else {
         return Err(ApiError::not_found(format!("no inventory for {mac} yet")).into());

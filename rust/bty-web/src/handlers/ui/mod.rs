@@ -157,7 +157,7 @@ fn notice(code: &str) -> Option<&'static str> {
         "deleted" => "Machine deleted.",
         "reloaded" => "Catalog reloaded.",
         "reload-failed" => "The catalog did not load; the previous one stays in use.",
-        "password" => "Password changed. Other sessions were logged out.",
+        "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
         "backup-created" => "Backup made.",
