@@ -271,7 +271,9 @@ async fn the_machine_list_comes_in_pages() {
         assert_eq!(code, 200);
     }
     let inventory = json!({"disks": [{"path": "/dev/sda", "serial": "S1", "size_bytes": 1000}]});
-    assert_eq!(s.post_json("/pxe/52:54:00:00:00:00/inventory", inventory).await, 204);
+    let (_, offer_token) = s.pxe_boot("52:54:00:00:00:00").await;
+    let (code, _) = s.report("/pxe/52:54:00:00:00:00/inventory", &offer_token.unwrap(), inventory).await;
+    assert_eq!(code, 204);
 
     // Default: 100, without inventories, and a link to the rest.
     let r = get("/machines".into()).await.unwrap();

@@ -208,7 +208,7 @@ pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -
     let mac = match parsed.and_then(|m| m.unicast().map_err(|e| e.to_string())) {
         Ok(m) => m,
         Err(e) => {
-            let errors = field_errors("mac", &e.to_string());
+            let errors = field_errors("mac", &e);
             return list_page(ctx, ListParams::default(), StatusCode::UNPROCESSABLE_ENTITY, errors, &raw)
                 .await;
         }
