@@ -48,11 +48,24 @@ impl ApiError {
     /// The one answer to a body over `[limits] max_body_bytes`, whichever
     /// part of the server noticed.
     pub fn body_too_large(limit: u64) -> Self {
+        Self::body_over(BodyLimit { bytes: limit, key: "max_body_bytes" })
+    }
+    /// A body over a route's own limit (`[limits] <key>`).
+    pub fn body_over(limit: BodyLimit) -> Self {
+        let BodyLimit { bytes, key } = limit;
         ApiError::PayloadTooLarge(format!(
-            "the request body is larger than {limit} bytes, the limit set by [limits] max_body_bytes \
-             (BTY_LIMITS_MAX_BODY_BYTES)"
+            "the request body is larger than {bytes} bytes, the limit set by [limits] {key} \
+             (BTY_LIMITS_{})",
+            key.to_ascii_uppercase()
         ))
     }
+}
+
+/// A route's body limit and the `[limits]` key that sets it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub bytes: u64,
+    pub key: &'static str,
 }
 
 impl From<FieldError> for ApiError {

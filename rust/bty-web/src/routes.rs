@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
+use crate::error::BodyLimit;
 use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system, ui};
 use crate::state::AppState;
 
@@ -204,17 +205,17 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
 /// limit is refused before anything is read, a longer body is cut at the
 /// limit, and any 413 the handler's extractor (`Json`, `Form`, `Bytes`, ...)
 /// makes of that becomes the same JSON naming the limit and its key.
-async fn limit_body(State(limit): State<u64>, req: Request, next: Next) -> Response {
+async fn limit_body(State(limit): State<BodyLimit>, req: Request, next: Next) -> Response {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return crate::error::ApiError::body_too_large(limit).into_response();
+    if declared.is_some_and(|n| n > limit.bytes) {
+        return crate::error::ApiError::body_over(limit).into_response();
     }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let cap = usize::try_from(limit.bytes).unwrap_or(usize::MAX);
     let req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, cap)));
     let resp = next.run(req).await;
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return crate::error::ApiError::body_too_large(limit).into_response();
+        return crate::error::ApiError::body_over(limit).into_response();
     }
     resp
 }
@@ -229,7 +230,14 @@ async fn streamed_body(req: Request, next: Next) -> Response {
 
 /// Build the router from [`ROUTES`] with the auth guard and metrics on every route.
 pub fn router(state: AppState) -> Router {
-    let limit = state.config.limits.max_body_bytes;
+    let limits = &state.config.limits;
+    let limit = BodyLimit { bytes: limits.max_body_bytes, key: "max_body_bytes" };
+    // What a PXE client may make the server store is bounded tighter.
+    let inventory = if limits.max_inventory_bytes < limit.bytes {
+        BodyLimit { bytes: limits.max_inventory_bytes, key: "max_inventory_bytes" }
+    } else {
+        limit
+    };
     let mut router = Router::new();
     let mut seen = std::collections::HashSet::new();
     for path in ROUTES.iter().map(|r| r.path).filter(|p| seen.insert(*p)) {
@@ -238,6 +246,7 @@ pub fn router(state: AppState) -> Router {
             let ep = if streams_body(r) {
                 endpoint(r).layer(middleware::from_fn(streamed_body))
             } else {
+                let limit = if r.path == "/pxe/{mac}/inventory" { inventory } else { limit };
                 endpoint(r).layer(middleware::from_fn_with_state(limit, limit_body))
             };
             methods = methods.merge(ep);

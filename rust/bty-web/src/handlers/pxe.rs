@@ -160,8 +160,8 @@ pub async fn status(
     report(&app, ip, mac, offer_token(&headers), r).await
 }
 
-/// Inventories are bounded by `[limits] max_inventory_bytes`, checked
-/// before the body is parsed.
+/// Inventories are bounded by `[limits] max_inventory_bytes` (the route's
+/// body limit in `routes`), before the body is parsed.
 pub async fn inventory(
     State(app): State<AppState>,
     ip: ClientIp,
@@ -169,14 +169,6 @@ pub async fn inventory(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let max = app.config.limits.max_inventory_bytes;
-    if body.len() as u64 > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the inventory is {} bytes; the limit is {max} ([limits] max_inventory_bytes). \
-             Leave out lshw, or raise the limit",
-            body.len()
-        )));
-    }
     let r: InventoryReport = decode_json(&headers, &body)?;
     if let Err((field, reason)) = r.validate() {
         return Err(ApiError::field(field, reason));
