@@ -54,7 +54,17 @@ sleep 4
 sizes "after 4 quiet seconds"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 start
-sleep 25 # the first retention pass runs 20 s after start
+# The first retention pass starts 20 s after start; wait until the number of
+# events stops changing.
+sleep 20
+prev=-1
+for _ in $(seq 60); do
+    n=$(count 'SELECT count(*) FROM events')
+    [ "$n" = "$prev" ] && break
+    prev=$n
+    sleep 5
+done
+sleep 4 # a quiet spell: the WAL is emptied
 sizes "after a restart and a retention pass"
 echo "  events kept: $(count 'SELECT count(*) FROM events') (pxe.offered: $(count "SELECT count(*) FROM events WHERE kind = 'pxe.offered'")), flash history rows: $(count 'SELECT count(*) FROM flash_history')"
 echo "  freelist pages: $(count 'PRAGMA freelist_count'), page size $(count 'PRAGMA page_size')"

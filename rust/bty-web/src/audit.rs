@@ -447,29 +447,33 @@ pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Re
             Ok::<_, rusqlite::Error>(out)
         })
         .await?;
-    for chunk in excess.chunks(64) {
-        let chunk = chunk.to_vec();
-        let (e, f) = db
-            .write(move |c| {
-                let kinds = PXE_HISTORY_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
-                let mut del_ev = c.prepare_cached(&format!(
-                    "DELETE FROM events WHERE subject_id = ?1 AND id <= ?2 AND acknowledged = 1 AND kind IN ({kinds})"
-                ))?;
-                let mut del_fl = c.prepare_cached("DELETE FROM flash_history WHERE mac = ?1 AND id <= ?2")?;
-                let (mut e, mut f) = (0, 0);
-                for (mac, ev, fl) in &chunk {
-                    if let Some(id) = ev {
-                        e += del_ev.execute(params![mac, id])?;
-                    }
-                    if let Some(id) = fl {
-                        f += del_fl.execute(params![mac, id])?;
-                    }
+    // One machine's excess per write, at most PRUNE_BATCH rows each, so a
+    // first prune of a large log never holds up PXE answers for long.
+    let kinds = PXE_HISTORY_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+    let del_events = format!(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE subject_id = ?1 AND id <= ?2
+             AND acknowledged = 1 AND kind IN ({kinds}) LIMIT {PRUNE_BATCH})"
+    );
+    for (mac, ev, fl) in excess {
+        if let Some(id) = ev {
+            loop {
+                let (sql, mac) = (del_events.clone(), mac.clone());
+                let n = db.write(move |c| c.prepare_cached(&sql)?.execute(params![mac, id])).await?;
+                out.events += n;
+                if n < PRUNE_BATCH {
+                    break;
                 }
-                Ok::<_, rusqlite::Error>((e, f))
-            })
-            .await?;
-        out.events += e;
-        out.flash_history += f;
+            }
+        }
+        if let Some(id) = fl {
+            let mac = mac.clone();
+            out.flash_history += db
+                .write(move |c| {
+                    c.prepare_cached("DELETE FROM flash_history WHERE mac = ?1 AND id <= ?2")?
+                        .execute(params![mac, id])
+                })
+                .await?;
+        }
     }
     if out.events + out.flash_history > 0 {
         // Only does something in a database created with incremental

@@ -45,6 +45,9 @@ const CHECKPOINT_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs
 /// After this long without a commit, the checkpointer folds the whole WAL
 /// back and truncates it to nothing.
 const QUIET_FOR_TRUNCATE: std::time::Duration = std::time::Duration::from_secs(2);
+/// A WAL of this many frames (pages; 64 MiB at 4 KiB) is rewound even
+/// under load: see [`checkpoint_loop`].
+const WAL_RESTART_FRAMES: i64 = 16 * 1024;
 /// A WAL that is reset (rewound after a full checkpoint) is cut back to
 /// this size, so one burst does not leave a large file behind for good.
 const JOURNAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
@@ -195,8 +198,24 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<
         // it waits (busy timeout) for a writer, which is idle by then.
         let quiet = activity.quiet_for() >= QUIET_FOR_TRUNCATE && activity.last_commit() != truncated_after;
         let mode = if quiet { "TRUNCATE" } else { "PASSIVE" };
-        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0)) {
-            Ok(0) if quiet => truncated_after = activity.last_commit(),
+        let checkpoint = |mode: &str| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+        };
+        match checkpoint(mode) {
+            Ok((0, _)) if quiet => truncated_after = activity.last_commit(),
+            // Under sustained writes PASSIVE never catches up with the end
+            // of the WAL, so the writer never rewinds it and it grows by
+            // gigabytes. Past a bound, RESTART holds new writes back until
+            // every frame is in the database file (a pause of a few hundred
+            // milliseconds for 64 MiB); the next commit then starts the WAL
+            // from its beginning, cut back to JOURNAL_SIZE_LIMIT.
+            Ok((_, frames)) if frames >= WAL_RESTART_FRAMES => {
+                if let Err(e) = checkpoint("RESTART") {
+                    tracing::warn!(error = %e, frames, "WAL restart checkpoint failed; retrying");
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
         }
