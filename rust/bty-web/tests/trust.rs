@@ -226,7 +226,17 @@ async fn hostile_clients_cannot_wear_the_server_down() {
                 if let Some(t) = &token {
                     r = r.header("x-bty-offer-token", t);
                 }
-                *codes.entry(r.send().await.unwrap().status().as_u16()).or_insert(0) += 1;
+                // An oversized body is answered 413 before it is read, and the
+                // connection closed: a client still sending may see only the close.
+                let code = match r.send().await {
+                    Ok(resp) => resp.status().as_u16(),
+                    Err(e) if body.len() > 64 * 1024 => {
+                        assert!(e.is_request(), "{e}");
+                        0
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                *codes.entry(code).or_insert(0) += 1;
             }
             codes
         })
@@ -271,7 +281,7 @@ async fn hostile_clients_cannot_wear_the_server_down() {
     assert!(worst < Duration::from_secs(2), "a PXE answer took {worst:?} under the flood");
     for t in tasks {
         let codes = t.await.unwrap();
-        assert!(codes.keys().all(|c| [403, 413].contains(c)), "{codes:?}");
+        assert!(codes.keys().all(|c| [0, 403, 413].contains(c)), "{codes:?}");
     }
     login.await.unwrap();
     // The real live environment still reports.
