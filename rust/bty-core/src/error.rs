@@ -110,6 +110,11 @@ impl Error {
             Err(e)
         }
     }
+    /// The same error filed under another kind.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
