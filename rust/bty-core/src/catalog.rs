@@ -430,7 +430,7 @@ sha256 = "abc"
 
 [[images]]
 src = "../escape.img"
-format = "zip"
+format = "rar"
 colour = "red"
 
 [[images]]

@@ -10,11 +10,16 @@ use std::fmt;
 pub enum ErrorKind {
     /// Generic failure: I/O, a refused target, a bad source.
     Failure,
-    /// The caller asked for something malformed (bad flag combination, bad input file).
+    /// A wrong invocation: bad flags, a missing image file, a write without
+    /// `--yes`, or an input bty does not flash (a tarball, an lzop file, a zip
+    /// of several files...), refused by name with what to do instead.
     Usage,
     /// The operation needs privileges the process does not have.
     NotPermitted,
-    /// The bytes did not match their digest, or the stream ended early.
+    /// The image is damaged or inconsistent: its bytes do not match their
+    /// digest, the stream ended early, a checksum inside the format failed, its
+    /// container metadata (qcow2, zip, simg headers) or its block map is
+    /// malformed or disagrees with the data.
     Integrity,
     /// The target changed between planning and writing (re-plugged, mounted, resized).
     TargetChanged,
@@ -90,6 +95,25 @@ impl Error {
             _ => ErrorKind::Failure,
         };
         Error { kind, message: context.into(), source: Some(err) }
+    }
+    /// Carry this error through an `io::Read` implementation; the pipeline
+    /// recovers it with [`Error::from_io`] so its kind survives the trip.
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+    /// The engine error inside `e` if it was made by [`Error::into_io`].
+    pub fn from_io(e: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = e.into_inner().expect("checked above");
+            Ok(*inner.downcast::<Error>().expect("checked above"))
+        } else {
+            Err(e)
+        }
+    }
+    /// The same error filed under another kind.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, ImageFormat};
 use crate::partition::{self, PartitionTable};
 use crate::qcow2;
@@ -47,14 +47,16 @@ pub struct ImageInfo {
 pub fn inspect(src: &Source) -> Result<ImageInfo> {
     let name = src.name();
     let head = src.read_at(0, format::MAGIC_LEN)?;
-    let format = format::detect(&head, &name)?;
+    let format = format::detect_source(src, &head)?;
     let compressed_size = src.len()?;
     let mut notes = Vec::new();
 
     let probe = probe_size(src, format, &head, compressed_size);
     let (virtual_size, virtual_size_source, virtual_size_hint) = match probe {
         Ok(p) => p,
-        Err(e) if format == ImageFormat::Qcow2 => return Err(e),
+        Err(e) if matches!(format, ImageFormat::Qcow2 | ImageFormat::Zip | ImageFormat::Simg) => {
+            return Err(e)
+        }
         Err(e) => (None, format!("unknown: {e}"), None),
     };
     if format == ImageFormat::Qcow2 {
@@ -68,7 +70,8 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
             Ok(t) => (t, None),
             Err(e) => (None, Some(e.to_string())),
         },
-        Err(e) if e.message().contains("tar archive") => return Err(e),
+        // Refusals (a tarball inside, a zip of several files) are answers.
+        Err(e) if e.kind() == ErrorKind::Usage && format != ImageFormat::Qcow2 => return Err(e),
         Err(e) => (None, Some(e.to_string())),
     };
 
@@ -137,6 +140,19 @@ fn probe_size(src: &Source, format: ImageFormat, head: &[u8], published: Option<
             Ok((None, "unknown: gzip stores size modulo 4 GiB".into(), hint))
         }
         ImageFormat::Bzip2 => unknown("bzip2 does not record it"),
+        ImageFormat::Lz4 => crate::lz4::decoded_size(src, head),
+        ImageFormat::Lzma => match format::lzma_header(head, false) {
+            Some(Some(n)) => Ok((Some(n), "lzma header".into(), None)),
+            Some(None) => unknown("the lzma header does not record it"),
+            None => Err(Error::integrity("the lzma header is invalid; the file is damaged")),
+        },
+        ImageFormat::Zip => {
+            let (size, how) = crate::zip::decoded_size(src, head)?;
+            Ok((size, how, None))
+        }
+        ImageFormat::Simg => {
+            Ok((Some(crate::simg::Header::parse(head)?.virtual_size()), "simg header".into(), None))
+        }
     }
 }
 
@@ -333,11 +349,11 @@ fn decompressed_head(src: &Source, format: ImageFormat, name: &str) -> Result<Ve
             Box::new(qcow2::Qcow2Reader::open(f)?)
         }
         (ImageFormat::Qcow2, Source::Http(_)) => {
-            return Err(Error::usage(
+            return Err(Error::failure(
                 "not read: qcow2 needs random access, which bty does only on local files; download the image first",
             ))
         }
-        (f, _) => format::decoder(f, src.open()?.reader)?,
+        (f, _) => format::decoder(f, src.open()?.reader, src)?,
     };
     let mut got = 0;
     while got < out.len() {
@@ -345,11 +361,16 @@ fn decompressed_head(src: &Source, format: ImageFormat, name: &str) -> Result<Ve
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(format!("cannot decompress the start of {name}"), e)),
+            Err(e) => {
+                return Err(match Error::from_io(e) {
+                    Ok(inner) => inner,
+                    Err(e) => Error::io(format!("cannot decompress the start of {name}"), e),
+                })
+            }
         }
     }
     out.truncate(got);
-    format::refuse_inner_tarball(&out, name)?;
+    format::refuse_inner(&out, name, format)?;
     Ok(out)
 }
 

@@ -14,11 +14,14 @@ pub mod flash;
 pub mod format;
 pub mod hardware;
 pub mod inspect;
+mod lz4;
 pub mod mac;
 pub mod partition;
 pub mod qcow2;
+pub mod simg;
 pub mod source;
 pub mod wire;
+pub mod zip;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -203,12 +203,12 @@ pub fn parse_sha256_hex(s: &str) -> Option<String> {
 
 fn open_file(p: &Path) -> Result<File> {
     File::open(p).map_err(|e| {
-        let msg = if e.kind() == io::ErrorKind::NotFound {
-            format!("image {} does not exist", p.display())
+        if e.kind() == io::ErrorKind::NotFound {
+            // A path that names nothing is a wrong invocation, not a failure.
+            Error::io(format!("image {} does not exist", p.display()), e).with_kind(ErrorKind::Usage)
         } else {
-            format!("cannot open image {}", p.display())
-        };
-        Error::io(msg, e)
+            Error::io(format!("cannot open image {}", p.display()), e)
+        }
     })
 }
 

@@ -12,7 +12,8 @@ use crate::render::ProgressView;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image: a local file or an http(s):// URL (raw, .zst, .xz, .gz, .bz2, .qcow2).
+    /// Image: a local file or an http(s):// URL (raw, .zst, .xz, .gz, .bz2, .lz4, .lzma, .zip, .qcow2,
+    /// Android sparse).
     source: String,
     /// Whole-disk block device (/dev/sdX, /dev/nvme0n1, /dev/disk/by-id/...) or a file.
     target: PathBuf,
@@ -48,8 +49,15 @@ fn request(a: &Args) -> Result<FlashRequest, Error> {
     let bmap = match &a.bmap {
         None => None,
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Error::io(format!("cannot read block map {}", p.display()), e))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                let missing = e.kind() == std::io::ErrorKind::NotFound;
+                let err = Error::io(format!("cannot read block map {}", p.display()), e);
+                if missing {
+                    err.with_kind(ErrorKind::Usage)
+                } else {
+                    err
+                }
+            })?;
             Some(
                 bty_core::bmap::parse(&text)
                     .map_err(|e| Error::new(e.kind(), format!("{}: {}", p.display(), e)))?,

@@ -13,10 +13,14 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failure (I/O error, refused target, bad source)
-  2  usage error (bad flags or input; a write without --yes)
+  1  failure (I/O error, refused target, unreachable source)
+  2  wrong invocation: bad flags, a missing image or .bmap file, a write without --yes, or an
+     input bty does not flash (tarball, lzo, 7z, rar, vhd, vmdk, zip of several files...),
+     refused by name with what to do
   3  not permitted (writing a disk needs root)
-  4  integrity failure (digest mismatch, truncated or corrupt stream, read-back mismatch)
+  4  the image is damaged or inconsistent: digest mismatch, truncated or corrupt stream, a failed
+     checksum inside the format, bad container metadata (qcow2, zip, simg) or block map,
+     read-back mismatch; never reported as done
   5  the target changed between planning and writing
   130 cancelled (Ctrl-C); the target holds a partial write";
 

@@ -144,7 +144,7 @@ fn confirmation_and_dry_run_exit_codes() {
     let plan: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
     assert_eq!(plan["valid"], false);
     let o = run(&["flash", "nope.img", out.to_str().unwrap(), "--dry-run"]);
-    assert_eq!(code(&o), 1);
+    assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     let o = run(&["flash", "--bogus"]);
     assert_eq!(code(&o), 2);

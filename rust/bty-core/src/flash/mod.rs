@@ -168,7 +168,7 @@ pub struct Timings {
 pub fn plan(req: &FlashRequest) -> Result<Plan> {
     let name = req.source.name();
     let head = req.source.read_at(0, format::MAGIC_LEN)?;
-    let fmt = match format::detect(&head, &name) {
+    let fmt = match format::detect_source(&req.source, &head) {
         Ok(ImageFormat::Raw) if req.format_hint.is_some() && format::from_name(&name).is_none() => {
             req.format_hint.unwrap()
         }
@@ -176,7 +176,9 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
     };
     if let Some(hint) = req.format_hint {
         if hint != fmt && fmt != ImageFormat::Raw {
-            return Err(Error::usage(format!("{name} is declared as {hint} but its bytes are {fmt}")));
+            return Err(Error::integrity(format!(
+                "{name} is declared as {hint} but its bytes are {fmt}; the catalog entry or the image is wrong"
+            )));
         }
     }
     let published_size = req.source.len()?;

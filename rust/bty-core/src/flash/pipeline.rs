@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::progress::{Phase, Progress};
@@ -52,10 +52,13 @@ impl Shared {
 
 /// Reads what the fetch thread sends; a fetch error surfaces as the I/O
 /// error the decoder sees, so decompressors report it in their own terms.
+/// `consumed` counts what the decoder took, so bytes it never asked for
+/// (data after the end of a compressed stream) are noticed.
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
+    consumed: Arc<AtomicU64>,
 }
 
 impl Read for ChannelReader {
@@ -73,6 +76,7 @@ impl Read for ChannelReader {
         let n = buf.len().min(self.cur.len() - self.pos);
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
+        self.consumed.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -104,6 +108,7 @@ pub fn execute(
         first_error: Mutex::new(None),
     };
     let capacity = target.size_bytes;
+    let consumed = Arc::new(AtomicU64::new(0));
 
     let (published, total, sink) = std::thread::scope(|s| {
         let (pool_tx, pool_rx) = sync_channel::<AlignedBuf>(POOL);
@@ -118,7 +123,8 @@ pub fn execute(
             decoder_input = Box::new(io::empty());
         } else {
             let (tx, rx) = sync_channel(FETCH_DEPTH);
-            decoder_input = Box::new(ChannelReader { rx, cur: Vec::new(), pos: 0 });
+            decoder_input =
+                Box::new(ChannelReader { rx, cur: Vec::new(), pos: 0, consumed: consumed.clone() });
             let shared = &shared;
             let source = &req.source;
             fetch = Some(s.spawn(move || fetch_thread(source, tx, shared)));
@@ -176,6 +182,16 @@ pub fn execute(
         return Err(e);
     }
     let total = total.expect("decode reported no error and no total");
+    let (read, used) = (shared.read.load(Ordering::Relaxed), consumed.load(Ordering::Relaxed));
+    if plan.format != ImageFormat::Qcow2 && used < read {
+        return Err(Error::integrity(format!(
+            "{} ({}) has {} bytes after the end of its data (byte {used} of {read}); the file is damaged \
+             or two files were joined: the target holds the decoded part, flash a good copy",
+            plan.name,
+            plan.format,
+            read - used
+        )));
+    }
     let write_s = started.elapsed().as_secs_f64();
 
     // Integrity of the published stream: checked before anything is called done.
@@ -338,9 +354,9 @@ fn fetch_thread(source: &Source, tx: SyncSender<io::Result<Vec<u8>>>, sh: &Share
         if got == 0 {
             return Some(digests.finish());
         }
-        if tx.send(Ok(buf)).is_err() {
-            return None;
-        }
+        // A decoder that stopped early leaves the rest unread: hash it anyway,
+        // so digests cover the whole file and the unread tail is counted.
+        let _ = tx.send(Ok(buf));
     }
 }
 
@@ -362,13 +378,21 @@ fn decode_thread(
                 std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             Box::new(crate::qcow2::Qcow2Reader::open(f)?)
         }
-        f => format::decoder(f, input)?,
+        f => format::decoder(f, input, &req.source)?,
     };
+    // Decoders carry refusals and their own integrity errors through
+    // `io::Error`; anything else a decoder reports is damage.
     let corrupt = |e: io::Error, at: u64| {
-        Error::integrity(format!(
+        match Error::from_io(e) {
+        Ok(inner) => Error::new(
+            inner.kind(),
+            format!("{}: {inner} (at image byte {at}; the target holds a partial write)", plan.name),
+        ),
+        Err(e) => Error::integrity(format!(
             "{} ({}) is corrupt or truncated at image byte {at}: {e}; the target holds a partial write, flash again",
             plan.name, plan.format
-        ))
+        )),
+    }
     };
     let mut offset = 0u64;
     loop {
@@ -386,7 +410,7 @@ fn decode_thread(
             }
         }
         if offset == 0 {
-            format::refuse_inner_tarball(buf.data(), &plan.name)?;
+            format::refuse_inner(buf.data(), &plan.name, plan.format)?;
         }
         if buf.len == 0 {
             return Ok(offset);
