@@ -58,7 +58,9 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
         Err(e) => (None, format!("unknown: {e}"), None),
     };
     if format == ImageFormat::Qcow2 {
-        if let Err(e) = qcow2::parse_header(&head)?.check_supported() {
+        let h = qcow2_header(src, &head)?;
+        notes.extend(h.warnings().into_iter().map(|w| format!("warning: {w}")));
+        if let Err(e) = h.check_supported() {
             notes.push(format!("bty cannot flash this image: {e}"));
         }
     }
@@ -100,11 +102,31 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
 /// qcow2 images bty cannot read (backing file, encryption...) are refused.
 pub fn virtual_size(src: &Source, format: ImageFormat, head: &[u8]) -> Result<(Option<u64>, String)> {
     if format == ImageFormat::Qcow2 {
-        qcow2::parse_header(head)?.check_supported()?;
+        if let Source::File(p) = src {
+            // Everything qemu checks before use, so a damaged table is refused
+            // before writing rather than read as zeros.
+            let f =
+                std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            qcow2::Qcow2Reader::open(f)?;
+        } else {
+            qcow2::parse_header(head)?.check_supported()?;
+        }
     }
     let published = src.len()?;
     let (size, how, _) = probe_size(src, format, head, published)?;
     Ok((size, how))
+}
+
+/// The qcow2 header with the names its first cluster holds (backing file,
+/// data file, features), read from a local file; only `head` otherwise.
+fn qcow2_header(src: &Source, head: &[u8]) -> Result<qcow2::Qcow2Header> {
+    let h = qcow2::parse_header(head)?;
+    match src {
+        Source::File(_) if h.cluster_size() > head.len() as u64 => {
+            qcow2::parse_header(&src.read_at(0, h.cluster_size() as usize)?)
+        }
+        _ => Ok(h),
+    }
 }
 
 type Probe = (Option<u64>, String, Option<u64>);

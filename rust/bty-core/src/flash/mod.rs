@@ -55,6 +55,9 @@ pub struct Plan {
     pub bmap: Option<BmapSummary>,
     pub verify: bool,
     pub notes: Vec<String>,
+    /// Things that do not stop the write but that the operator must see (a
+    /// qcow2 image qemu marked corrupt).
+    pub warnings: Vec<String>,
     /// Reasons not to write. Empty means the plan may be executed.
     pub problems: Vec<String>,
 }
@@ -125,6 +128,9 @@ impl Plan {
         }
         for n in &self.notes {
             out += &format!("note:    {n}\n");
+        }
+        for w in &self.warnings {
+            out += &format!("WARNING: {w}\n");
         }
         for p in &self.problems {
             out += &format!("PROBLEM: {p}\n");
@@ -198,6 +204,13 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
     let mut notes = Vec::new();
     let mut problems = target.problems(virtual_size);
 
+    let mut warnings = Vec::new();
+    if fmt == ImageFormat::Qcow2 {
+        if let Source::File(_) = &req.source {
+            let first = crate::qcow2::parse_header(&head)?.cluster_size() as usize;
+            warnings.extend(crate::qcow2::parse_header(&req.source.read_at(0, first)?)?.warnings());
+        }
+    }
     if fmt == ImageFormat::Qcow2 && !req.source.is_local() {
         problems.push(
             "qcow2 images need random access and are read from local files only; download it first, or \
@@ -277,6 +290,7 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         bmap,
         verify: req.verify,
         notes,
+        warnings,
         problems,
     })
 }
