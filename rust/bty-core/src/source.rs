@@ -140,6 +140,31 @@ impl Source {
         }
     }
 
+    /// The source with its last file-name extension taken off
+    /// (`disk.img.xz` → `disk.img`), or `None` when the name has none.
+    pub fn without_extension(&self) -> Option<Source> {
+        match self {
+            Source::File(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                let name = p.file_name()?.as_bytes();
+                let dot = name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0)?;
+                let all = p.as_os_str().as_bytes();
+                let kept = &all[..all.len() - (name.len() - dot)];
+                Some(Source::File(PathBuf::from(std::ffi::OsStr::from_bytes(kept))))
+            }
+            Source::Http(u) => {
+                let (path, query) = match u.find(['?', '#']) {
+                    Some(i) => (&u[..i], &u[i..]),
+                    None => (u.as_str(), ""),
+                };
+                let name = path.rsplit('/').next().unwrap_or(path);
+                let dot = name.rfind('.').filter(|&i| i > 0)?;
+                let cut = name.len() - dot;
+                Some(Source::Http(format!("{}{query}", &path[..path.len() - cut])))
+            }
+        }
+    }
+
     /// Read a small auxiliary file completely (sidecars, catalogs), capped at
     /// `max` bytes. `Ok(None)` when it does not exist (404 / ENOENT).
     pub fn read_small(&self, max: u64) -> Result<Option<Vec<u8>>> {
@@ -327,6 +352,16 @@ mod tests {
         assert!(Source::parse("ftp://h/x").unwrap_err().to_string().contains("unsupported"));
         assert!(Source::parse("http:///x").is_err());
         assert_eq!(Source::parse("http://h/d/x.img.xz?sig=1").unwrap().name(), "x.img.xz");
+        assert_eq!(
+            Source::parse("/d/x.img.xz").unwrap().without_extension(),
+            Some(Source::File("/d/x.img".into()))
+        );
+        assert_eq!(Source::parse("/d.x/img").unwrap().without_extension(), None);
+        assert_eq!(Source::parse("/d/.hidden").unwrap().without_extension(), None);
+        assert_eq!(
+            Source::parse("http://h/x.img.gz?a=1").unwrap().without_extension(),
+            Some(Source::Http("http://h/x.img?a=1".into()))
+        );
         assert_eq!(
             Source::parse("http://h/x.img?a=1").unwrap().sibling(".sha256"),
             Source::Http("http://h/x.img.sha256?a=1".into())

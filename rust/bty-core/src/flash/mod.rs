@@ -211,6 +211,9 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
             warnings.extend(crate::qcow2::parse_header(&req.source.read_at(0, first)?)?.warnings());
         }
     }
+    if let Some(b) = &req.bmap {
+        notes.extend(crate::bmap::notes(b));
+    }
     if fmt == ImageFormat::Qcow2 && !req.source.is_local() {
         problems.push(
             "qcow2 images need random access and are read from local files only; download it first, or \
