@@ -175,12 +175,23 @@ pub fn arch_hint(name: &str) -> Option<&'static str> {
 }
 
 /// Wrap a published byte stream in the decompressor its format needs.
-/// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
-/// end. qcow2 is not a stream format: see [`crate::qcow2`].
+/// Multi-member/multi-frame streams (concatenated gzip, pzstd, pixz output)
+/// are read to the end. qcow2 is not a stream format: see [`crate::qcow2`].
 pub fn decoder(
     format: ImageFormat,
     r: Box<dyn std::io::Read + Send>,
 ) -> Result<Box<dyn std::io::Read + Send>> {
+    decoder_with_padding(format, r, &crate::concat::Padding::default())
+}
+
+/// [`decoder`], counting into `padding` the zero bytes a gzip or bzip2 file
+/// carries after its last member (see [`crate::concat`]).
+pub fn decoder_with_padding(
+    format: ImageFormat,
+    r: Box<dyn std::io::Read + Send>,
+    padding: &crate::concat::Padding,
+) -> Result<Box<dyn std::io::Read + Send>> {
+    use crate::concat::{Kind, Members};
     use std::io::BufReader;
     Ok(match format {
         ImageFormat::Raw => r,
@@ -195,10 +206,10 @@ pub fn decoder(
             Box::new(xz2::read::XzDecoder::new_multi_decoder(BufReader::with_capacity(1 << 20, r)))
         }
         ImageFormat::Gzip => {
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r)))
+            Box::new(Members::new(Kind::Gzip, BufReader::with_capacity(1 << 20, r), padding.clone()))
         }
         ImageFormat::Bzip2 => {
-            Box::new(bzip2::read::MultiBzDecoder::new(BufReader::with_capacity(1 << 20, r)))
+            Box::new(Members::new(Kind::Bzip2, BufReader::with_capacity(1 << 20, r), padding.clone()))
         }
         ImageFormat::Qcow2 => {
             return Err(Error::usage("qcow2 images need random access and cannot be decoded as a stream"))

@@ -171,4 +171,7 @@ fn print_summary(s: &FlashSummary, json: bool) {
     if s.partition_table_reread == Some(false) {
         println!("  note: the kernel could not re-read the partition table now; re-plug the disk or reboot");
     }
+    for n in &s.notes {
+        println!("  note: {n}");
+    }
 }

@@ -160,6 +160,9 @@ pub struct FlashSummary {
     pub seconds: Timings,
     /// Image bytes per second over the whole run.
     pub throughput_bps: f64,
+    /// What the operator should know about a flash that succeeded (zero
+    /// padding ignored after a compressed stream).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -32,6 +32,7 @@ const TICK: Duration = Duration::from_millis(200);
 struct Shared {
     read: AtomicU64,
     decoded: AtomicU64,
+    padding: crate::concat::Padding,
     stop: AtomicBool,
     first_error: Mutex<Option<Error>>,
 }
@@ -100,6 +101,7 @@ pub fn execute(
     let shared = Shared {
         read: AtomicU64::new(0),
         decoded: AtomicU64::new(0),
+        padding: Default::default(),
         stop: AtomicBool::new(false),
         first_error: Mutex::new(None),
     };
@@ -240,6 +242,15 @@ pub fn execute(
         partition_table_reread = Some(reread_partitions(&handles.buffered));
     }
 
+    let mut notes = Vec::new();
+    if shared.padding.bytes() > 0 {
+        notes.push(format!(
+            "{} bytes of zero padding after the {} stream were ignored (as `{} -dc` does)",
+            shared.padding.bytes(),
+            plan.format,
+            plan.format
+        ));
+    }
     let total_s = started.elapsed().as_secs_f64();
     Ok(FlashSummary {
         source: plan.source.clone(),
@@ -256,6 +267,7 @@ pub fn execute(
         partition_table_reread,
         seconds: Timings { write: write_s, sync: sync_s, verify: verify_s, total: total_s },
         throughput_bps: total as f64 / total_s.max(1e-9),
+        notes,
     })
 }
 
@@ -362,7 +374,7 @@ fn decode_thread(
                 std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             Box::new(crate::qcow2::Qcow2Reader::open(f)?)
         }
-        f => format::decoder(f, input)?,
+        f => format::decoder_with_padding(f, input, &sh.padding)?,
     };
     let corrupt = |e: io::Error, at: u64| {
         Error::integrity(format!(
