@@ -261,6 +261,13 @@ impl Sink {
         Ok(())
     }
 
+    /// Flush everything written so far to the medium (after a cancel, so
+    /// the partial write that is reported is the one the target keeps).
+    pub fn sync(&self) -> io::Result<()> {
+        self.handles.direct.sync_all()?;
+        self.handles.buffered.sync_all()
+    }
+
     /// End of stream: check the block map was fully covered, fix the file
     /// length, and return the handles plus the per-chunk checksums of what was
     /// written (the whole image, or only its mapped ranges with a block map).
