@@ -13,10 +13,11 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failure (I/O error, refused target, bad source)
-  2  usage error (bad flags or input; a write without --yes)
+  1  failure (I/O error, refused target, bad or unsupported source)
+  2  usage error (bad flags or arguments, a tar archive given as an image; a write without --yes)
   3  not permitted (writing a disk needs root)
-  4  integrity failure (digest mismatch, truncated or corrupt stream, read-back mismatch)
+  4  integrity failure (digest mismatch; truncated or damaged image, container or block map;
+     data after a compressed stream; read-back mismatch)
   5  the target changed between planning and writing
   130 cancelled (Ctrl-C); the target holds a partial write";
 
