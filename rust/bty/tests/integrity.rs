@@ -530,3 +530,22 @@ fn a_failing_head_never_gives_the_error_pages_length_as_the_size() {
         assert!(std::fs::read(&out).unwrap() == data);
     }
 }
+
+/// The sync phase is one fsync: its event carries the bytes written and no
+/// total, so no front end draws a percentage for it.
+#[test]
+fn the_sync_phase_reports_what_was_written_and_no_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("s.img");
+    write_file(&raw, &image_bytes(2 * MIB, 6));
+    let o = flash(s(&raw), &dir.path().join("out.img"), &["--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let events: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sync = events.iter().find(|e| e["phase"] == "sync").expect("a sync event");
+    assert_eq!(sync["bytes"], (2 * MIB) as u64, "{sync}");
+    assert!(sync["total"].is_null() && sync["source_total"].is_null(), "{sync}");
+    let writes: Vec<u64> =
+        events.iter().filter(|e| e["phase"] == "write").map(|e| e["bytes"].as_u64().unwrap()).collect();
+    assert_eq!(writes.last(), Some(&((2 * MIB) as u64)));
+}
