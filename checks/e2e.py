@@ -425,6 +425,8 @@ def tui(name, work):
             # to its disk and reboots from the result screen.
             srv.bind(mac, policy="local")
             m.send("r")
+            wait_screen(m, "Reboot this machine now?", 30, after=tui_out)
+            m.send("y")
             expect_marker_exit(m, name)
     finally:
         srv.stop()

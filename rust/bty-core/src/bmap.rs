@@ -1,15 +1,20 @@
 //! Block maps in bmaptool's XML format (`.bmap` files, format versions 1.x
 //! and 2.x): which blocks of an image hold data, so a flash can skip the rest,
-//! with an optional SHA-256 per mapped range.
+//! with an optional checksum per mapped range.
 //!
-//! Only SHA-256 checksums are accepted. Old bmaps carry SHA-1 (or MD5)
-//! digests; rather than silently flashing without the integrity check they
-//! promise, they are refused with a pointer to regenerate them.
+//! Range and file checksums are SHA-256 or SHA-1 (formats 1.0–1.3 know only
+//! SHA-1; older Yocto and Tizen releases publish those). MD5 maps are refused
+//! rather than flashed without the check they promise. Like `bmaptool copy`,
+//! a map whose format defines its own checksum (1.3 and later) is used only
+//! when that checksum is there and matches ([`load`]); PGP-clearsigned maps
+//! (`IMAGE.bmap.asc`) are read with the signature stripped, which bty does
+//! not check.
 
 use quick_xml::events::Event;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::source::Source;
 
 /// Digest used for the ranges and the bmap file itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -37,6 +42,53 @@ impl ChecksumType {
             ChecksumType::Md5 => "md5",
         }
     }
+
+    /// Length of the digest in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            ChecksumType::Sha256 => 64,
+            ChecksumType::Sha1 => 40,
+            ChecksumType::Md5 => 32,
+        }
+    }
+
+    /// Lowercase hex digest of `data` (SHA-256 and SHA-1; MD5 maps are
+    /// refused by [`parse`] before anything is hashed).
+    pub fn hex_digest(self, data: &[u8]) -> String {
+        let mut h = RangeHasher::new(self);
+        h.update(data);
+        h.finish()
+    }
+}
+
+/// An incremental range checksum of the map's type.
+#[derive(Clone)]
+pub enum RangeHasher {
+    Sha256(sha2::Sha256),
+    Sha1(sha1::Sha1),
+}
+
+impl RangeHasher {
+    pub fn new(ty: ChecksumType) -> Self {
+        match ty {
+            ChecksumType::Sha1 => RangeHasher::Sha1(sha1::Sha1::new()),
+            // Md5 never gets this far; SHA-256 is the safe default for maps without checksums.
+            ChecksumType::Sha256 | ChecksumType::Md5 => RangeHasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            RangeHasher::Sha256(h) => h.update(data),
+            RangeHasher::Sha1(h) => h.update(data),
+        }
+    }
+    /// The digest so far in lowercase hex; the hasher starts over.
+    pub fn finish(&mut self) -> String {
+        match self {
+            RangeHasher::Sha256(h) => hex::encode(std::mem::take(h).finalize()),
+            RangeHasher::Sha1(h) => hex::encode(std::mem::take(h).finalize()),
+        }
+    }
 }
 
 /// An inclusive range of mapped blocks.
@@ -44,8 +96,9 @@ impl ChecksumType {
 pub struct BmapRange {
     pub first_block: u64,
     pub last_block: u64,
-    /// Lowercase hex SHA-256 of the range's bytes (clipped to the image size).
-    pub sha256: Option<String>,
+    /// Lowercase hex digest (of the map's [`Bmap::checksum_type`]) of the
+    /// range's bytes, clipped to the image size.
+    pub checksum: Option<String>,
 }
 
 impl BmapRange {
@@ -72,8 +125,12 @@ pub struct Bmap {
     pub blocks_count: u64,
     pub mapped_blocks_count: u64,
     pub checksum_type: Option<ChecksumType>,
-    /// The file carried a `BmapFileChecksum` and it matched.
+    /// The file carried a `BmapFileChecksum` (`BmapFileSHA1` in 1.3) and it matched.
     pub file_checksum_verified: bool,
+    /// The format defines a file checksum (1.3 and later) but this file has none.
+    pub file_checksum_missing: bool,
+    /// The map came wrapped in a PGP clearsigned message; the signature is not checked.
+    pub clearsigned: bool,
     pub ranges: Vec<BmapRange>,
 }
 
@@ -94,7 +151,7 @@ fn line_of(xml: &str, pos: usize) -> usize {
 }
 
 fn bad(line: usize, what: impl std::fmt::Display) -> Error {
-    Error::usage(format!("invalid block map (line {line}): {what}"))
+    Error::integrity(format!("invalid block map (line {line}): {what}"))
 }
 
 /// A range element as read, before validation.
@@ -107,6 +164,15 @@ struct RawRange {
 /// Parse and validate a `.bmap` document. Errors name the line and field at
 /// fault; a file checksum that does not match is an integrity error.
 pub fn parse(xml: &str) -> Result<Bmap> {
+    parse_as(xml, false)
+}
+
+/// What a clearsigned map adds to every error: a signed file is not called
+/// damaged, as bty has not checked the signature that would say so.
+const SIGNED_NOTE: &str = "the map is PGP-clearsigned, and bty does not check the signature (`gpg --verify` \
+                           does): it checks the map's own checksum and every range's checksum";
+
+fn parse_as(xml: &str, signed: bool) -> Result<Bmap> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut stack: Vec<String> = Vec::new();
     let mut version: Option<String> = None;
@@ -188,7 +254,7 @@ pub fn parse(xml: &str) -> Result<Bmap> {
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or_else(|| bad(1, format!("version \"{version}\" is not MAJOR.MINOR")))?;
     if !(1..=2).contains(&major) {
-        return Err(Error::usage(format!(
+        return Err(Error::failure(format!(
             "block map format version {version} is not supported (1.x and 2.x are); use a bmap made by bmaptool 3.x"
         )));
     }
@@ -220,15 +286,17 @@ pub fn parse(xml: &str) -> Result<Bmap> {
         return Err(bad(1, "the <BlockMap> element is missing"));
     }
 
-    // Versions before 1.4 name the digest by its tags; later ones declare it.
+    // Versions before 1.4 know only SHA-1 and name it in their tags; later
+    // ones declare the digest. 1.3 introduced the file's own checksum.
+    let defines_file_checksum = major > 1 || minor >= 3;
     let (checksum_type, file_checksum) = if major == 1 && minor < 4 {
         let sha1 = field("BmapFileSHA1");
         let any_range = ranges.iter().any(|r| r.checksum.is_some());
-        ((sha1.is_some() || any_range).then_some(ChecksumType::Sha1), sha1)
+        ((sha1.is_some() || any_range || minor == 3).then_some(ChecksumType::Sha1), sha1)
     } else {
         let ty = match field("ChecksumType") {
             Some((_, text, line)) => Some(ChecksumType::parse(text.trim()).ok_or_else(|| {
-                bad(*line, format!("<ChecksumType> \"{}\" is unknown (expected sha256)", text.trim()))
+                bad(*line, format!("<ChecksumType> \"{}\" is unknown (expected sha256 or sha1)", text.trim()))
             })?),
             None => None,
         };
@@ -237,31 +305,46 @@ pub fn parse(xml: &str) -> Result<Bmap> {
     let has_checksums = file_checksum.is_some() || ranges.iter().any(|r| r.checksum.is_some());
     if has_checksums {
         match checksum_type {
-            Some(ChecksumType::Sha256) => {}
+            Some(ChecksumType::Sha256 | ChecksumType::Sha1) => {}
             Some(other) => {
-                return Err(Error::usage(format!(
-                    "the block map uses {} checksums; bty verifies SHA-256 only: regenerate it with \
-                     `bmaptool create IMAGE > IMAGE.bmap` (bmaptool 3.x writes SHA-256)",
+                return Err(Error::failure(format!(
+                    "the block map uses {} checksums; bty verifies SHA-256 and SHA-1 only: regenerate it \
+                     with `bmaptool create IMAGE > IMAGE.bmap` (bmaptool 3.x writes SHA-256)",
                     other.as_str()
                 )))
             }
             None => return Err(bad(1, "the block map has checksums but no <ChecksumType>")),
         }
     }
+    let ty = checksum_type.unwrap_or(ChecksumType::Sha256);
+    let is_digest = |c: &str| c.len() == ty.hex_len() && c.bytes().all(|b| b.is_ascii_hexdigit());
 
     let mut file_checksum_verified = false;
     if let Some((_, text, line)) = file_checksum {
         let want = text.trim();
-        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad(*line, format!("<BmapFileChecksum> \"{want}\" is not a SHA-256 digest")));
+        if !is_digest(want) {
+            return Err(bad(
+                *line,
+                format!("<{}> \"{want}\" is not a {} digest", field_name(major, minor), ty.label()),
+            ));
         }
         // bmaptool hashes the file with the digest's own text replaced by zeros.
-        let zeroed = xml.replace(want, &"0".repeat(want.len()));
-        let got = hex::encode(Sha256::digest(zeroed.as_bytes()));
+        let zeroed = xml.replacen(want, &"0".repeat(want.len()), 1);
+        let got = ty.hex_digest(zeroed.as_bytes());
+        if !got.eq_ignore_ascii_case(want) && signed {
+            return Err(Error::integrity(format!(
+                "the block map's own checksum does not match its text ({} {want}, computed {got}): the text \
+                 inside the signature is not what bmaptool wrote; {SIGNED_NOTE}. Get the map again from its \
+                 publisher",
+                field_name(major, minor)
+            )));
+        }
         if !got.eq_ignore_ascii_case(want) {
             return Err(Error::integrity(format!(
-                "the block map's own checksum does not match (BmapFileChecksum {want}, computed {got}): the .bmap \
-                 file was modified or damaged; download it again or regenerate it with `bmaptool create`"
+                "the block map's own checksum does not match ({} {want}, computed {got}): the .bmap file was \
+                 changed after bmaptool wrote it, or damaged; download it again or regenerate it with \
+                 `bmaptool create`",
+                field_name(major, minor)
             )));
         }
         file_checksum_verified = true;
@@ -300,14 +383,14 @@ pub fn parse(xml: &str) -> Result<Bmap> {
                 ));
             }
         }
-        let sha256 = match r.checksum {
-            Some(c) if c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Some(c.to_ascii_lowercase())
+        let checksum = match r.checksum {
+            Some(c) if is_digest(&c) => Some(c.to_ascii_lowercase()),
+            Some(c) => {
+                return Err(bad(r.line, format!("<Range> checksum \"{c}\" is not a {} digest", ty.label())))
             }
-            Some(c) => return Err(bad(r.line, format!("<Range> checksum \"{c}\" is not a SHA-256 digest"))),
             None => None,
         };
-        out.push(BmapRange { first_block: first, last_block: last, sha256 });
+        out.push(BmapRange { first_block: first, last_block: last, checksum });
     }
     let mapped: u64 = out.iter().map(BmapRange::blocks).sum();
     if mapped != mapped_blocks_count {
@@ -325,9 +408,159 @@ pub fn parse(xml: &str) -> Result<Bmap> {
         mapped_blocks_count,
         checksum_type,
         file_checksum_verified,
+        file_checksum_missing: defines_file_checksum && !file_checksum_verified,
+        clearsigned: false,
         ranges: out,
     })
 }
+
+fn field_name(major: u32, minor: u32) -> &'static str {
+    if major == 1 && minor < 4 {
+        "BmapFileSHA1"
+    } else {
+        "BmapFileChecksum"
+    }
+}
+
+impl ChecksumType {
+    fn label(self) -> &'static str {
+        match self {
+            ChecksumType::Sha256 => "SHA-256",
+            ChecksumType::Sha1 => "SHA-1",
+            ChecksumType::Md5 => "MD5",
+        }
+    }
+}
+
+const SIGNED_MESSAGE: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
+const SIGNATURE: &str = "-----BEGIN PGP SIGNATURE-----";
+
+/// The message inside a PGP clearsigned text (RFC 4880 §7), or `None` when
+/// `text` is not one: armor headers (`Hash: …`) up to the first empty line
+/// are dropped, dash-escaped lines (`- -…`) unescaped, and everything from the
+/// signature block on is dropped. Each line keeps its line break, as
+/// `gpg --decrypt` writes it, which is the text bmaptool checksummed.
+pub fn clearsigned_message(text: &str) -> Result<Option<String>> {
+    let mut lines = text.split_inclusive('\n');
+    match lines.next() {
+        Some(first) if first.trim_end() == SIGNED_MESSAGE => {}
+        _ => return Ok(None),
+    }
+    let cut = |what: &str| {
+        Error::integrity(format!(
+            "the block map is a PGP signed message cut short: {what}; download it again"
+        ))
+    };
+    loop {
+        match lines.next() {
+            Some(l) if l.trim_end().is_empty() => break,
+            Some(_) => {}
+            None => return Err(cut("it ends in its armor headers")),
+        }
+    }
+    let mut out = String::new();
+    for line in lines {
+        if line.trim_end() == SIGNATURE {
+            return Ok(Some(out));
+        }
+        out.push_str(line.strip_prefix("- ").unwrap_or(line));
+    }
+    Err(cut("it has no signature block"))
+}
+
+/// Parse a block map as published: plain or PGP-clearsigned. A map whose
+/// format defines its own checksum (1.3 and later) but lacks it is refused
+/// unless `allow_unverified` (`bty flash --bmap-unverified`): bmaptool
+/// refuses such maps too, and nothing else shows that the ranges are the
+/// ones made for the image.
+pub fn load(text: &str, allow_unverified: bool) -> Result<Bmap> {
+    let bmap = match clearsigned_message(text)? {
+        None => parse(text)?,
+        Some(msg) => {
+            let parsed = parse_as(&msg, true).or_else(|e| match msg.strip_suffix('\n') {
+                // The line break before the signature is not part of the
+                // signed text (RFC 4880 §7.1); a map written without a final
+                // newline was checksummed without it.
+                Some(bare) if e.kind() == crate::error::ErrorKind::Integrity => {
+                    parse_as(bare, true).map_err(|_| e)
+                }
+                _ => Err(e),
+            });
+            let mut b = parsed.map_err(|e| match e.message().contains(SIGNED_NOTE) {
+                true => e,
+                false => Error::new(e.kind(), format!("{}; {SIGNED_NOTE}", e.message())),
+            })?;
+            b.clearsigned = true;
+            b
+        }
+    };
+    if bmap.file_checksum_missing && !allow_unverified {
+        return Err(Error::integrity(format!(
+            "the block map (format {}) has no {}, which bmaptool writes into every map of this format: it \
+             was edited or cut, and nothing shows its ranges belong to this image. Regenerate it with \
+             `bmaptool create IMAGE > IMAGE.bmap`, or pass --bmap-unverified to use it as it is (unmapped \
+             blocks are then skipped on the map's word alone; range checksums, where present, are still \
+             checked)",
+            bmap.version,
+            if bmap.version.starts_with("1.") {
+                "BmapFileSHA1 or BmapFileChecksum"
+            } else {
+                "BmapFileChecksum"
+            }
+        )));
+    }
+    Ok(bmap)
+}
+
+/// What the operator should read about a loaded map (shown with the plan).
+pub fn notes(b: &Bmap) -> Vec<String> {
+    let mut out = Vec::new();
+    if b.clearsigned {
+        out.push(
+            "the block map is PGP-clearsigned; bty does not check the signature (run `gpg --verify` on it), \
+             it checks the map's own checksum and every range's checksum"
+                .to_string(),
+        );
+    }
+    if b.file_checksum_missing {
+        out.push(
+            "the block map has no checksum of its own (--bmap-unverified): its ranges are used as they are"
+                .to_string(),
+        );
+    }
+    if b.checksum_type == Some(ChecksumType::Sha1) && b.ranges.iter().any(|r| r.checksum.is_some()) {
+        out.push("the block map's ranges are checked with SHA-1 (bmap format before 1.4)".to_string());
+    }
+    out
+}
+
+/// The block map next to `image`, found the way `bmaptool copy` finds one:
+/// `IMAGE.bmap`, then with one extension after another taken off
+/// (`disk.img.xz` → `disk.img.bmap` → `disk.bmap`). At each step a
+/// clearsigned `….bmap.asc` is taken too (what `gpg --clearsign` names its
+/// output); an `.asc` that is a detached signature is not a map and is passed
+/// over. Returns where it was found and its text.
+pub fn find_sidecar(image: &Source) -> Result<Option<(Source, String)>> {
+    let mut stem = Some(image.clone());
+    while let Some(s) = stem {
+        for suffix in [".bmap", ".bmap.asc"] {
+            let cand = s.sibling(suffix);
+            let Some(bytes) = cand.read_small(MAX_BMAP_BYTES)? else { continue };
+            let text = String::from_utf8(bytes).map_err(|_| {
+                Error::integrity(format!("{} is not a text file, so not a block map", cand.display()))
+            })?;
+            if suffix == ".bmap.asc" && clearsigned_message(&text)?.is_none() {
+                continue;
+            }
+            return Ok(Some((cand, text)));
+        }
+        stem = s.without_extension();
+    }
+    Ok(None)
+}
+
+/// Block maps of multi-terabyte images are a few MiB; anything larger is not one.
+pub const MAX_BMAP_BYTES: u64 = 64 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -354,7 +587,7 @@ mod tests {
     /// Fill in the file checksum the way bmaptool computes it.
     fn sign(template: &str) -> String {
         let zeroed = template.replace("FILESUM", &"0".repeat(64));
-        template.replace("FILESUM", &hex::encode(Sha256::digest(zeroed.as_bytes())))
+        template.replace("FILESUM", &hex::encode(sha2::Sha256::digest(zeroed.as_bytes())))
     }
 
     #[test]
@@ -365,7 +598,7 @@ mod tests {
         assert_eq!(b.checksum_type, Some(ChecksumType::Sha256));
         assert!(b.file_checksum_verified);
         assert_eq!(b.ranges.len(), 2);
-        assert_eq!(b.ranges[0].sha256.as_deref(), Some("a".repeat(64).as_str()));
+        assert_eq!(b.ranges[0].checksum.as_deref(), Some("a".repeat(64).as_str()));
         assert_eq!((b.ranges[1].first_block, b.ranges[1].last_block), (2, 2));
         // The last block is clipped to the image size.
         assert_eq!(b.ranges[1].byte_range(b.block_size, b.image_size), (8192, 10000 - 8192));
@@ -400,26 +633,135 @@ mod tests {
         let b = parse(xml).unwrap();
         assert_eq!(b.version, "1.4");
         assert!(!b.file_checksum_verified);
-        assert_eq!(b.ranges, vec![BmapRange { first_block: 0, last_block: 1, sha256: None }]);
+        assert_eq!(b.ranges, vec![BmapRange { first_block: 0, last_block: 1, checksum: None }]);
+    }
+
+    /// A 1.3 map as bmaptool 3.0–3.1 wrote them (Yocto, Tizen): SHA-1 per
+    /// range under `sha1=`, and the file's own `BmapFileSHA1`.
+    fn v1_3(data: &[u8]) -> String {
+        let sum = ChecksumType::Sha1.hex_digest(&data[..4096]);
+        let t = format!(
+            "<?xml version=\"1.0\" ?>\n<bmap version=\"1.3\">\n    <ImageSize> 8192 </ImageSize>\n    \
+             <BlockSize> 4096 </BlockSize>\n    <BlocksCount> 2 </BlocksCount>\n    <MappedBlocksCount> 1 \
+             </MappedBlocksCount>\n    <BmapFileSHA1> {} </BmapFileSHA1>\n    <BlockMap>\n        \
+             <Range sha1=\"{sum}\"> 0 </Range>\n    </BlockMap>\n</bmap>\n",
+            "0".repeat(40)
+        );
+        t.replacen(&"0".repeat(40), &ChecksumType::Sha1.hex_digest(t.as_bytes()), 1)
+    }
+
+    #[test]
+    fn sha1_maps_are_verified() {
+        let data = [0x42u8; 8192];
+        let b = load(&v1_3(&data), false).unwrap();
+        assert_eq!(b.checksum_type, Some(ChecksumType::Sha1));
+        assert!(b.file_checksum_verified && !b.file_checksum_missing);
+        let want = hex::encode(<sha1::Sha1 as sha2::Digest>::digest(&data[..4096]));
+        assert_eq!(b.ranges[0].checksum.as_deref(), Some(want.as_str()));
+        let tampered = v1_3(&data).replace("<BlocksCount> 2", "<BlocksCount>  2");
+        let e = load(&tampered, false).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Integrity);
+        assert!(e.to_string().contains("BmapFileSHA1"), "{e}");
+
+        // 2.0 with ChecksumType sha1: 40-digit digests, the file hashed with SHA-1.
+        let t = V2
+            .replace("<ChecksumType> sha256", "<ChecksumType> sha1")
+            .replace(&"A".repeat(64), &"a".repeat(40))
+            .replace(&"b".repeat(64), &"b".repeat(40));
+        let zeroed = t.replace("FILESUM", &"0".repeat(40));
+        let v2 = t.replace("FILESUM", &ChecksumType::Sha1.hex_digest(zeroed.as_bytes()));
+        let b = load(&v2, false).unwrap();
+        assert!(b.file_checksum_verified);
+        assert_eq!(b.ranges[1].checksum.as_deref(), Some("b".repeat(40).as_str()));
+        let e = parse(&sign(V2).replace("<ChecksumType> sha256", "<ChecksumType> sha1")).unwrap_err();
+        assert!(e.to_string().contains("not a SHA-1 digest"), "{e}");
+        let one_range = "<bmap version=\"1.2\">\n<ImageSize>4096</ImageSize><BlockSize>4096</BlockSize>\
+            <BlocksCount>1</BlocksCount><MappedBlocksCount>1</MappedBlocksCount><BlockMap>\
+            <Range sha1=\"da39a3ee5e6b4b0d3255bfef95601890afd80709\"> 0 </Range></BlockMap></bmap>";
+        let b = load(one_range, false).unwrap();
+        assert!(!b.file_checksum_missing, "1.2 has no file checksum to miss");
+        assert_eq!(b.checksum_type, Some(ChecksumType::Sha1));
     }
 
     #[test]
     fn refuses_other_digests() {
-        let sha1 = r#"<bmap version="1.3">
-    <ImageSize> 4096 </ImageSize>
-    <BlockSize> 4096 </BlockSize>
-    <BlocksCount> 1 </BlocksCount>
-    <MappedBlocksCount> 1 </MappedBlocksCount>
-    <BlockMap> <Range sha1="da39a3ee5e6b4b0d3255bfef95601890afd80709"> 0 </Range> </BlockMap>
-</bmap>"#;
-        let err = parse(sha1).unwrap_err();
-        assert!(err.to_string().contains("sha1") && err.to_string().contains("bmaptool create"), "{err}");
-
         let md5 = V2.replace("<ChecksumType> sha256", "<ChecksumType> md5");
-        assert!(parse(&md5).unwrap_err().to_string().contains("md5"));
+        let e = parse(&md5).unwrap_err();
+        assert!(e.to_string().contains("md5") && e.to_string().contains("bmaptool create"), "{e}");
         let odd = V2.replace("<ChecksumType> sha256", "<ChecksumType> crc7");
         let err = parse(&odd).unwrap_err();
         assert!(err.to_string().contains("line 8") && err.to_string().contains("crc7"), "{err}");
+        assert_eq!(err.kind(), crate::error::ErrorKind::Integrity);
+    }
+
+    #[test]
+    fn a_map_without_its_own_checksum_needs_the_flag() {
+        let bare = V2.replace("    <BmapFileChecksum> FILESUM </BmapFileChecksum>\n", "");
+        let e = load(&bare, false).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Integrity);
+        assert!(
+            e.to_string().contains("--bmap-unverified") && e.to_string().contains("BmapFileChecksum"),
+            "{e}"
+        );
+        let b = load(&bare, true).unwrap();
+        assert!(b.file_checksum_missing);
+        assert!(notes(&b).iter().any(|n| n.contains("no checksum of its own")));
+        assert!(load(&sign(V2), false).unwrap().file_checksum_verified);
+    }
+
+    /// What `gpg --clearsign IMAGE.bmap` writes: armor headers, the text
+    /// with lines that start with `-` escaped as `- -`, the signature.
+    fn clearsign(text: &str) -> String {
+        let mut out = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n".to_string();
+        for line in text.lines() {
+            if line.starts_with('-') {
+                out.push_str("- ");
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out + "-----BEGIN PGP SIGNATURE-----\n\niQEzBAEBCAAdFiEE\n=abcd\n-----END PGP SIGNATURE-----\n"
+    }
+
+    #[test]
+    fn clearsigned_maps_are_read_without_their_signature() {
+        // A line that starts with a dash exercises the unescaping.
+        let signed_text = sign(&V2.replace("<!-- a comment -->", "<!-- a comment -->\n--><!-- odd --> "));
+        let plain = parse(&signed_text);
+        let wrapped = clearsign(&signed_text);
+        assert!(wrapped.contains("\n- --><!--"), "{wrapped}");
+        let b = load(&wrapped, false).unwrap_or_else(|e| panic!("{e} (plain: {plain:?})"));
+        assert!(b.clearsigned && b.file_checksum_verified);
+        assert_eq!(b.ranges.len(), 2);
+        assert!(notes(&b).iter().any(|n| n.contains("does not check the signature")));
+
+        let broken = wrapped.replace("<BlockSize> 4096", "<BlockSize> 4096 ");
+        let e = load(&broken, false).unwrap_err().to_string();
+        assert!(e.contains("bty does not check the signature") && !e.contains("damaged"), "{e}");
+        let cut = &wrapped[..wrapped.find("-----BEGIN PGP SIGNATURE").unwrap()];
+        assert!(load(cut, false).unwrap_err().to_string().contains("no signature block"));
+        assert_eq!(clearsigned_message(V2).unwrap(), None);
+    }
+
+    #[test]
+    fn sidecars_are_found_as_bmaptool_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img.xz");
+        std::fs::write(&img, b"x").unwrap();
+        let src = Source::File(img.clone());
+        assert!(find_sidecar(&src).unwrap().is_none());
+        // A detached signature named like a clearsigned map is not a map.
+        std::fs::write(dir.path().join("disk.img.bmap.asc"), "-----BEGIN PGP SIGNATURE-----\n").unwrap();
+        assert!(find_sidecar(&src).unwrap().is_none());
+        std::fs::write(dir.path().join("disk.bmap"), sign(V2)).unwrap();
+        let (at, _) = find_sidecar(&src).unwrap().unwrap();
+        assert_eq!(at, Source::File(dir.path().join("disk.bmap")));
+        std::fs::write(dir.path().join("disk.img.bmap.asc"), clearsign(&sign(V2))).unwrap();
+        let (at, text) = find_sidecar(&src).unwrap().unwrap();
+        assert_eq!(at, Source::File(dir.path().join("disk.img.bmap.asc")));
+        assert!(load(&text, false).unwrap().clearsigned);
+        std::fs::write(dir.path().join("disk.img.xz.bmap"), sign(V2)).unwrap();
+        assert_eq!(find_sidecar(&src).unwrap().unwrap().0, Source::File(dir.path().join("disk.img.xz.bmap")));
     }
 
     fn v2(ranges: &str, mapped: u64) -> String {
@@ -496,8 +838,8 @@ mod tests {
         assert_eq!(b.checksum_type, Some(ChecksumType::Sha256));
         let data = std::fs::read(&img).unwrap();
         for (r, (off, len)) in b.ranges.iter().zip(b.byte_ranges()) {
-            let want = hex::encode(Sha256::digest(&data[off as usize..(off + len) as usize]));
-            assert_eq!(r.sha256.as_deref(), Some(want.as_str()));
+            let want = hex::encode(sha2::Sha256::digest(&data[off as usize..(off + len) as usize]));
+            assert_eq!(r.checksum.as_deref(), Some(want.as_str()));
         }
         // Every non-zero byte is mapped.
         let mapped: Vec<(u64, u64)> = b.byte_ranges().collect();

@@ -53,6 +53,15 @@ pub struct PartitionInfo {
 
 const SYSTEM_MOUNTS: &[&str] = &["/", "/usr", "/boot", "/boot/efi", "/efi", "/var", "[SWAP]"];
 
+impl Disk {
+    /// The model as `bty disks` and `bty-tui` show it: the device's model
+    /// string, or a loop device's backing file. sysfs `vendor` is no
+    /// fallback: for virtio and NVMe disks it holds a PCI vendor id (`0x1af4`).
+    pub fn model_label(&self) -> Option<String> {
+        self.model.clone().or_else(|| self.backing_file.clone())
+    }
+}
+
 /// "8.0 GiB"-style sizes for people.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

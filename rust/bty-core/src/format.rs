@@ -547,14 +547,27 @@ pub fn arch_hint(name: &str) -> Option<&'static str> {
 }
 
 /// Wrap a published byte stream in the decoder its format needs.
-/// Multi-member/multi-frame streams (pigz, pzstd, pixz output) are read to the
-/// end. qcow2 is not a stream format: see [`crate::qcow2`]. `src` is where
-/// the stream comes from: a local zip's central directory is read from it.
+/// Multi-member/multi-frame streams (concatenated gzip, pzstd, pixz output)
+/// are read to the end. qcow2 is not a stream format: see [`crate::qcow2`].
+/// `src` is where the stream comes from: a local zip's central directory is
+/// read from it.
 pub fn decoder(
     format: ImageFormat,
     r: Box<dyn std::io::Read + Send>,
     src: &Source,
 ) -> Result<Box<dyn std::io::Read + Send>> {
+    decoder_with_padding(format, r, src, &crate::concat::Padding::default())
+}
+
+/// [`decoder`], counting into `padding` the zero bytes a gzip or bzip2 file
+/// carries after its last member (see [`crate::concat`]).
+pub fn decoder_with_padding(
+    format: ImageFormat,
+    r: Box<dyn std::io::Read + Send>,
+    src: &Source,
+    padding: &crate::concat::Padding,
+) -> Result<Box<dyn std::io::Read + Send>> {
+    use crate::concat::{Kind, Members};
     let buffered = |r| BufReader::with_capacity(1 << 20, r);
     Ok(match format {
         ImageFormat::Raw => r,
@@ -566,8 +579,8 @@ pub fn decoder(
             Box::new(d)
         }
         ImageFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(buffered(r))),
-        ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered(r))),
-        ImageFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(buffered(r))),
+        ImageFormat::Gzip => Box::new(Members::new(Kind::Gzip, buffered(r), padding.clone())),
+        ImageFormat::Bzip2 => Box::new(Members::new(Kind::Bzip2, buffered(r), padding.clone())),
         ImageFormat::Lz4 => Box::new(crate::lz4::Decoder::new(buffered(r))),
         ImageFormat::Lzma => Box::new(LzmaDecoder::new(buffered(r))?),
         ImageFormat::Zip => {

@@ -13,8 +13,6 @@ use crate::source::Source;
 /// How much of the decompressed image is read to find its partition table.
 const TABLE_PROBE_LEN: usize = 1 << 20;
 
-const GIB4: u64 = 1 << 32;
-
 /// The report of `bty inspect`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImageInfo {
@@ -60,7 +58,9 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
         Err(e) => (None, format!("unknown: {e}"), None),
     };
     if format == ImageFormat::Qcow2 {
-        if let Err(e) = qcow2::parse_header(&head)?.check_supported() {
+        let h = qcow2_header(src, &head)?;
+        notes.extend(h.warnings().into_iter().map(|w| format!("warning: {w}")));
+        if let Err(e) = h.check_supported() {
             notes.push(format!("bty cannot flash this image: {e}"));
         }
     }
@@ -103,11 +103,31 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
 /// qcow2 images bty cannot read (backing file, encryption...) are refused.
 pub fn virtual_size(src: &Source, format: ImageFormat, head: &[u8]) -> Result<(Option<u64>, String)> {
     if format == ImageFormat::Qcow2 {
-        qcow2::parse_header(head)?.check_supported()?;
+        if let Source::File(p) = src {
+            // Everything qemu checks before use, so a damaged table is refused
+            // before writing rather than read as zeros.
+            let f =
+                std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            qcow2::Qcow2Reader::open(f)?;
+        } else {
+            qcow2::parse_header(head)?.check_supported()?;
+        }
     }
     let published = src.len()?;
     let (size, how, _) = probe_size(src, format, head, published)?;
     Ok((size, how))
+}
+
+/// The qcow2 header with the names its first cluster holds (backing file,
+/// data file, features), read from a local file; only `head` otherwise.
+fn qcow2_header(src: &Source, head: &[u8]) -> Result<qcow2::Qcow2Header> {
+    let h = qcow2::parse_header(head)?;
+    match src {
+        Source::File(_) if h.cluster_size() > head.len() as u64 => {
+            qcow2::parse_header(&src.read_at(0, h.cluster_size() as usize)?)
+        }
+        _ => Ok(h),
+    }
 }
 
 type Probe = (Option<u64>, String, Option<u64>);
@@ -128,17 +148,13 @@ fn probe_size(src: &Source, format: ImageFormat, head: &[u8], published: Option<
             Some(len) => xz_size(src, len),
             None => unknown("xz index not reachable: the server did not send Content-Length"),
         },
-        ImageFormat::Gzip => {
-            let mut hint = None;
-            if let Some(len) = published.filter(|l| (18..GIB4).contains(l)) {
-                let tail = src.read_at(len - 4, 4)?;
-                if tail.len() == 4 {
-                    let isize = u64::from(u32::from_le_bytes(tail[..4].try_into().unwrap()));
-                    hint = (isize >= len).then_some(isize);
-                }
-            }
-            Ok((None, "unknown: gzip stores size modulo 4 GiB".into(), hint))
-        }
+        // ISIZE, the file's last four bytes, is the size of the last member
+        // modulo 4 GiB, and only if nothing (padding, garbage) follows it.
+        // Nothing short of decoding tells whether a file has one member or
+        // several (concatenated files, bgzip), so no rule based on it is never
+        // wrong: the size is unknown, and the stream's own framing (each
+        // member's CRC and ISIZE) proves completeness while it is written.
+        ImageFormat::Gzip => unknown("gzip records sizes only per member and modulo 4 GiB"),
         ImageFormat::Bzip2 => unknown("bzip2 does not record it"),
         ImageFormat::Lz4 => crate::lz4::decoded_size(src, head),
         ImageFormat::Lzma => match format::lzma_header(head, false) {
@@ -637,10 +653,19 @@ mod tests {
         let gz = gz.finish().unwrap();
         let info = inspect(&Source::File(write(dir.path(), "a.img.gz", &gz))).unwrap();
         assert_eq!((info.format, info.virtual_size), (ImageFormat::Gzip, None));
-        assert_eq!(info.virtual_size_source, "unknown: gzip stores size modulo 4 GiB");
-        assert_eq!(info.virtual_size_hint, Some(IMG_LEN));
+        assert_eq!(info.virtual_size_source, "unknown: gzip records sizes only per member and modulo 4 GiB");
+        assert_eq!(info.virtual_size_hint, None);
         check_table(&info);
-        assert!(info.human().contains("probably 6291456 bytes"), "{}", info.human());
+        assert!(!info.human().contains("probably"), "{}", info.human());
+        // Two members, as `cat a.gz b.gz` makes: the last ISIZE (here 4096)
+        // says nothing about the whole, so nothing is claimed.
+        let mut two = gz.clone();
+        let mut tail = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        tail.write_all(&[7u8; 4096]).unwrap();
+        two.extend(tail.finish().unwrap());
+        let info = inspect(&Source::File(write(dir.path(), "two.img.gz", &two))).unwrap();
+        assert_eq!((info.virtual_size, info.virtual_size_hint), (None, None));
+        assert!(info.human().contains("unknown"), "{}", info.human());
 
         let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
         bz.write_all(&data).unwrap();

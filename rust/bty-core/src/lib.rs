@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bmap;
 pub mod catalog;
+pub mod concat;
 pub mod digest;
 pub mod disks;
 pub mod error;

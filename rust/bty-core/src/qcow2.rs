@@ -7,6 +7,13 @@
 //! (backing files, encryption, external data files, subclusters, unknown
 //! incompatible features) is refused with a message that says how to convert
 //! the image into something bty can write.
+//!
+//! Before any cluster is read the header is checked the way qemu checks it
+//! when it opens an image (`qcow2_do_open`, `qcow2_validate_table`): cluster
+//! size, header length, compression type, and every table's size and
+//! offset. A header that qemu would refuse is refused here too, as damage
+//! ([`crate::error::ErrorKind::Integrity`]); read on, such a header yields zeros or garbage
+//! where the disk should be.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -15,14 +22,30 @@ use crate::error::{Error, Result};
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Size of a version 2 header; version 3 headers state their own length.
 const V2_HEADER_LEN: usize = 72;
-/// qemu refuses L1 tables above this size; so do we, which bounds memory.
+/// Offset of the compression type byte, present when the header is longer.
+const COMPRESSION_TYPE_AT: usize = 104;
+/// qemu's limits (`QCOW_MAX_L1_SIZE`, `QCOW_MAX_REFTABLE_SIZE`,
+/// `QCOW_MAX_SNAPSHOTS`); they also bound what this reader allocates.
 const MAX_L1_BYTES: u64 = 32 << 20;
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+const MAX_SNAPSHOTS: u64 = 65536;
+/// `sizeof(QCowSnapshotHeader)`: the fixed part of a snapshot table entry.
+const SNAPSHOT_HEADER_LEN: u64 = 40;
+/// qemu refuses longer backing file names.
+const MAX_BACKING_NAME: u32 = 1023;
 
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
+const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+
+/// Header extension types (qcow2 specification, "Header extensions").
+const EXT_END: u32 = 0;
+const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -36,20 +59,34 @@ pub struct Qcow2Header {
     pub backing_file_offset: u64,
     pub backing_file_size: u32,
     pub cluster_bits: u32,
-    /// Size of the virtual disk in bytes.
+    /// Size of the virtual disk in bytes, as qemu sees it: the header's size
+    /// rounded down to whole 512-byte sectors (`bs->total_sectors`), which is
+    /// what `qemu-img convert -O raw` writes.
     pub virtual_size: u64,
+    /// The size the header states; qemu-img writes only multiples of 512,
+    /// other tools may not.
+    pub size_in_header: u64,
     pub crypt_method: u32,
     pub l1_size: u32,
     pub l1_table_offset: u64,
     pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
     pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
     pub incompatible_features: u64,
     pub compatible_features: u64,
     pub autoclear_features: u64,
+    pub refcount_order: u32,
     pub header_length: u32,
     /// 0 = deflate, 1 = zstd.
     pub compression_type: u8,
     pub has_backing_file: bool,
+    /// The backing file's name, when the header bytes given hold it.
+    pub backing_file: Option<String>,
+    /// The external data file's name (header extension), when present.
+    pub data_file: Option<String>,
+    /// Names of incompatible features from the feature name table, by bit.
+    pub feature_names: Vec<(u8, String)>,
     pub encrypted: bool,
 }
 
@@ -60,16 +97,25 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Parse the header from the first bytes of the file (104 bytes suffice for
-/// every version; [`crate::format::MAGIC_LEN`] bytes are plenty). Only the
-/// structure is checked here; [`Qcow2Header::check_supported`] says whether
-/// bty can read the image.
+fn damaged(what: impl std::fmt::Display) -> Error {
+    Error::integrity(format!(
+        "qcow2 image is damaged: {what}; qemu refuses to open it too. Get a good copy of the image \
+         (`qemu-img check` tells more)"
+    ))
+}
+
+/// Parse and check the header from the first bytes of the file: at least
+/// 104 bytes; the whole first cluster lets the backing and data file names
+/// and the feature names be read too. Structural damage (cluster size, header
+/// length, compression type) is an error here; whether bty can read the
+/// image is [`Qcow2Header::check_supported`], whether its tables fit the file
+/// [`Qcow2Header::check_tables`].
 pub fn parse_header(head: &[u8]) -> Result<Qcow2Header> {
     if !head.starts_with(MAGIC) {
         return Err(Error::usage("not a qcow2 image: the file does not start with the qcow2 signature"));
     }
     if head.len() < V2_HEADER_LEN {
-        return Err(Error::failure(format!(
+        return Err(Error::integrity(format!(
             "qcow2 header is truncated: got {} bytes, need at least {V2_HEADER_LEN}",
             head.len()
         )));
@@ -78,7 +124,7 @@ pub fn parse_header(head: &[u8]) -> Result<Qcow2Header> {
     if version != 2 && version != 3 {
         return Err(Error::failure(format!(
             "qcow2 version {version} is not supported (only versions 2 and 3); convert it with \
-             `qemu-img convert -O qcow2 -o compat=1.1` or publish a raw image"
+             `qemu-img convert -O qcow2 -o compat=1.1 IN OUT` or publish a raw image"
         )));
     }
     let mut h = Qcow2Header {
@@ -86,25 +132,39 @@ pub fn parse_header(head: &[u8]) -> Result<Qcow2Header> {
         backing_file_offset: be_u64(head, 8),
         backing_file_size: be_u32(head, 16),
         cluster_bits: be_u32(head, 20),
-        virtual_size: be_u64(head, 24),
+        virtual_size: be_u64(head, 24) / 512 * 512,
+        size_in_header: be_u64(head, 24),
         crypt_method: be_u32(head, 32),
         l1_size: be_u32(head, 36),
         l1_table_offset: be_u64(head, 40),
         refcount_table_offset: be_u64(head, 48),
+        refcount_table_clusters: be_u32(head, 56),
         nb_snapshots: be_u32(head, 60),
+        snapshots_offset: be_u64(head, 64),
         incompatible_features: 0,
         compatible_features: 0,
         autoclear_features: 0,
+        refcount_order: 4,
         header_length: V2_HEADER_LEN as u32,
         compression_type: 0,
         has_backing_file: false,
+        backing_file: None,
+        data_file: None,
+        feature_names: Vec::new(),
         encrypted: false,
     };
     h.has_backing_file = h.backing_file_offset != 0;
     h.encrypted = h.crypt_method != 0;
+    if !(9..=21).contains(&h.cluster_bits) {
+        return Err(damaged(format!(
+            "its cluster size 2^{} is outside the valid range (512 bytes to 2 MiB)",
+            h.cluster_bits
+        )));
+    }
+    let cluster_size = h.cluster_size();
     if version == 3 {
         if head.len() < 104 {
-            return Err(Error::failure(format!(
+            return Err(Error::integrity(format!(
                 "qcow2 version 3 header is truncated: got {} bytes, need at least 104",
                 head.len()
             )));
@@ -112,29 +172,84 @@ pub fn parse_header(head: &[u8]) -> Result<Qcow2Header> {
         h.incompatible_features = be_u64(head, 72);
         h.compatible_features = be_u64(head, 80);
         h.autoclear_features = be_u64(head, 88);
+        h.refcount_order = be_u32(head, 96);
         h.header_length = be_u32(head, 100);
         if h.header_length < 104 {
-            return Err(Error::failure(format!(
-                "qcow2 header length {} is invalid (minimum 104)",
+            return Err(damaged(format!(
+                "its header length {} is below the minimum of 104",
                 h.header_length
             )));
         }
-        if h.incompatible_features & INCOMPAT_COMPRESSION != 0 {
-            if h.header_length < 105 || head.len() < 105 {
-                return Err(Error::failure(
-                    "qcow2 header announces a compression type but does not contain one; the image is damaged",
-                ));
-            }
-            h.compression_type = head[104];
+        if u64::from(h.header_length) > cluster_size {
+            return Err(damaged(format!(
+                "its header length {} exceeds the cluster size {cluster_size}",
+                h.header_length
+            )));
+        }
+        if h.header_length as usize > COMPRESSION_TYPE_AT {
+            let Some(&t) = head.get(COMPRESSION_TYPE_AT) else {
+                return Err(Error::integrity("qcow2 header is truncated before its compression type"));
+            };
+            h.compression_type = t;
+        }
+        let flagged = h.incompatible_features & INCOMPAT_COMPRESSION != 0;
+        if flagged != (h.compression_type != 0) {
+            return Err(damaged(format!(
+                "its compression type is {} but the compression-type feature bit is {}",
+                h.compression_type,
+                if flagged { "set" } else { "clear" }
+            )));
+        }
+        if h.refcount_order > 6 {
+            return Err(damaged(format!(
+                "its reference count width 2^{} bits exceeds 64 bits",
+                h.refcount_order
+            )));
         }
     }
-    if !(9..=21).contains(&h.cluster_bits) {
-        return Err(Error::failure(format!(
-            "qcow2 cluster size 2^{} is outside the valid range (512 bytes to 2 MiB); the image is damaged",
-            h.cluster_bits
-        )));
+    if h.has_backing_file {
+        let (off, len) = (h.backing_file_offset, h.backing_file_size);
+        if off > cluster_size || u64::from(len) > (cluster_size - off).min(u64::from(MAX_BACKING_NAME)) {
+            return Err(damaged(format!(
+                "its backing file name ({len} bytes at offset {off}) does not fit in the header cluster"
+            )));
+        }
+        if let Some(name) = head.get(off as usize..off as usize + len as usize) {
+            h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    if version == 3 {
+        read_extensions(&mut h, head);
     }
     Ok(h)
+}
+
+/// Header extensions follow the header up to the backing file name (or the
+/// end of the first cluster). Only names are taken from them, for messages,
+/// so a damaged extension area is not an error: it is ignored.
+fn read_extensions(h: &mut Qcow2Header, head: &[u8]) {
+    let end = if h.has_backing_file { h.backing_file_offset } else { h.cluster_size() };
+    let end = (end as usize).min(head.len());
+    let mut at = h.header_length as usize;
+    while at + 8 <= end {
+        let (ty, len) = (be_u32(head, at), be_u32(head, at + 4) as usize);
+        let Some(data) = head.get(at + 8..at + 8 + len).filter(|_| at + 8 + len <= end) else { return };
+        match ty {
+            EXT_END => return,
+            EXT_DATA_FILE => h.data_file = Some(String::from_utf8_lossy(data).into_owned()),
+            EXT_FEATURE_NAMES => {
+                for entry in data.chunks_exact(48) {
+                    // Type 0 names incompatible features.
+                    if entry[0] == 0 {
+                        let name = entry[2..].split(|&b| b == 0).next().unwrap_or_default();
+                        h.feature_names.push((entry[1], String::from_utf8_lossy(name).into_owned()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
 }
 
 impl Qcow2Header {
@@ -142,50 +257,143 @@ impl Qcow2Header {
         1 << self.cluster_bits
     }
 
-    /// Refuse images whose virtual disk this reader cannot reproduce exactly.
-    pub fn check_supported(&self) -> Result<()> {
-        let flatten = "convert it with `qemu-img convert -O qcow2 SRC DST` (or `-O raw`) first";
-        if self.has_backing_file {
-            return Err(Error::usage(
-                "qcow2 image has a backing file; flatten it with `qemu-img convert -O qcow2 SRC DST` first \
-                 so the image holds the whole disk",
+    /// qemu marks an image corrupt when it finds inconsistent metadata while
+    /// writing. It still opens such images read-only (which is all
+    /// `qemu-img convert` needs), and so does bty, with this warning.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.incompatible_features & INCOMPAT_CORRUPT != 0 {
+            out.push(
+                "qcow2 image is marked corrupt by qemu (it found inconsistent metadata while writing); bty \
+                 reads it read-only, as `qemu-img convert` would, but the disk may not hold what its author \
+                 intended: run `qemu-img check` on it, and prefer a good copy"
+                    .to_string(),
+            );
+        }
+        if self.size_in_header != self.virtual_size {
+            out.push(format!(
+                "the qcow2 header states a size of {} bytes, not a multiple of 512; qemu uses (and \
+                 `qemu-img convert` writes) the first {} bytes, and so does bty",
+                self.size_in_header, self.virtual_size
             ));
         }
+        out
+    }
+
+    /// Refuse images whose virtual disk this reader cannot reproduce exactly.
+    pub fn check_supported(&self) -> Result<()> {
+        let convert = "convert it with `qemu-img convert -O qcow2 IN OUT` (or `-O raw`) first";
+        if self.has_backing_file {
+            let name = match &self.backing_file {
+                Some(n) => format!(" {n}"),
+                None => String::new(),
+            };
+            return Err(Error::failure(format!(
+                "qcow2 image has a backing file{name}: it holds only the differences to that file; flatten \
+                 it with `qemu-img convert -O qcow2 IN OUT` first so the image holds the whole disk"
+            )));
+        }
         if self.encrypted {
-            return Err(Error::usage(format!(
-                "qcow2 image is encrypted (method {}); bty cannot decrypt it: {flatten} without encryption",
-                self.crypt_method
+            let method = match self.crypt_method {
+                1 => "AES".to_string(),
+                2 => "LUKS".to_string(),
+                m => format!("method {m}"),
+            };
+            return Err(Error::failure(format!(
+                "qcow2 image is encrypted ({method}); bty cannot decrypt it: {convert} without encryption"
             )));
         }
         let f = self.incompatible_features;
-        if f & INCOMPAT_CORRUPT != 0 {
-            return Err(Error::failure(
-                "qcow2 image is marked corrupt by qemu; repair it with `qemu-img check -r all` or rebuild it",
-            ));
-        }
         if f & INCOMPAT_DATA_FILE != 0 {
-            return Err(Error::usage(format!(
-                "qcow2 image keeps its data in an external data file; {flatten}"
+            let name = self.data_file.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
+            return Err(Error::failure(format!(
+                "qcow2 image keeps its data in an external data file{name}; the .qcow2 file alone holds no \
+                 disk contents: {convert} next to that data file"
             )));
         }
         if f & INCOMPAT_EXTL2 != 0 {
-            return Err(Error::usage(format!(
-                "qcow2 image uses extended L2 entries (subclusters); {flatten}"
+            return Err(Error::failure(format!(
+                "qcow2 image uses extended L2 entries (subclusters), which bty does not read; {convert}"
             )));
         }
-        let known =
-            INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
-        if f & !known != 0 {
-            return Err(Error::usage(format!(
-                "qcow2 image uses incompatible features unknown to bty (bits {:#x}); {flatten}",
-                f & !known
+        if f & !INCOMPAT_KNOWN != 0 {
+            let names: Vec<String> = (0..64u8)
+                .filter(|b| (f & !INCOMPAT_KNOWN) >> b & 1 == 1)
+                .map(|b| match self.feature_names.iter().find(|(bit, _)| *bit == b) {
+                    Some((_, n)) => format!("{n} (bit {b})"),
+                    None => format!("bit {b}"),
+                })
+                .collect();
+            return Err(Error::failure(format!(
+                "qcow2 image uses incompatible features unknown to bty: {}; {convert} with a qemu-img that \
+                 knows them",
+                names.join(", ")
             )));
         }
         if self.compression_type > 1 {
-            return Err(Error::usage(format!(
-                "qcow2 image uses compression type {}, which bty does not know (deflate and zstd are supported); \
-                 {flatten}",
+            return Err(Error::failure(format!(
+                "qcow2 image uses compression type {}, which bty does not know (deflate and zstd are \
+                 supported); {convert}",
                 self.compression_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks of qemu's `qcow2_validate_table` and the L1 size check,
+    /// plus one qemu leaves to the first read: every table lies inside the
+    /// file. All of them are damage.
+    pub fn check_tables(&self, file_len: u64) -> Result<()> {
+        let cs = self.cluster_size();
+        let table = |name: &str, offset: u64, entries: u64, entry_len: u64, max: u64| -> Result<()> {
+            if entries > max / entry_len {
+                return Err(damaged(format!(
+                    "its {name} has {entries} entries, more than qemu's limit of {} ({name} too large)",
+                    max / entry_len
+                )));
+            }
+            if offset % cs != 0 {
+                return Err(damaged(format!(
+                    "its {name} offset {offset:#x} is not aligned to the {cs}-byte cluster size \
+                     ({name} offset invalid)"
+                )));
+            }
+            let end = offset.saturating_add(entries * entry_len);
+            if entries > 0 && end > file_len {
+                return Err(damaged(format!(
+                    "its {name} (bytes {offset:#x}..{end:#x}) lies past the end of the {file_len}-byte file; \
+                     the file is truncated or the header is wrong"
+                )));
+            }
+            Ok(())
+        };
+        if self.refcount_table_clusters == 0 {
+            return Err(damaged("it has no reference count table"));
+        }
+        table(
+            "reference count table",
+            self.refcount_table_offset,
+            u64::from(self.refcount_table_clusters),
+            cs,
+            MAX_REFTABLE_BYTES,
+        )?;
+        table(
+            "snapshot table",
+            self.snapshots_offset,
+            u64::from(self.nb_snapshots),
+            SNAPSHOT_HEADER_LEN,
+            SNAPSHOT_HEADER_LEN * MAX_SNAPSHOTS,
+        )?;
+        table("active L1 table", self.l1_table_offset, u64::from(self.l1_size), 8, MAX_L1_BYTES)?;
+        if self.l1_needed() > i32::MAX as u64 {
+            return Err(damaged(format!("its virtual size {} is too big", self.virtual_size)));
+        }
+        if u64::from(self.l1_size) < self.l1_needed() {
+            return Err(damaged(format!(
+                "its L1 table has {} entries but a {}-byte disk needs {} (L1 table is too small)",
+                self.l1_size,
+                self.virtual_size,
+                self.l1_needed()
             )));
         }
         Ok(())
@@ -197,7 +405,8 @@ impl Qcow2Header {
 
     /// L1 entries needed to map the whole virtual disk.
     fn l1_needed(&self) -> u64 {
-        let clusters = self.virtual_size.div_ceil(self.cluster_size());
+        // qemu sizes the L1 table from the stated size (`size_to_l1`).
+        let clusters = self.size_in_header.div_ceil(self.cluster_size());
         clusters.div_ceil(self.l2_entries())
     }
 }
@@ -235,32 +444,25 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     pub fn open(mut inner: R) -> Result<Self> {
         let file_len =
             inner.seek(SeekFrom::End(0)).map_err(|e| Error::io("cannot seek in the qcow2 image", e))?;
-        let mut head = vec![0u8; 512.min(file_len) as usize];
-        inner.seek(SeekFrom::Start(0)).map_err(|e| Error::io("cannot seek in the qcow2 image", e))?;
-        inner.read_exact(&mut head).map_err(|e| Error::io("cannot read the qcow2 header", e))?;
-        let header = parse_header(&head)?;
+        let read_head = |inner: &mut R, n: u64| -> Result<Vec<u8>> {
+            let mut head = vec![0u8; n.min(file_len) as usize];
+            inner
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| inner.read_exact(&mut head))
+                .map_err(|e| Error::io("cannot read the qcow2 header", e))?;
+            Ok(head)
+        };
+        let header = parse_header(&read_head(&mut inner, 512)?)?;
+        // The whole first cluster holds the extensions and the backing file
+        // name, which the messages name.
+        let header = match header.cluster_size() {
+            cs if cs > 512 && file_len > 512 => parse_header(&read_head(&mut inner, cs)?)?,
+            _ => header,
+        };
         header.check_supported()?;
+        header.check_tables(file_len)?;
 
         let l1_bytes = u64::from(header.l1_size) * 8;
-        if l1_bytes > MAX_L1_BYTES {
-            return Err(Error::failure(format!(
-                "qcow2 L1 table of {l1_bytes} bytes exceeds the 32 MiB limit; the image is damaged"
-            )));
-        }
-        if u64::from(header.l1_size) < header.l1_needed() {
-            return Err(Error::failure(format!(
-                "qcow2 L1 table has {} entries but a {}-byte disk needs {}; the image is damaged",
-                header.l1_size,
-                header.virtual_size,
-                header.l1_needed()
-            )));
-        }
-        if header.l1_table_offset.saturating_add(l1_bytes) > file_len {
-            return Err(Error::integrity(format!(
-                "qcow2 image is truncated: its L1 table ends at byte {} but the file has {file_len} bytes",
-                header.l1_table_offset.saturating_add(l1_bytes)
-            )));
-        }
         let mut raw = vec![0u8; l1_bytes as usize];
         inner
             .seek(SeekFrom::Start(header.l1_table_offset))
@@ -679,5 +881,140 @@ mod tests {
         v4[4..8].copy_from_slice(&4u32.to_be_bytes());
         assert!(parse_header(&v4).unwrap_err().to_string().contains("version 4"));
         assert!(parse_header(b"not qcow").is_err());
+    }
+    /// (offset, width, big-endian value) written over a header field.
+    type Edit = (usize, usize, u64);
+
+    /// A copy of `src` with `edits` applied.
+    fn patched(src: &Path, name: &str, edits: &[Edit]) -> PathBuf {
+        let mut b = std::fs::read(src).unwrap();
+        for &(at, width, value) in edits {
+            b[at..at + width].copy_from_slice(&value.to_be_bytes()[8 - width..]);
+        }
+        let p = src.with_file_name(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
+    fn open_err(p: &Path) -> Error {
+        match Qcow2Reader::open(File::open(p).unwrap()) {
+            Ok(_) => panic!("{} opened", p.display()),
+            Err(e) => e,
+        }
+    }
+
+    fn qemu_refuses(p: &Path) -> bool {
+        let out = Command::new("qemu-img").args(["info", "-U"]).arg(p).output().unwrap();
+        !out.status.success()
+    }
+
+    /// Headers qemu refuses to open are refused here too, as damage, and
+    /// never read as a disk of zeros.
+    #[test]
+    fn damaged_headers_are_refused_like_qemu_does() {
+        if qemu_img().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, _) = raw_fixture(dir.path());
+        let q = convert(dir.path(), &raw, "good.qcow2", &[]).unwrap();
+        let h = parse_header(&std::fs::read(&q).unwrap()[..512]).unwrap();
+        let len = std::fs::metadata(&q).unwrap().len();
+        let cases: &[(&str, &[Edit], &str)] = &[
+            ("l1-misaligned", &[(40, 8, h.l1_table_offset + 512)], "active L1 table offset"),
+            ("l1-past-end", &[(40, 8, (len + 65536) / 65536 * 65536)], "past the end"),
+            ("l1-too-small", &[(36, 4, 0)], "L1 table is too small"),
+            ("l1-too-large", &[(36, 4, 5 << 20)], "active L1 table has"),
+            ("refcount-misaligned", &[(48, 8, h.refcount_table_offset + 8)], "reference count table offset"),
+            ("refcount-none", &[(56, 4, 0)], "no reference count table"),
+            ("refcount-too-large", &[(56, 4, 129)], "reference count table has 129"),
+            ("snapshots-misaligned", &[(64, 8, 4096)], "snapshot table offset"),
+            ("snapshots-past-end", &[(60, 4, 3), (64, 8, 1 << 40)], "snapshot table (bytes"),
+            ("snapshots-too-many", &[(60, 4, 65537)], "snapshot table has 65537"),
+            ("cluster-bits", &[(20, 4, 22)], "cluster size 2^22"),
+            ("header-length", &[(100, 4, 70000)], "exceeds the cluster size"),
+            ("compression-bit", &[(104, 1, 1)], "compression-type feature bit is clear"),
+        ];
+        for &(name, edits, want) in cases {
+            let p = patched(&q, name, edits);
+            // qemu leaves tables past the end of the file to the first read
+            // (which then sees zeros); bty refuses them up front.
+            if !name.ends_with("past-end") {
+                assert!(qemu_refuses(&p), "{name}: qemu opens it, so bty must not refuse it");
+            }
+            let e = open_err(&p);
+            assert_eq!(e.kind(), crate::error::ErrorKind::Integrity, "{name}: {e}");
+            assert!(e.to_string().contains(want), "{name}: want {want:?}, got: {e}");
+        }
+    }
+
+    #[test]
+    fn corrupt_flag_reads_with_a_warning_like_qemu_img_convert() {
+        if qemu_img().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, data) = raw_fixture(dir.path());
+        let q = convert(dir.path(), &raw, "good.qcow2", &[]).unwrap();
+        let p = patched(&q, "corrupt.qcow2", &[(72, 8, INCOMPAT_CORRUPT)]);
+        let r = Qcow2Reader::open(File::open(&p).unwrap()).unwrap();
+        assert!(r.header().warnings()[0].contains("marked corrupt"));
+        assert!(read_all(&p).unwrap() == data);
+        let unknown = patched(&q, "unknown.qcow2", &[(72, 8, 1 << 10)]);
+        let e = open_err(&unknown);
+        assert!(e.to_string().contains("unknown to bty: bit 10"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_layouts_are_refused_by_name() {
+        if qemu_img().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data = d.join("data.raw");
+        let ext = d.join("ext.qcow2");
+        let sub = d.join("sub.qcow2");
+        let (es, ss, ds) = (ext.to_str().unwrap(), sub.to_str().unwrap(), data.to_str().unwrap());
+        assert!(run(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={ds}"),
+            es,
+            "1M"
+        ]));
+        assert!(run(&["qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", ss, "1M"]));
+        let e = open_err(&ext);
+        assert!(e.to_string().contains(&format!("external data file {ds}")), "{e}");
+        assert_eq!(e.kind(), crate::error::ErrorKind::Failure);
+        let e = open_err(&sub);
+        assert!(e.to_string().contains("extended L2"), "{e}");
+    }
+
+    /// qemu-img rounds sizes up to 512 when it creates an image; a header
+    /// that states another size is read as qemu reads it, rounded down.
+    #[test]
+    fn sizes_not_a_multiple_of_512_match_qemu_img_convert() {
+        if qemu_img().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("odd.raw");
+        let data: Vec<u8> = (0..MIB + 30).map(|i| (i % 253) as u8 + 1).collect();
+        std::fs::write(&raw, &data).unwrap();
+        let q = convert(dir.path(), &raw, "odd.qcow2", &[]).unwrap();
+        let stated = patched(&q, "stated.qcow2", &[(24, 8, (MIB + 30) as u64)]);
+        for p in [q, stated] {
+            let want = dir.path().join("want.raw");
+            assert!(run(&["qemu-img", "convert", "-O", "raw", p.to_str().unwrap(), want.to_str().unwrap()]));
+            let want = std::fs::read(&want).unwrap();
+            let got = read_all(&p).unwrap();
+            assert_eq!(got.len(), want.len(), "{}", p.display());
+            assert!(got == want, "{}", p.display());
+        }
     }
 }

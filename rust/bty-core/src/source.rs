@@ -37,8 +37,8 @@ impl Source {
             }
             return Ok(Source::Http(s.to_string()));
         }
-        if let Some(p) = s.strip_prefix("file://") {
-            return Ok(Source::File(PathBuf::from(p)));
+        if lower.starts_with("file:") {
+            return file_url(s);
         }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(Error::usage(format!(
@@ -115,10 +115,7 @@ impl Source {
             Source::File(p) => Ok(Some(
                 std::fs::metadata(p).map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len(),
             )),
-            Source::Http(url) => {
-                let resp = agent().head(url).call().map_err(|e| http_error(url, e))?;
-                Ok(content_length(&resp))
-            }
+            Source::Http(url) => http_len(url),
         }
     }
 
@@ -136,6 +133,31 @@ impl Source {
                     None => (u.as_str(), ""),
                 };
                 Source::Http(format!("{path}{suffix}{query}"))
+            }
+        }
+    }
+
+    /// The source with its last file-name extension taken off
+    /// (`disk.img.xz` → `disk.img`), or `None` when the name has none.
+    pub fn without_extension(&self) -> Option<Source> {
+        match self {
+            Source::File(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                let name = p.file_name()?.as_bytes();
+                let dot = name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0)?;
+                let all = p.as_os_str().as_bytes();
+                let kept = &all[..all.len() - (name.len() - dot)];
+                Some(Source::File(PathBuf::from(std::ffi::OsStr::from_bytes(kept))))
+            }
+            Source::Http(u) => {
+                let (path, query) = match u.find(['?', '#']) {
+                    Some(i) => (&u[..i], &u[i..]),
+                    None => (u.as_str(), ""),
+                };
+                let name = path.rsplit('/').next().unwrap_or(path);
+                let dot = name.rfind('.').filter(|&i| i > 0)?;
+                let cut = name.len() - dot;
+                Some(Source::Http(format!("{}{query}", &path[..path.len() - cut])))
             }
         }
     }
@@ -192,6 +214,80 @@ impl Source {
             side.display()
         )))
     }
+}
+
+/// `file:` URLs in the forms RFC 8089 allows for local files: `file:///abs`,
+/// `file:/abs` (what bmaptool's tests use) and `file://localhost/abs`, with
+/// `%XX` escapes. A URL naming another host is refused rather than read as a
+/// path on this one.
+fn file_url(s: &str) -> Result<Source> {
+    let rest = &s["file:".len()..];
+    let path = match rest.strip_prefix("//") {
+        Some(auth) => {
+            let (host, path) = auth.split_at(auth.find('/').unwrap_or(auth.len()));
+            if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
+                return Err(Error::usage(format!(
+                    "{s}: the file is on host `{host}`, and bty reads only local files: copy the image \
+                     here (then use file:///PATH or a plain path), or serve it over http(s)://"
+                )));
+            }
+            path
+        }
+        None => rest,
+    };
+    if !path.starts_with('/') {
+        return Err(Error::usage(format!(
+            "{s}: a file: URL needs an absolute path (file:///path/to/image); for a relative path give \
+             the path alone"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(path.len());
+    let mut it = path.bytes();
+    while let Some(b) = it.next() {
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let hex = [it.next(), it.next()];
+        let v = match hex {
+            [Some(h), Some(l)] => {
+                std::str::from_utf8(&[h, l]).ok().and_then(|t| u8::from_str_radix(t, 16).ok())
+            }
+            _ => None,
+        };
+        let Some(v) = v else {
+            return Err(Error::usage(format!("{s}: a `%` in a file: URL must start a %XX escape")));
+        };
+        bytes.push(v);
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Ok(Source::File(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+}
+
+/// The published length of an http(s) image. Only a success describes the
+/// image: an origin that answers HEAD with 405 or 501 still sends the
+/// Content-Length of its error page. Then a one-byte ranged GET asks again
+/// (206 carries the total in Content-Range, 200 the whole length); anything
+/// else leaves the size unknown, and the download's own length decides.
+fn http_len(url: &str) -> Result<Option<u64>> {
+    let resp = agent().head(url).call().map_err(|e| http_error(url, e))?;
+    if resp.status().is_success() {
+        if let Some(n) = content_length(&resp) {
+            return Ok(Some(n));
+        }
+    }
+    let resp = agent().get(url).header("Range", "bytes=0-0").call().map_err(|e| http_error(url, e))?;
+    // The body is not read: dropping the response closes the connection.
+    Ok(match resp.status().as_u16() {
+        206 => resp
+            .headers()
+            .get(ureq::http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, total)| total.trim().parse().ok()),
+        200 => content_length(&resp),
+        _ => None,
+    })
 }
 
 /// Validate and normalise a hex SHA-256 (optionally `sha256:`-prefixed).
@@ -323,10 +419,28 @@ mod tests {
     fn parse_sources() {
         assert_eq!(Source::parse("/a/b.img").unwrap(), Source::File("/a/b.img".into()));
         assert_eq!(Source::parse("file:///a/b.img").unwrap(), Source::File("/a/b.img".into()));
+        assert_eq!(Source::parse("file:/a/b.img").unwrap(), Source::File("/a/b.img".into()));
+        assert_eq!(Source::parse("FILE://localhost/a/b.img").unwrap(), Source::File("/a/b.img".into()));
+        assert_eq!(Source::parse("file:///a/my%20disk.img").unwrap(), Source::File("/a/my disk.img".into()));
+        let e = Source::parse("file://nas/a/b.img").unwrap_err();
+        assert!(e.to_string().contains("host `nas`") && e.to_string().contains("local files"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert!(Source::parse("file:a/b.img").unwrap_err().to_string().contains("absolute path"));
+        assert!(Source::parse("file:///a%zz").unwrap_err().to_string().contains("%XX"));
         assert!(matches!(Source::parse("https://h/x.img.zst").unwrap(), Source::Http(_)));
         assert!(Source::parse("ftp://h/x").unwrap_err().to_string().contains("unsupported"));
         assert!(Source::parse("http:///x").is_err());
         assert_eq!(Source::parse("http://h/d/x.img.xz?sig=1").unwrap().name(), "x.img.xz");
+        assert_eq!(
+            Source::parse("/d/x.img.xz").unwrap().without_extension(),
+            Some(Source::File("/d/x.img".into()))
+        );
+        assert_eq!(Source::parse("/d.x/img").unwrap().without_extension(), None);
+        assert_eq!(Source::parse("/d/.hidden").unwrap().without_extension(), None);
+        assert_eq!(
+            Source::parse("http://h/x.img.gz?a=1").unwrap().without_extension(),
+            Some(Source::Http("http://h/x.img?a=1".into()))
+        );
         assert_eq!(
             Source::parse("http://h/x.img?a=1").unwrap().sibling(".sha256"),
             Source::Http("http://h/x.img.sha256?a=1".into())

@@ -87,7 +87,11 @@ pub struct ImageItem {
     pub name: String,
     pub format: Option<ImageFormat>,
     pub arch: Option<String>,
-    pub size: Option<u64>,
+    /// Bytes the image takes on the disk (decompressed, or a qcow2's virtual
+    /// size), when known without reading it all.
+    pub disk_size: Option<u64>,
+    /// Bytes read or downloaded to flash it (the file as published).
+    pub download_size: Option<u64>,
     pub origin: Origin,
     /// What [`bty_core::source::Source::parse`] gets: a path or a URL.
     pub location: String,
@@ -163,6 +167,9 @@ pub struct App {
     pub progress: Option<ProgressView>,
     pub cancel_prompt: bool,
     pub cancelling: bool,
+    /// The result screen asks before rebooting: `r` means reload or re-scan
+    /// on the other screens, so one stray key must not restart the machine.
+    pub reboot_prompt: bool,
     pub outcome: Option<Outcome>,
     /// Server mode: what happened to the report of the outcome.
     pub report: Option<String>,
@@ -186,6 +193,7 @@ impl App {
             progress: None,
             cancel_prompt: false,
             cancelling: false,
+            reboot_prompt: false,
             outcome: None,
             report: None,
         }
@@ -255,7 +263,7 @@ impl App {
             self.help = false;
             return Effect::None;
         }
-        if key == Key::Char('?') && !self.cancel_prompt {
+        if key == Key::Char('?') && !self.cancel_prompt && !self.reboot_prompt {
             self.help = true;
             return Effect::None;
         }
@@ -388,8 +396,18 @@ impl App {
     }
 
     fn on_result(&mut self, key: Key) -> Effect {
+        if self.reboot_prompt {
+            self.reboot_prompt = false;
+            return match key {
+                Key::Char('y') | Key::Char('Y') => Effect::Reboot,
+                _ => Effect::None,
+            };
+        }
         match key {
-            Key::Char('r') => Effect::Reboot,
+            Key::Char('r') => {
+                self.reboot_prompt = true;
+                Effect::None
+            }
             Key::Char('a') => {
                 self.screen = Screen::Disks;
                 self.outcome = None;
@@ -421,6 +439,7 @@ impl App {
             Screen::Flashing if self.cancel_prompt => "y:stop the flash  n/Esc:keep flashing",
             Screen::Flashing if self.cancelling => "cancelling...",
             Screen::Flashing => "c:cancel  ?:help",
+            Screen::Result if self.reboot_prompt => "y:reboot now  any other key:back",
             Screen::Result => "r:reboot  a:flash another disk  i:image list  q:quit",
         }
     }
@@ -449,7 +468,8 @@ mod tests {
             name: name.into(),
             format: Some(ImageFormat::Zstd),
             arch: Some("x86_64".into()),
-            size: Some(1 << 20),
+            disk_size: Some(4 << 20),
+            download_size: Some(1 << 20),
             origin: Origin::Local,
             location: format!("/images/{name}"),
             sha256: None,
@@ -548,6 +568,23 @@ mod tests {
         app.finished(Outcome::Cancelled { bytes: 42 });
         assert!(!app.succeeded());
         assert_eq!(app.handle(Key::Char('q')), Effect::Quit);
+    }
+
+    #[test]
+    fn reboot_needs_confirmation() {
+        let mut app = ready();
+        app.finished(Outcome::Done { lines: vec![] });
+        assert_eq!(app.handle(Key::Char('r')), Effect::None, "r alone never reboots");
+        assert!(app.reboot_prompt);
+        assert!(app.footer().starts_with("y:reboot now"));
+        assert_eq!(app.handle(Key::Char('?')), Effect::None, "no help over the question");
+        assert!(!app.reboot_prompt && !app.help, "any other key goes back");
+        assert_eq!(app.screen, Screen::Result);
+        app.handle(Key::Char('r'));
+        assert_eq!(app.handle(Key::Char('r')), Effect::None, "a second r is not a yes");
+        app.handle(Key::Char('r'));
+        assert_eq!(app.handle(Key::Char('y')), Effect::Reboot);
+        assert!(!app.reboot_prompt);
     }
 
     #[test]

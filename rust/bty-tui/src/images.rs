@@ -77,11 +77,15 @@ pub fn local_images(root: &Path) -> Result<Vec<ImageItem>, String> {
         let source = Source::File(path.clone());
         let Ok(head) = source.read_at(0, format::MAGIC_LEN) else { continue };
         let Ok(fmt) = format::detect(&head, &name) else { continue };
+        // The engine's own probe: the size a flash will write, or none when
+        // only decoding everything would tell (gzip, bzip2, damaged files).
+        let disk_size = bty_core::inspect::virtual_size(&source, fmt, &head).ok().and_then(|(v, _)| v);
         out.push(ImageItem {
             arch: format::arch_hint(&name).map(str::to_string),
             name,
             format: Some(fmt),
-            size: Some(meta.len()),
+            disk_size,
+            download_size: Some(meta.len()),
             origin: Origin::Local,
             location: path.display().to_string(),
             sha256: None,
@@ -101,7 +105,8 @@ fn catalog_item(e: &CatalogEntry, root: &Path) -> ImageItem {
         name: e.name.clone(),
         format: e.format.or_else(|| format::from_name(&e.src)),
         arch: e.arch.clone().or_else(|| format::arch_hint(&e.name).map(str::to_string)),
-        size: e.size_bytes,
+        disk_size: raw_size(e.format.or_else(|| format::from_name(&e.src)), e.size_bytes),
+        download_size: e.size_bytes,
         origin: Origin::Catalog,
         location,
         sha256: e.sha256.clone(),
@@ -139,20 +144,30 @@ pub fn server_images(server: &str) -> Result<Vec<ImageItem>, String> {
         serde_json::from_slice(&body).map_err(|e| format!("{url} did not answer an image list: {e}"))?;
     Ok(rows
         .into_iter()
-        .map(|r| ImageItem {
-            location: format!("{base}/images/{}", r.name),
-            format: r
+        .map(|r| {
+            let format = r
                 .format
                 .as_deref()
                 .and_then(ImageFormat::parse)
-                .or_else(|| r.src.as_deref().and_then(format::from_name)),
-            arch: r.arch.or_else(|| format::arch_hint(&r.name).map(str::to_string)),
-            name: r.name,
-            size: r.size_bytes,
-            origin: Origin::Server,
-            sha256: r.sha256,
+                .or_else(|| r.src.as_deref().and_then(format::from_name));
+            ImageItem {
+                location: format!("{base}/images/{}", r.name),
+                format,
+                arch: r.arch.or_else(|| format::arch_hint(&r.name).map(str::to_string)),
+                name: r.name,
+                disk_size: raw_size(format, r.size_bytes),
+                download_size: r.size_bytes,
+                origin: Origin::Server,
+                sha256: r.sha256,
+            }
         })
         .collect())
+}
+
+/// A catalog's `size_bytes` is the published file's; only for a raw image
+/// is that also the size on disk.
+fn raw_size(format: Option<ImageFormat>, size: Option<u64>) -> Option<u64> {
+    size.filter(|_| format == Some(ImageFormat::Raw))
 }
 
 /// `host:port` → `http://host:port`, no trailing slash (as `ServerClient` does).
@@ -175,7 +190,8 @@ mod tests {
         std::fs::write(dir.path().join("b-x86_64.img"), vec![0u8; 4096]).unwrap();
         std::fs::write(dir.path().join("b-x86_64.img.sha256"), "00").unwrap();
         std::fs::write(dir.path().join("README"), "hello").unwrap();
-        let zst = zstd::encode_all(&[1u8; 1000][..], 3).unwrap();
+        // One-shot compression records the content size in the frame header.
+        let zst = zstd::bulk::compress(&[1u8; 1000], 3).unwrap();
         std::fs::write(dir.path().join("a.img.zst"), zst).unwrap();
         std::fs::create_dir(dir.path().join("sub.img")).unwrap();
         let list = local_images(dir.path()).unwrap();
@@ -183,7 +199,9 @@ mod tests {
         assert_eq!(names, ["a.img.zst", "b-x86_64.img"]);
         assert_eq!(list[0].format, Some(ImageFormat::Zstd));
         assert_eq!(list[1].arch.as_deref(), Some("x86_64"));
-        assert_eq!(list[1].size, Some(4096));
+        assert_eq!((list[1].disk_size, list[1].download_size), (Some(4096), Some(4096)));
+        assert_eq!(list[0].disk_size, Some(1000), "the zstd frame says what it expands to");
+        assert!(list[0].download_size < Some(1000));
     }
 
     #[test]

@@ -32,15 +32,10 @@ pub fn disk_item(d: &Disk) -> DiskItem {
     } else {
         ""
     };
-    let model = match (&d.model, &d.backing_file) {
-        (_, Some(f)) => f.clone(),
-        (Some(m), None) => m.clone(),
-        (None, None) => d.vendor.clone().unwrap_or_default(),
-    };
     DiskItem {
         path: d.path.clone(),
         size: Some(d.size_bytes),
-        model,
+        model: d.model_label().unwrap_or_default(),
         transport: d.transport.clone().unwrap_or_default(),
         serial: d.serial.clone().unwrap_or_default(),
         blocked,

@@ -106,7 +106,8 @@ fn images(f: &mut Frame, app: &App, area: Rect) {
             i.name.clone(),
             i.format.map(|f| f.as_str().to_string()).unwrap_or_else(|| "?".into()),
             i.arch.clone().unwrap_or_else(|| "-".into()),
-            opt_size(i.size),
+            opt_size(i.disk_size),
+            opt_size(i.download_size),
             i.origin.as_str().to_string(),
         ])
     });
@@ -116,11 +117,12 @@ fn images(f: &mut Frame, app: &App, area: Rect) {
             Constraint::Min(20),
             Constraint::Length(6),
             Constraint::Length(7),
-            Constraint::Length(10),
+            Constraint::Length(9),
+            Constraint::Length(9),
             Constraint::Length(7),
         ],
     )
-    .header(Row::new(vec!["NAME", "FORMAT", "ARCH", "SIZE", "SOURCE"]))
+    .header(Row::new(vec!["NAME", "FORMAT", "ARCH", "ON DISK", "DOWNLOAD", "SOURCE"]))
     .row_highlight_style(selected())
     .highlight_symbol("> ");
     let mut state = TableState::default().with_selected(Some(app.image_sel));
@@ -220,6 +222,21 @@ fn progress_lines(p: &ProgressView) -> Vec<Line<'static>> {
         .map(|ph| if *ph == p.phase { format!("[{ph}]") } else { ph.to_string() })
         .collect::<Vec<_>>()
         .join(" > ");
+    if p.phase == "sync" || p.phase == "finalize" {
+        // One fsync (or a few header writes) that reports nothing until it
+        // returns: no bar, no percentage, just what is already written.
+        let what = if p.phase == "sync" {
+            "syncing: writing cached data to the disk..."
+        } else {
+            "finishing: partition table..."
+        };
+        return vec![
+            Line::from(format!("phase:      {phases}")),
+            Line::from(what),
+            Line::from(format!("written:    {} of the image", human_size(p.bytes))),
+            Line::from(format!("elapsed:    {}", seconds(p.elapsed_s))),
+        ];
+    }
     let pct = p.fraction.map(|f| format!(" {:3.0}%", f * 100.0)).unwrap_or_default();
     let mut lines = vec![
         Line::from(format!("phase:      {phases}")),
@@ -288,7 +305,7 @@ fn result(f: &mut Frame, app: &App, area: Rect) {
         Some(Outcome::Cancelled { bytes }) => {
             lines.push(Line::from(Span::styled("CANCELLED", Style::default().add_modifier(Modifier::BOLD))));
             lines.push(Line::from(format!(
-                "Partial write: {} of the image reached the disk before the stop.",
+                "Partial write: {} of the image was written to the disk (and synced) before the stop.",
                 human_size(*bytes)
             )));
             lines.push(Line::from("The disk will not boot as it is; flash it again."));
@@ -299,6 +316,13 @@ fn result(f: &mut Frame, app: &App, area: Rect) {
         lines.push(Line::from(""));
         lines.push(Line::from(format!("server: {r}")));
     }
+    if app.reboot_prompt {
+        lines.push(Line::from(""));
+        lines.push(Line::from(Span::styled(
+            "Reboot this machine now? y reboots, any other key goes back.",
+            Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+        )));
+    }
     f.render_widget(Paragraph::new(lines).block(block("Result")).wrap(Wrap { trim: false }), area);
 }
 
@@ -306,10 +330,12 @@ const HELP: &[&str] = &[
     "Up/Down or k/j  move the selection (PgUp/PgDn, Home/End)",
     "Enter           choose the selected image or disk",
     "Esc or b        back to the previous screen",
-    "r               reload images / re-scan disks / reboot",
+    "r               reload images / re-scan disks",
     "y / n           write or go back on the confirm screen",
     "c               cancel a running flash (asks first)",
     "a               after a flash: flash another disk",
+    "i               after a flash: back to the image list",
+    "r               after a flash: reboot (asks first)",
     "q               quit (not while a flash is running)",
     "",
     "The disk holding the running system is listed but",

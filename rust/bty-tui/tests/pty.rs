@@ -141,6 +141,15 @@ fn local_flash_to_a_file() {
     let written = std::fs::read(&target).unwrap();
     assert!(written == raw, "the target holds other bytes than the image ({} bytes)", written.len());
 
+    // r on the result screen asks first; any other key goes back. (Never
+    // answer y here: the test may run as root.)
+    s.send("r");
+    s.wait_for("Reboot this machine now?", Duration::from_secs(10));
+    assert!(s.text().contains("y:reboot now"), "{}", s.text());
+    s.send("n");
+    s.wait_for("r:reboot  a:flash another disk", Duration::from_secs(10));
+    assert!(!s.text().contains("Reboot this machine now?"), "{}", s.text());
+
     s.send("q");
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
 }
@@ -441,6 +450,8 @@ fn cancel_asks_first_reports_a_partial_write_and_the_failure() {
     s.wait_for("Press y to write", LONG);
     s.send("y");
     s.wait_for("throughput:", LONG);
+    // Once a first 4 MiB chunk is on the target, so the count below is not zero.
+    s.wait_for("image:      4.0 MiB of", LONG);
     s.send("c");
     s.wait_for("Stop the flash?", Duration::from_secs(10));
     s.send("n");
@@ -451,6 +462,13 @@ fn cancel_asks_first_reports_a_partial_write_and_the_failure() {
     s.send("y");
     s.wait_for("CANCELLED", LONG);
     assert!(s.text().contains("Partial write:"), "{}", s.text());
+    // What the screen reports is what the target holds (the image is all
+    // non-zero bytes, so the file's length is what was written).
+    let screen = s.text().replace("|\n|", " ");
+    let reported =
+        screen.split("Partial write: ").nth(1).and_then(|r| r.split(" of the image").next()).unwrap();
+    let held = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(reported, bty_core::disks::human_size(held), "{screen}");
     s.wait_for("recorded the failure", LONG);
     let reports = srv.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 1, "{reports:?}");

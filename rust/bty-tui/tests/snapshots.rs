@@ -27,12 +27,13 @@ fn check(name: &str, app: &App) {
     assert_eq!(got, want, "{name} differs from {path}:\n{got}");
 }
 
-fn image(name: &str, format: ImageFormat, size: u64, origin: Origin) -> ImageItem {
+fn image(name: &str, format: ImageFormat, disk: Option<u64>, download: u64, origin: Origin) -> ImageItem {
     ImageItem {
         name: name.into(),
         format: Some(format),
         arch: bty_core::format::arch_hint(name).map(str::to_string),
-        size: Some(size),
+        disk_size: disk,
+        download_size: Some(download),
         origin,
         location: format!("/var/lib/bty/images/{name}"),
         sha256: None,
@@ -55,9 +56,10 @@ fn app() -> App {
     let mut app = App::new("local /var/lib/bty/images", false);
     app.set_images(
         vec![
-            image("debian-13-amd64.img.zst", ImageFormat::Zstd, 412 << 20, Origin::Local),
-            image("ubuntu-24.04-x86_64.qcow2", ImageFormat::Qcow2, 3 << 30, Origin::Local),
-            image("rocky-9-aarch64.img.xz", ImageFormat::Xz, 900 << 20, Origin::Catalog),
+            image("debian-13-amd64.img.zst", ImageFormat::Zstd, Some(2 << 30), 412 << 20, Origin::Local),
+            image("ubuntu-24.04-x86_64.qcow2", ImageFormat::Qcow2, Some(20 << 30), 3 << 30, Origin::Local),
+            // A catalog entry's size is the download's; the size on disk is unknown.
+            image("rocky-9-aarch64.img.xz", ImageFormat::Xz, None, 900 << 20, Origin::Catalog),
         ],
         vec![],
     );
@@ -160,6 +162,21 @@ fn flashing_and_cancel_prompt() {
     check("flashing-cancel-prompt", &app);
 }
 
+/// The sync phase is one fsync that reports nothing until it returns: no bar
+/// and no percentage, the bytes already written.
+#[test]
+fn syncing() {
+    let mut app = flashing();
+    app.progress(ProgressView {
+        phase: "sync".into(),
+        bytes: 2 << 30,
+        total: None,
+        elapsed_s: 12.0,
+        ..Default::default()
+    });
+    check("flashing-sync", &app);
+}
+
 #[test]
 fn result_screens() {
     let mut app = flashing();
@@ -172,6 +189,8 @@ fn result_screens() {
     });
     app.reported("recorded the flash as done".into());
     check("result-done", &app);
+    app.handle(Key::Char('r'));
+    check("result-reboot-prompt", &app);
     let mut app = flashing();
     app.handle(Key::Char('c'));
     app.handle(Key::Char('y'));

@@ -40,7 +40,7 @@ pub fn run(a: Args) -> i32 {
                 d.path.clone(),
                 human_size(d.size_bytes),
                 d.transport.clone().unwrap_or_else(|| "-".into()),
-                d.model.clone().unwrap_or_else(|| "-".into()),
+                d.model_label().unwrap_or_else(|| "-".into()),
                 d.serial.clone().unwrap_or_else(|| "-".into()),
                 d.partitions.len().to_string(),
                 flags.join(" "),

@@ -29,9 +29,15 @@ pub struct Args {
     /// Expected BLAKE3 of the image as published.
     #[arg(long, value_name = "HEX")]
     blake3: Option<String>,
-    /// bmaptool block map: write only mapped ranges, checking each range's SHA-256.
-    #[arg(long, value_name = "FILE")]
+    /// bmaptool block map (plain or PGP-clearsigned): write only mapped ranges, checking each
+    /// range's SHA-256 or SHA-1. `auto` finds it next to the image as bmaptool does
+    /// (IMAGE.bmap, IMAGE.bmap.asc, then with extensions taken off: disk.img.xz -> disk.img.bmap).
+    #[arg(long, value_name = "FILE|auto")]
     bmap: Option<PathBuf>,
+    /// Use a block map that lacks its own checksum (BmapFileChecksum), which its format defines:
+    /// its ranges are then trusted as they are (range checksums, if any, are still checked).
+    #[arg(long, requires = "bmap")]
+    bmap_unverified: bool,
     /// Read everything back after writing and compare.
     #[arg(long)]
     verify: bool,
@@ -46,8 +52,18 @@ fn request(a: &Args) -> Result<FlashRequest, Error> {
         sha256: a.sha256.as_deref().map(|s| parse_hex_digest("SHA-256", s, 64)).transpose()?,
         blake3: a.blake3.as_deref().map(|s| parse_hex_digest("BLAKE3", s, 64)).transpose()?,
     };
-    let bmap = match &a.bmap {
+    let found = match &a.bmap {
         None => None,
+        Some(p) if p.as_os_str() == "auto" => match bty_core::bmap::find_sidecar(&source)? {
+            Some((at, text)) => Some((at.display(), text)),
+            None => {
+                return Err(Error::failure(format!(
+                    "--bmap auto: no block map next to {} (looked for .bmap and .bmap.asc, with and without \
+                     its extensions); give its path, or leave --bmap out to write every block",
+                    source.display()
+                )))
+            }
+        },
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 let missing = e.kind() == std::io::ErrorKind::NotFound;
@@ -58,11 +74,15 @@ fn request(a: &Args) -> Result<FlashRequest, Error> {
                     err
                 }
             })?;
-            Some(
-                bty_core::bmap::parse(&text)
-                    .map_err(|e| Error::new(e.kind(), format!("{}: {}", p.display(), e)))?,
-            )
+            Some((p.display().to_string(), text))
         }
+    };
+    let bmap = match found {
+        None => None,
+        Some((at, text)) => Some(
+            bty_core::bmap::load(&text, a.bmap_unverified)
+                .map_err(|e| Error::new(e.kind(), format!("{at}: {}", e.message())))?,
+        ),
     };
     Ok(FlashRequest { source, target: a.target.clone(), expected, bmap, verify: a.verify, format_hint: None })
 }
@@ -158,5 +178,8 @@ fn print_summary(s: &FlashSummary, json: bool) {
     }
     if s.partition_table_reread == Some(false) {
         println!("  note: the kernel could not re-read the partition table now; re-plug the disk or reboot");
+    }
+    for n in &s.notes {
+        println!("  note: {n}");
     }
 }

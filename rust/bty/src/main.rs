@@ -13,14 +13,15 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failure (I/O error, refused target, unreachable source)
+  1  failure (I/O error, refused target, unreachable source, an image bty cannot reproduce
+     such as a qcow2 with a backing file)
   2  wrong invocation: bad flags, a missing image or .bmap file, a write without --yes, or an
      input bty does not flash (tarball, lzo, 7z, rar, vhd, vmdk, zip of several files...),
      refused by name with what to do
   3  not permitted (writing a disk needs root)
-  4  the image is damaged or inconsistent: digest mismatch, truncated or corrupt stream, a failed
-     checksum inside the format, bad container metadata (qcow2, zip, simg) or block map,
-     read-back mismatch; never reported as done
+  4  the image is damaged or inconsistent: digest mismatch, truncated or corrupt stream, data
+     after a compressed stream, a failed checksum inside the format, bad container metadata
+     (qcow2, zip, simg) or block map, read-back mismatch; never reported as done
   5  the target changed between planning and writing
   130 cancelled (Ctrl-C); the target holds a partial write";
 

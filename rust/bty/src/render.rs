@@ -55,6 +55,16 @@ impl ProgressView {
                 v["event"] = "progress".into();
                 println!("{v}");
             }
+            ProgressView::Bar(bar) if p.phase != Phase::Write && p.phase != Phase::Verify => {
+                // One fsync or a few header writes: nothing to measure, so no percentage.
+                bar.set_prefix(p.phase.as_str());
+                bar.set_message(match p.phase {
+                    Phase::Sync => {
+                        format!("{} written; the disk is writing out its cached data...", human_size(p.bytes))
+                    }
+                    _ => "partition table...".to_string(),
+                });
+            }
             ProgressView::Bar(bar) => {
                 bar.set_prefix(p.phase.as_str());
                 bar.set_length(1000);

@@ -55,6 +55,9 @@ pub struct Plan {
     pub bmap: Option<BmapSummary>,
     pub verify: bool,
     pub notes: Vec<String>,
+    /// Things that do not stop the write but that the operator must see (a
+    /// qcow2 image qemu marked corrupt).
+    pub warnings: Vec<String>,
     /// Reasons not to write. Empty means the plan may be executed.
     pub problems: Vec<String>,
 }
@@ -126,6 +129,9 @@ impl Plan {
         for n in &self.notes {
             out += &format!("note:    {n}\n");
         }
+        for w in &self.warnings {
+            out += &format!("WARNING: {w}\n");
+        }
         for p in &self.problems {
             out += &format!("PROBLEM: {p}\n");
         }
@@ -154,6 +160,9 @@ pub struct FlashSummary {
     pub seconds: Timings,
     /// Image bytes per second over the whole run.
     pub throughput_bps: f64,
+    /// What the operator should know about a flash that succeeded (zero
+    /// padding ignored after a compressed stream).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -200,6 +209,16 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
     let mut notes = Vec::new();
     let mut problems = target.problems(virtual_size);
 
+    let mut warnings = Vec::new();
+    if fmt == ImageFormat::Qcow2 {
+        if let Source::File(_) = &req.source {
+            let first = crate::qcow2::parse_header(&head)?.cluster_size() as usize;
+            warnings.extend(crate::qcow2::parse_header(&req.source.read_at(0, first)?)?.warnings());
+        }
+    }
+    if let Some(b) = &req.bmap {
+        notes.extend(crate::bmap::notes(b));
+    }
     if fmt == ImageFormat::Qcow2 && !req.source.is_local() {
         problems.push(
             "qcow2 images need random access and are read from local files only; download it first, or \
@@ -279,6 +298,7 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         bmap,
         verify: req.verify,
         notes,
+        warnings,
         problems,
     })
 }

@@ -31,7 +31,11 @@ const TICK: Duration = Duration::from_millis(200);
 
 struct Shared {
     read: AtomicU64,
-    decoded: AtomicU64,
+    /// Image bytes the sink has written: what the target holds. Progress
+    /// counts these, not the bytes decoded, which run ahead of them by the
+    /// chunks queued for the writer.
+    written: AtomicU64,
+    padding: crate::concat::Padding,
     stop: AtomicBool,
     first_error: Mutex<Option<Error>>,
 }
@@ -103,7 +107,8 @@ pub fn execute(
     let sink = Sink::new(handles, target.logical_block_size, zeros, req.bmap.as_ref(), plan.verify);
     let shared = Shared {
         read: AtomicU64::new(0),
-        decoded: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+        padding: Default::default(),
         stop: AtomicBool::new(false),
         first_error: Mutex::new(None),
     };
@@ -146,6 +151,7 @@ pub fn execute(
                     shared_w.fail(e);
                     break;
                 }
+                shared_w.written.store(offset + buf.len as u64, Ordering::Relaxed);
                 let _ = pool_tx.send(buf);
             }
             sink
@@ -156,15 +162,8 @@ pub fn execute(
         while !(decode.is_finished() && write.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
             if cancel.load(Ordering::Relaxed) {
-                let done = shared.decoded.load(Ordering::Relaxed);
-                shared.fail(Error::new(
-                    ErrorKind::Cancelled,
-                    format!(
-                        "cancelled after {} of image data; the target holds a partial write: \
-                         do not boot it, flash it again",
-                        crate::disks::human_size(done)
-                    ),
-                ));
+                // The message, with what reached the target, is written once the writer stopped.
+                shared.fail(Error::new(ErrorKind::Cancelled, "cancelled"));
             }
             if last.elapsed() >= TICK {
                 last = Instant::now();
@@ -179,6 +178,21 @@ pub fn execute(
     });
 
     if let Some(e) = shared.first_error.lock().unwrap().take() {
+        if e.kind() == ErrorKind::Cancelled {
+            // Sync what was written, so the count below is what the target
+            // holds even after a power cut.
+            let synced = sink.sync().is_ok();
+            let done = shared.written.load(Ordering::Relaxed);
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "cancelled after {} of the image was written to the target{}; the target holds a \
+                     partial write: do not boot it, flash it again",
+                    crate::disks::human_size(done),
+                    if synced { " and synced" } else { " (the sync failed)" }
+                ),
+            ));
+        }
         return Err(e);
     }
     let total = total.expect("decode reported no error and no total");
@@ -228,7 +242,7 @@ pub fn execute(
     });
 
     let t_sync = Instant::now();
-    on_progress(&phase_event(Phase::Sync, total, plan, started));
+    on_progress(&phase_event(Phase::Sync, total, started));
     handles.direct.sync_all().map_err(|e| Error::io("fsync of the target failed", e))?;
     handles.buffered.sync_all().map_err(|e| Error::io("fsync of the target failed", e))?;
     let sync_s = t_sync.elapsed().as_secs_f64();
@@ -247,7 +261,7 @@ pub fn execute(
     let mut gpt_backup_moved = false;
     let mut partition_table_reread = None;
     if target.kind == TargetKind::BlockDevice {
-        on_progress(&phase_event(Phase::Finalize, total, plan, started));
+        on_progress(&phase_event(Phase::Finalize, total, started));
         if let Some(cap) = capacity.filter(|&c| c > total) {
             gpt_backup_moved =
                 crate::partition::relocate_gpt_backup(&handles.buffered, cap, target.logical_block_size)?;
@@ -256,6 +270,15 @@ pub fn execute(
         partition_table_reread = Some(reread_partitions(&handles.buffered));
     }
 
+    let mut notes = Vec::new();
+    if shared.padding.bytes() > 0 {
+        notes.push(format!(
+            "{} bytes of zero padding after the {} stream were ignored (as `{} -dc` does)",
+            shared.padding.bytes(),
+            plan.format,
+            plan.format
+        ));
+    }
     let total_s = started.elapsed().as_secs_f64();
     Ok(FlashSummary {
         source: plan.source.clone(),
@@ -272,6 +295,7 @@ pub fn execute(
         partition_table_reread,
         seconds: Timings { write: write_s, sync: sync_s, verify: verify_s, total: total_s },
         throughput_bps: total as f64 / total_s.max(1e-9),
+        notes,
     })
 }
 
@@ -283,7 +307,7 @@ fn progress(
     started: Instant,
 ) -> Progress {
     let elapsed = started.elapsed().as_secs_f64();
-    let bytes = sh.decoded.load(Ordering::Relaxed);
+    let bytes = sh.written.load(Ordering::Relaxed);
     Progress {
         phase,
         bytes,
@@ -295,13 +319,16 @@ fn progress(
     }
 }
 
-fn phase_event(phase: Phase, total: u64, plan: &Plan, started: Instant) -> Progress {
+/// The start of a phase that cannot measure its own progress (one fsync, a
+/// few header writes): `bytes` is what was written, and no total is given,
+/// so nothing draws a percentage for it.
+fn phase_event(phase: Phase, written: u64, started: Instant) -> Progress {
     Progress {
         phase,
-        bytes: 0,
-        total: Some(total),
+        bytes: written,
+        total: None,
         source_bytes: 0,
-        source_total: plan.published_size,
+        source_total: None,
         rate_bps: 0.0,
         elapsed_s: started.elapsed().as_secs_f64(),
     }
@@ -378,7 +405,7 @@ fn decode_thread(
                 std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             Box::new(crate::qcow2::Qcow2Reader::open(f)?)
         }
-        f => format::decoder(f, input, &req.source)?,
+        f => format::decoder_with_padding(f, input, &req.source, &sh.padding)?,
     };
     // Decoders carry refusals and their own integrity errors through
     // `io::Error`; anything else a decoder reports is damage.
@@ -429,7 +456,6 @@ fn decode_thread(
             return Ok(offset);
         }
         offset += n;
-        sh.decoded.store(offset, Ordering::Relaxed);
     }
 }
 

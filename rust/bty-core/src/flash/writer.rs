@@ -7,10 +7,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
-use sha2::Digest as _;
-
 use super::target::TargetHandles;
-use crate::bmap::Bmap;
+use crate::bmap::{Bmap, ChecksumType, RangeHasher};
 use crate::error::{Error, Result};
 
 /// Bulk I/O unit. Large enough that O_DIRECT writes run at device speed,
@@ -93,10 +91,11 @@ pub struct Sink {
 }
 
 struct BmapCursor {
-    /// (start, end, expected sha256) in bytes, sorted.
+    /// (start, end, expected checksum) in bytes, sorted.
     ranges: Vec<(u64, u64, Option<String>)>,
     idx: usize,
-    hasher: sha2::Sha256,
+    kind: ChecksumType,
+    hasher: RangeHasher,
 }
 
 impl Sink {
@@ -114,11 +113,12 @@ impl Sink {
                 .map(|r| {
                     let start = r.first_block * b.block_size;
                     let end = ((r.last_block + 1) * b.block_size).min(b.image_size);
-                    (start, end, r.sha256.clone())
+                    (start, end, r.checksum.clone())
                 })
                 .collect(),
             idx: 0,
-            hasher: sha2::Sha256::new(),
+            kind: b.checksum_type.unwrap_or(ChecksumType::Sha256),
+            hasher: RangeHasher::new(b.checksum_type.unwrap_or(ChecksumType::Sha256)),
         });
         Sink {
             handles,
@@ -181,12 +181,13 @@ impl Sink {
             if done {
                 let cur = self.bmap.as_mut().unwrap();
                 let (rs, re, want) = cur.ranges[cur.idx].clone();
-                let got = hex::encode(std::mem::take(&mut cur.hasher).finalize());
+                let got = cur.hasher.finish();
                 if let Some(want) = want {
                     if want != got {
                         return Err(Error::integrity(format!(
-                            "block map range {rs}-{re} has SHA-256 {got}, the .bmap says {want}; \
-                             the image and its block map do not match (or the image is corrupt)"
+                            "block map range {rs}-{re} has {} {got}, the .bmap says {want}; \
+                             the image and its block map do not match (or the image is corrupt)",
+                            cur.kind.as_str().to_ascii_uppercase()
                         )));
                     }
                 }
@@ -258,6 +259,13 @@ impl Sink {
         }
         self.stats.written += data.len() as u64;
         Ok(())
+    }
+
+    /// Flush everything written so far to the medium (after a cancel, so
+    /// the partial write that is reported is the one the target keeps).
+    pub fn sync(&self) -> io::Result<()> {
+        self.handles.direct.sync_all()?;
+        self.handles.buffered.sync_all()
     }
 
     /// End of stream: check the block map was fully covered, fix the file
