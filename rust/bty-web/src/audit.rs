@@ -484,7 +484,14 @@ pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Re
             if incremental != 2 || free == 0 {
                 break;
             }
-            db.write(|c| c.execute_batch("PRAGMA incremental_vacuum(4000)")).await?;
+            // Each step of the statement frees one page: step it to the end.
+            db.write(|c| {
+                let mut stmt = c.prepare_cached("PRAGMA incremental_vacuum(4000)")?;
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok::<_, rusqlite::Error>(())
+            })
+            .await?;
             if free <= 4000 {
                 break;
             }
@@ -649,5 +656,25 @@ mod tests {
             [("machine.updated".into(), 1), ("pxe.client.orphan".into(), 1), ("pxe.plan".into(), 10)]
         );
         assert_eq!(prune(&db, 30, 10).await.unwrap(), Pruned::default(), "a second run finds nothing");
+    }
+
+    #[tokio::test]
+    async fn pruned_pages_go_back_to_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::db::Db::open(&dir.path().join("state.db")).unwrap();
+        db.write(|c| {
+            let mut ins = c.prepare(
+                "INSERT INTO events (ts, kind, actor, summary, details) VALUES ('2000-01-01T00:00:00Z', 'pxe.plan', 'x', 'x', ?1)",
+            )?;
+            for _ in 0..20_000 {
+                ins.execute([&"d".repeat(400)])?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(prune(&db, 30, 10).await.unwrap().events, 20_000);
+        let free: i64 = db.read(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(free, 0, "incremental vacuum left {free} free pages");
     }
 }
