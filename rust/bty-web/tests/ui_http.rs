@@ -161,9 +161,9 @@ async fn settings_validate_and_apply() {
     assert_eq!(sched, json!({"cadence": "daily", "keep": 3}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_acknowledge() {
-    let s = TestServer::start().await;
+/// Two tripwires of different kinds: repeats of one kind from one address
+/// fold into a single event.
+async fn two_tripwires(s: &TestServer) {
     for _ in 0..2 {
         let r = reqwest::Client::new()
             .post(s.url("/auth/login"))
@@ -173,9 +173,23 @@ async fn bulk_acknowledge() {
             .unwrap();
         assert_eq!(r.status(), 401);
     }
+    let r = reqwest::Client::new()
+        .post(s.url("/pxe/52:54:00:00:00:42/done"))
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_acknowledge() {
+    let s = TestServer::start().await;
+    two_tripwires(&s).await;
     let token = s.token().await;
-    let failed = s.events(&token, "auth.login.failed").await;
-    let ids: Vec<String> = failed.iter().map(|e| e["id"].to_string()).collect();
+    let unacked = s.authed_json(&token, "/events?unacked=1").await;
+    let ids: Vec<String> =
+        unacked["events"].as_array().unwrap().iter().map(|e| e["id"].to_string()).collect();
     assert_eq!(ids.len(), 2);
     let (c, csrf) = ui_login(&s).await;
     let r = post_form(
@@ -188,6 +202,40 @@ async fn bulk_acknowledge() {
     assert_eq!(r.headers()[LOCATION], "/ui/events?unacked=1&notice=acked");
     let left = s.authed_json(&token, "/events?unacked=1").await;
     assert_eq!(left["events"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_all_matching_from_the_events_page() {
+    let s = TestServer::start().await;
+    two_tripwires(&s).await;
+    let token = s.token().await;
+    let (c, csrf) = ui_login(&s).await;
+    // The page offers the button with the count of what the filter matches.
+    let page = c.get(s.url("/ui/events?kind=auth.*")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("name=\"all_matching\""), "{page}");
+    assert!(page.contains("Acknowledge all 1 unacknowledged matching"), "{page}");
+    assert!(page.contains("×2"), "the folded repeat shows its count: {page}");
+    let r = post_form(
+        &c,
+        s.url("/ui/events/ack"),
+        &[
+            ("csrf_token", &csrf),
+            ("back", "/ui/events?kind=auth.*"),
+            ("all_matching", "1"),
+            ("kind", "auth.*"),
+            ("subject", ""),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let left = s.authed_json(&token, "/events?unacked=1").await;
+    let kinds: Vec<&str> =
+        left["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["pxe.client.orphan"], "only the filter's matches were acknowledged");
+    // Without the CSRF token nothing is acknowledged.
+    let r = post_form(&c, s.url("/ui/events/ack"), &[("all_matching", "1")]).await;
+    assert_ne!(r.status(), 303);
+    assert_eq!(s.authed_json(&token, "/events?unacked=1").await["events"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
