@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Flash benchmark: bty against `zstd -dc | dd` and `bmaptool copy`, in one run,
+# Flash benchmark: bty against `zstd -dc | dd`, `lz4 -dc | dd`, `simg2img` + `dd`
+# and `bmaptool copy`, in one run,
 # on the same image, to a loop device and to a file. Prints throughput, ratios
 # and peak RSS. Needs root (loop devices). Not a test: it asserts nothing.
 #
@@ -12,7 +13,7 @@ mkdir -p "$OUT"
 [ "$(id -u)" = 0 ] || { echo "bench/flash.sh needs root for loop devices" >&2; exit 3; }
 
 missing=()
-for pair in zstd:zstd sgdisk:gdisk bmaptool:bmap-tools /usr/bin/time:time; do
+for pair in zstd:zstd lz4:lz4 img2simg:android-sdk-libsparse-utils sgdisk:gdisk bmaptool:bmap-tools /usr/bin/time:time; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,6 +29,8 @@ if [ ! -f "$IMG.zst" ] || [ "$(stat -c %s "$IMG")" != $((SIZE_MIB << 20)) ]; the
     zstd -q -f -3 -T1 "$IMG" -o "$IMG.zst"
     cp "$IMG.bmap" "$IMG.zst.bmap"
 fi
+if command -v lz4 >/dev/null && [ "$IMG.lz4" -ot "$IMG.zst" ]; then lz4 -q -f "$IMG" "$IMG.lz4"; fi
+if command -v img2simg >/dev/null && [ "$IMG.simg" -ot "$IMG.zst" ]; then img2simg "$IMG" "$IMG.simg"; fi
 SHA=$(sha256sum "$IMG.zst" | cut -d' ' -f1)
 echo "image: $SIZE_MIB MiB, zstd -3 -> $(( $(stat -c %s "$IMG.zst") >> 20 )) MiB"
 
@@ -59,6 +62,15 @@ run "zstd -dc | dd (loop)" "zstd -dc '$IMG.zst' | dd of=$LOOP bs=4M oflag=direct
 run "bty --sha256 (loop)" "$BTY flash '$IMG.zst' $LOOP --yes --sha256 $SHA"
 run "bty --sha256 --verify (loop)" "$BTY flash '$IMG.zst' $LOOP --yes --sha256 $SHA --verify"
 run "bty --bmap (loop)" "$BTY flash '$IMG.zst' $LOOP --yes --sha256 $SHA --bmap '$IMG.bmap'"
+if [ -f "$IMG.lz4" ]; then
+    run "lz4 -dc | dd (loop)" "lz4 -dc '$IMG.lz4' | dd of=$LOOP bs=4M oflag=direct conv=fsync status=none"
+    run "bty lz4 --verify (loop)" "$BTY flash '$IMG.lz4' $LOOP --yes --verify"
+fi
+if [ -f "$IMG.simg" ]; then
+    # simg2img cannot write to a block device: it needs a file, which dd then copies.
+    run "simg2img + dd (loop)" "simg2img '$IMG.simg' $OUT/simg.raw && dd if=$OUT/simg.raw of=$LOOP bs=4M oflag=direct conv=fsync status=none; rm -f $OUT/simg.raw"
+    run "bty simg --verify (loop)" "$BTY flash '$IMG.simg' $LOOP --yes --verify"
+fi
 if command -v bmaptool >/dev/null; then
     run "bmaptool copy (loop)" "bmaptool -q copy --bmap '$IMG.bmap' '$IMG.zst' $LOOP"
 fi
@@ -76,3 +88,9 @@ if [ -n "${BEST['bmaptool copy (loop)']:-}" ]; then
     echo "  sparse, loop: bty --bmap vs bmaptool copy    $(ratio 'bty --bmap (loop)' 'bmaptool copy (loop)')"
 fi
 echo "  file:         bty vs zstd|dd                 $(ratio 'bty --sha256 (file)' 'zstd -dc | dd (file)')"
+if [ -n "${BEST['bty lz4 --verify (loop)']:-}" ]; then
+    echo "  lz4, loop:    bty --verify vs lz4|dd         $(ratio 'bty lz4 --verify (loop)' 'lz4 -dc | dd (loop)')"
+fi
+if [ -n "${BEST['bty simg --verify (loop)']:-}" ]; then
+    echo "  simg, loop:   bty --verify vs simg2img+dd    $(ratio 'bty simg --verify (loop)' 'simg2img + dd (loop)')"
+fi
