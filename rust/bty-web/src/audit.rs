@@ -45,6 +45,9 @@ pub struct NewEvent {
     pub source_ip: Option<String>,
     pub summary: String,
     pub details: serde_json::Value,
+    /// Details the server serialised itself from values it bounds (see
+    /// [`NewEvent::server_details`]); stored instead of `details`.
+    pub details_text: Option<String>,
     /// Events with the same key within [`AGGREGATE_WINDOW_S`] fold into one.
     pub agg_key: Option<String>,
 }
@@ -63,6 +66,11 @@ pub const AGGREGATE_WINDOW_S: i64 = 600;
 
 /// Cut `s` to `max` characters, marking the cut.
 pub fn bounded(s: &str, max: usize) -> String {
+    // No more bytes than the limit means no more characters either: the
+    // common case, on the writer's path, skips the walk.
+    if s.len() <= max {
+        return s.to_string();
+    }
     match s.char_indices().nth(max) {
         None => s.to_string(),
         Some((at, _)) => format!("{}… ({} bytes in all)", &s[..at], s.len()),
@@ -87,8 +95,24 @@ fn bound_json(v: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Whether [`bound_json`] would leave `v` as it is (judged by bytes, which
+/// are never fewer than characters).
+fn within_bounds(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.len() <= MAX_TEXT_CHARS,
+        Value::Array(a) => a.len() <= MAX_DETAIL_ITEMS && a.iter().all(within_bounds),
+        Value::Object(o) => {
+            o.len() <= MAX_DETAIL_ITEMS && o.iter().all(|(k, v)| k.len() <= 64 && within_bounds(v))
+        }
+        _ => true,
+    }
+}
+
 fn bound_details(v: &serde_json::Value) -> String {
-    let text = bound_json(v).to_string();
+    // Details within every bound (PXE decisions, on the writer's path) are
+    // stored as they are, without the copy that bounding makes.
+    let text = if within_bounds(v) { v.to_string() } else { bound_json(v).to_string() };
     if text.len() <= MAX_DETAILS_BYTES {
         return text;
     }
@@ -104,6 +128,7 @@ impl NewEvent {
             source_ip: None,
             summary: summary.into(),
             details: serde_json::Value::Object(Default::default()),
+            details_text: None,
             agg_key: None,
         }
     }
@@ -127,6 +152,14 @@ impl NewEvent {
         self.details = details;
         self
     }
+    /// Details made by the server from its own bounded values (enums, catalog
+    /// names, its own reasons), serialised straight from `d`: no document to
+    /// build, walk and copy on the writer's path for every PXE decision. A
+    /// document over the size bound is still replaced by a note.
+    pub fn server_details(mut self, d: &impl Serialize) -> Self {
+        self.details_text = serde_json::to_string(d).ok();
+        self
+    }
 }
 
 /// Failures and resets need an operator's eyes; everything else is history.
@@ -142,7 +175,11 @@ pub fn is_tripwire(kind: &str) -> bool {
 pub fn insert(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
     let now = clock::now_rfc3339();
     let summary = bounded(&e.summary, MAX_TEXT_CHARS);
-    let details = bound_details(&e.details);
+    let details = match &e.details_text {
+        Some(text) if text.len() <= MAX_DETAILS_BYTES => text.clone(),
+        Some(text) => serde_json::json!({"truncated": true, "bytes": text.len()}).to_string(),
+        None => bound_details(&e.details),
+    };
     let acknowledged = !is_tripwire(e.kind);
     if let Some(key) = &e.agg_key {
         let since = clock::rfc3339(clock::now() - time::Duration::seconds(AGGREGATE_WINDOW_S));
@@ -539,6 +576,39 @@ mod tests {
             conn.execute_batch(m).unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn details_within_bounds_are_stored_as_bounding_would_leave_them() {
+        let edge = "x".repeat(MAX_TEXT_CHARS);
+        let over = "é".repeat(MAX_TEXT_CHARS / 2 + 1); // more bytes than the limit, fewer characters
+        for v in [
+            serde_json::json!({"policy": "tui", "image": null, "n": 3, "ok": true}),
+            serde_json::json!({"edge": edge, "list": vec![1; MAX_DETAIL_ITEMS]}),
+            serde_json::json!({"over": over}),
+            serde_json::json!({"list": vec![1; MAX_DETAIL_ITEMS + 1]}),
+            serde_json::json!({"k".repeat(65): 1}),
+        ] {
+            assert_eq!(bound_details(&v), bound_json(&v).to_string(), "{v}");
+        }
+    }
+
+    #[test]
+    fn server_details_are_stored_as_serialised() {
+        #[derive(Serialize)]
+        struct D<'a> {
+            image: Option<&'a str>,
+            offer: &'a str,
+        }
+        let conn = migrated();
+        let e = NewEvent::new("pxe.offered", Actor::PxeClient, "s")
+            .server_details(&D { image: Some("debian"), offer: "flash" });
+        insert(&conn, &e).unwrap();
+        let stored: String = conn.query_row("SELECT details FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, r#"{"image":"debian","offer":"flash"}"#);
+        // The same document made as a JSON value is stored identically.
+        let as_value = serde_json::json!({"offer": "flash", "image": "debian"});
+        assert_eq!(bound_details(&as_value), stored);
     }
 
     #[test]

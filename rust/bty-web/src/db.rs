@@ -12,7 +12,7 @@
 //! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,25 +45,49 @@ const CHECKPOINT_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs
 /// After this long without a commit, the checkpointer folds the whole WAL
 /// back and truncates it to nothing.
 const QUIET_FOR_TRUNCATE: std::time::Duration = std::time::Duration::from_secs(2);
-/// A WAL of this many frames (pages; 64 MiB at 4 KiB) is rewound even
-/// under load: see [`checkpoint_loop`].
-const WAL_RESTART_FRAMES: i64 = 16 * 1024;
-/// A WAL that is reset (rewound after a full checkpoint) is cut back to
-/// this size, so one burst does not leave a large file behind for good.
-const JOURNAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+/// A WAL of this many frames (pages; 128 MiB at 4 KiB) is rewound even
+/// under load: see [`rewind_wal`]. Each rewind stalls writes for one
+/// checkpoint of the last frames and an fsync (tens of milliseconds), so
+/// the bound trades WAL size against how often that happens: at 128 MiB,
+/// every ten seconds or so under the heaviest PXE load measured.
+const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 1024 } else { 32 * 1024 };
+/// A rewound WAL is cut back to this size. It is above the rewind bound so
+/// that under sustained load the file is overwritten in place instead of
+/// being truncated and grown again at every rewind (each cost the first
+/// commit after it some 50 ms); quiet spells empty it altogether.
+const JOURNAL_SIZE_LIMIT: i64 = 192 * 1024 * 1024;
+
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest the writer waits for readers when it rewinds the WAL.
+const REWIND_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Most writes folded into one commit; bounds how long one caller can wait.
 const MAX_GROUP: usize = 256;
 
-/// When the writer last committed, for the checkpointer to stay out of bursts.
+/// What the writer and the checkpointer tell each other: when the writer last
+/// committed (the checkpointer stays out of bursts) and whether the WAL
+/// should be rewound (the writer does that between commit groups).
 struct Activity {
     start: std::time::Instant,
     last_commit_ms: AtomicU64,
+    rewind: AtomicBool,
+    /// Rewinds done, for tests and the curious.
+    rewinds: AtomicU64,
+    /// Held by whichever thread is checkpointing, so neither waits in
+    /// SQLite's busy handler (which sleeps in steps of up to 100 ms) for
+    /// the other's checkpoint lock.
+    checkpointing: Mutex<()>,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: std::time::Instant::now(), last_commit_ms: AtomicU64::new(0) }
+        Activity {
+            start: std::time::Instant::now(),
+            last_commit_ms: AtomicU64::new(0),
+            rewind: AtomicBool::new(false),
+            rewinds: AtomicU64::new(0),
+            checkpointing: Mutex::new(()),
+        }
     }
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
@@ -108,6 +132,7 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: PathBuf,
+    activity: Arc<Activity>,
 }
 
 /// One queued write: run inside a savepoint, answered after the commit.
@@ -170,7 +195,35 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, activity: A
         for job in group {
             job.finish(commit.as_ref().map(|_| ()).map_err(clone_error));
         }
+        if activity.rewind.load(Ordering::Relaxed) {
+            rewind_wal(&conn, &activity);
+        }
     }
+}
+
+/// Under sustained writes a PASSIVE checkpoint never reaches the end of the
+/// WAL (the writer appends while it copies), so SQLite never starts the WAL
+/// over and it grows by gigabytes. Past a bound the writer, between two
+/// commit groups, runs a RESTART checkpoint itself: the checkpointer has
+/// already copied all but the last few frames and no write is in flight to
+/// wait for; the next commit writes the WAL from its start again. Done by
+/// the checkpointer instead, RESTART held every new write back in SQLite's
+/// busy handler, whose sleeps grow to 100 ms.
+fn rewind_wal(conn: &Connection, activity: &Activity) {
+    // The checkpointer is copying: it will ask again when it is done.
+    let Ok(_checkpointing) = activity.checkpointing.try_lock() else { return };
+    activity.rewind.store(false, Ordering::Relaxed);
+    // Readers that still need old frames are waited for briefly; if they
+    // outlast that, the checkpointer asks again after its next round.
+    let _ = conn.busy_timeout(REWIND_WAIT);
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {
+            activity.rewinds.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "WAL restart checkpoint failed; retrying"),
+    }
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
 }
 
 /// Fold committed WAL frames into the database file, off the writer's path.
@@ -198,24 +251,16 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<
         // it waits (busy timeout) for a writer, which is idle by then.
         let quiet = activity.quiet_for() >= QUIET_FOR_TRUNCATE && activity.last_commit() != truncated_after;
         let mode = if quiet { "TRUNCATE" } else { "PASSIVE" };
-        let checkpoint = |mode: &str| {
+        let done = {
+            let _checkpointing = lock_unit(&activity.checkpointing);
             conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
             })
         };
-        match checkpoint(mode) {
+        match done {
             Ok((0, _)) if quiet => truncated_after = activity.last_commit(),
-            // Under sustained writes PASSIVE never catches up with the end
-            // of the WAL, so the writer never rewinds it and it grows by
-            // gigabytes. Past a bound, RESTART holds new writes back until
-            // every frame is in the database file (a pause of a few hundred
-            // milliseconds for 64 MiB); the next commit then starts the WAL
-            // from its beginning, cut back to JOURNAL_SIZE_LIMIT.
-            Ok((_, frames)) if frames >= WAL_RESTART_FRAMES => {
-                if let Err(e) = checkpoint("RESTART") {
-                    tracing::warn!(error = %e, frames, "WAL restart checkpoint failed; retrying");
-                }
-            }
+            // See [`rewind_wal`].
+            Ok((_, frames)) if frames >= WAL_RESTART_FRAMES => activity.rewind.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
         }
@@ -262,6 +307,10 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<
     })
 }
 
+fn lock_unit(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A panic during a read leaves the connection usable: readers never hold
     // a transaction open across calls.
@@ -269,7 +318,7 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // NORMAL under WAL: a commit survives a process crash; only an OS crash
     // can lose the last transactions, never corrupt the file.
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
@@ -393,6 +442,7 @@ impl Db {
         let (stop, stopped) = mpsc::channel::<()>();
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
+        let shared = activity.clone();
         std::thread::Builder::new()
             .name("bty-db-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpoint_conn, stopped, seen))
@@ -409,6 +459,7 @@ impl Db {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: path.to_path_buf(),
+                activity: shared,
             }),
         };
         Ok((db, reset))
@@ -416,6 +467,11 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How often the WAL was rewound under load (see `rewind_wal`).
+    pub fn wal_rewinds(&self) -> u64 {
+        self.inner.activity.rewinds.load(Ordering::Relaxed)
     }
 
     /// Run `f` atomically on the writer; returns once it has committed.
@@ -491,6 +547,34 @@ mod tests {
         assert!(a.busy(), "just committed");
         std::thread::sleep(std::time::Duration::from_millis(150));
         assert!(!a.busy(), "a pause of 150 ms");
+    }
+
+    #[tokio::test]
+    async fn under_sustained_writes_the_wal_is_rewound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let wal = dir.path().join("state.db-wal");
+        let (db, _) = Db::open(&path).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE scratch (x BLOB)")).await.unwrap();
+        // Writes without a pause long enough for a quiet spell's truncation,
+        // past the time the checkpointer defers to a burst: only the
+        // writer's rewinds can start the WAL over.
+        let (mut written, mut largest) = (0u64, 0u64);
+        let start = std::time::Instant::now();
+        while db.wal_rewinds() < 2 && start.elapsed() < std::time::Duration::from_secs(30) {
+            db.write(|c| {
+                let mut ins = c.prepare_cached("INSERT INTO scratch (x) VALUES (zeroblob(8000))")?;
+                for _ in 0..32 {
+                    ins.execute([])?;
+                }
+                c.execute("DELETE FROM scratch WHERE rowid % 2 = 0", [])
+            })
+            .await
+            .unwrap();
+            written += 32 * 8192;
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        assert!(db.wal_rewinds() >= 2, "no rewinds in 30 s ({written} bytes written, WAL {largest} bytes)");
     }
 
     #[tokio::test]

@@ -84,36 +84,69 @@ pub struct Contact {
     pub token: Option<String>,
 }
 
+/// A token for the offer a contact may make, minted before the write so the
+/// single writer spends no time on randomness and hashing.
+pub struct MintedToken {
+    token: String,
+    hash: String,
+}
+
+impl MintedToken {
+    pub fn new() -> Self {
+        let token = random_secret();
+        let hash = sha256_hex(&token);
+        MintedToken { token, hash }
+    }
+}
+
+impl Default for MintedToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub fn contact(
     conn: &Connection,
     mac: MacAddr,
     ip: Option<&str>,
     catalog: &Catalog,
+    minted: MintedToken,
 ) -> rusqlite::Result<Contact> {
     let now = clock::now_rfc3339();
-    let discovered = see(conn, mac, ip, &now)?;
-    let mut m = machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    // A known MAC (the common case) costs one read and one UPDATE that
+    // records the sighting together with the offer; writes run one at a
+    // time on the writer connection, so nothing changes the row between.
+    let (mut m, discovered) = match machines::get_for_boot(conn, mac)? {
+        Some(m) => (m, false),
+        None => {
+            let inserted = see(conn, mac, ip, &now)?;
+            (machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?, inserted)
+        }
+    };
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
     // A live offer replaces whatever offer was outstanding (the machine
     // booted again, so that live environment is gone); a local boot ends it.
     let token = if policy::is_live(d.offer) {
-        let token = random_secret();
         conn.prepare_cached(
-            "UPDATE machines SET state = ?2, offer_kind = ?3, offer_token_hash = ?4, offer_at = ?5 WHERE mac = ?1",
+            "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3, discovered_at = coalesce(discovered_at, ?2),
+                 state = ?4, offer_kind = ?5, offer_token_hash = ?6, offer_at = ?2 WHERE mac = ?1",
         )?
-        .execute(params![mac.to_string(), d.next_state.as_str(), d.offer.as_str(), sha256_hex(&token), now])?;
-        Some(token)
+        .execute(params![mac.to_string(), now, ip, d.next_state.as_str(), d.offer.as_str(), minted.hash])?;
+        Some(minted.token)
     } else {
         conn.prepare_cached(
-            "UPDATE machines SET state = ?2, offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL
-             WHERE mac = ?1 AND (state != ?2 OR offer_kind IS NOT NULL)",
+            "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3, discovered_at = coalesce(discovered_at, ?2),
+                 state = ?4, offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL WHERE mac = ?1",
         )?
-        .execute(params![mac.to_string(), d.next_state.as_str()])?;
+        .execute(params![mac.to_string(), now, ip, d.next_state.as_str()])?;
         None
     };
     m.state = d.next_state.as_str().to_string();
+    m.last_seen_at = Some(now.clone());
+    m.last_seen_ip = ip.map(str::to_string);
+    m.discovered_at.get_or_insert_with(|| now.clone());
     if d.abandons_flash {
         conn.execute(
             "UPDATE flash_history SET status = 'abandoned', finished_at = ?2,
@@ -138,17 +171,30 @@ pub fn contact(
         &NewEvent::new("pxe.offered", Actor::PxeClient, format!("{mac}: {} ({reason})", d.offer.as_str()))
             .machine(mac)
             .ip(ip.map(str::to_string))
-            .details(json!({
-                "policy": policy.as_str(),
-                "state": state.as_str(),
-                "next_state": d.next_state.as_str(),
-                "offer": d.offer.as_str(),
-                "reason": reason,
-                "image": m.image,
-                "image_missing": image == ImageCheck::Missing && policy.flashes(),
-            })),
+            .server_details(&OfferedDetails {
+                image: m.image.as_deref(),
+                image_missing: image == ImageCheck::Missing && policy.flashes(),
+                next_state: d.next_state.as_str(),
+                offer: d.offer.as_str(),
+                policy: policy.as_str(),
+                reason: &reason,
+                state: state.as_str(),
+            }),
     )?;
     Ok(Contact { machine: m, decision: d, discovered, token })
+}
+
+/// The details of a `pxe.offered` event (fields in the order a JSON object
+/// of them has always been stored: by name).
+#[derive(serde::Serialize)]
+struct OfferedDetails<'a> {
+    image: Option<&'a str>,
+    image_missing: bool,
+    next_state: &'a str,
+    offer: &'a str,
+    policy: &'a str,
+    reason: &'a str,
+    state: &'a str,
 }
 
 /// The result of `GET /pxe/{mac}/plan` before URLs are filled in.

@@ -21,15 +21,44 @@ pub enum Access {
     Operator,
 }
 
+/// How a route's request body is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRule {
+    /// `[limits] max_body_bytes`, answered with one JSON 413. The default
+    /// for methods that carry a body.
+    Limited,
+    /// `[limits] max_inventory_bytes`: what a PXE client may make the
+    /// server store is bounded tighter.
+    Inventory,
+    /// Streamed by the handler, which enforces its own limit
+    /// (`[limits] max_upload_bytes`); only a stall ends it (see `listener`).
+    Streamed,
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// `None`: [`BodyRule::Limited`] for methods with a body, nothing to
+    /// bound for `GET` and `DELETE` (their handlers read no body).
+    pub body: Option<BodyRule>,
 }
 
 const fn route(method: Method, path: &'static str, access: Access) -> Route {
-    Route { method, path, access }
+    Route { method, path, access, body: None }
+}
+
+const fn route_with_body(method: Method, path: &'static str, access: Access, rule: BodyRule) -> Route {
+    Route { method, path, access, body: Some(rule) }
+}
+
+impl Route {
+    fn body_rule(&self) -> Option<BodyRule> {
+        self.body.or_else(|| {
+            (self.method != Method::GET && self.method != Method::DELETE).then_some(BodyRule::Limited)
+        })
+    }
 }
 
 use Access::{Open, Operator};
@@ -44,9 +73,9 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/pxe/{mac}/plan", Open),
     route(Method::POST, "/pxe/{mac}/done", Open),
     route(Method::POST, "/pxe/{mac}/status", Open),
-    route(Method::POST, "/pxe/{mac}/inventory", Open),
+    route_with_body(Method::POST, "/pxe/{mac}/inventory", Open, BodyRule::Inventory),
     route(Method::GET, "/boot/{name}", Open),
-    route(Method::PUT, "/boot/{name}", Operator),
+    route_with_body(Method::PUT, "/boot/{name}", Operator, BodyRule::Streamed),
     route(Method::GET, "/images", Open),
     route(Method::GET, "/images/{name}", Open),
     route(Method::GET, "/catalog.toml", Open),
@@ -114,12 +143,6 @@ pub static ROUTES: &[Route] = &[
 pub fn access(method: &Method, path: &str) -> Access {
     let method = if method == Method::HEAD { &Method::GET } else { method };
     ROUTES.iter().find(|r| r.path == path && r.method == *method).map(|r| r.access).unwrap_or(Operator)
-}
-
-/// Routes that stream their own bodies and enforce their own size limit
-/// (`[limits] max_upload_bytes`).
-fn streams_body(r: &Route) -> bool {
-    r.method == Method::PUT && r.path == "/boot/{name}"
 }
 
 fn endpoint(r: &Route) -> MethodRouter<AppState> {
@@ -243,11 +266,15 @@ pub fn router(state: AppState) -> Router {
     for path in ROUTES.iter().map(|r| r.path).filter(|p| seen.insert(*p)) {
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
         for r in ROUTES.iter().filter(|r| r.path == path) {
-            let ep = if streams_body(r) {
-                endpoint(r).layer(middleware::from_fn(streamed_body))
-            } else {
-                let limit = if r.path == "/pxe/{mac}/inventory" { inventory } else { limit };
-                endpoint(r).layer(middleware::from_fn_with_state(limit, limit_body))
+            let ep = match r.body_rule() {
+                None => endpoint(r),
+                Some(BodyRule::Streamed) => endpoint(r).layer(middleware::from_fn(streamed_body)),
+                Some(BodyRule::Inventory) => {
+                    endpoint(r).layer(middleware::from_fn_with_state(inventory, limit_body))
+                }
+                Some(BodyRule::Limited) => {
+                    endpoint(r).layer(middleware::from_fn_with_state(limit, limit_body))
+                }
             };
             methods = methods.merge(ep);
         }

@@ -34,7 +34,8 @@ pub async fn script(
 ) -> Result<Response, ApiError> {
     let base = app.base_url(&headers)?;
     let catalog = app.catalog.get();
-    let contact = app.db.write(move |c| pxe::contact(c, mac, ip.string().as_deref(), &catalog)).await;
+    let minted = pxe::MintedToken::new();
+    let contact = app.db.write(move |c| pxe::contact(c, mac, ip.string().as_deref(), &catalog, minted)).await;
     let mac_s = mac.to_string();
     let c = match contact {
         Ok(c) => c,
