@@ -438,6 +438,9 @@ fn first_id_since(conn: &Connection, ts: &str) -> rusqlite::Result<Option<i64>> 
 /// deleted. Runs in small writes between PXE answers; freed pages are reused
 /// by later inserts, and returned to the file system where the database was
 /// created with incremental auto-vacuum.
+/// Machines checked for excess history per read in [`prune`].
+const PRUNE_SCAN_PAGE: usize = 256;
+
 pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Result<Pruned> {
     let mut out = Pruned::default();
     let cutoff = clock::rfc3339(clock::now() - time::Duration::days(max_age_days as i64));
@@ -461,29 +464,44 @@ pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Re
             }
         }
     }
-    // Per machine: the id of its newest event (and flash) beyond the cap.
+    // Per machine: the id of its newest event (and flash) beyond the cap,
+    // found a few hundred machines per read so a large fleet neither holds
+    // one snapshot (and the WAL with it) for long nor hogs a core.
     let offset = per_machine as i64;
-    let excess: Vec<(String, Option<i64>, Option<i64>)> = db
-        .read(move |c| {
-            let mut macs = c.prepare("SELECT mac FROM machines")?;
-            let macs: Vec<String> = macs.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-            let mut ev = c.prepare_cached(
-                "SELECT id FROM events WHERE subject_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
-            )?;
-            let mut fl = c.prepare_cached(
-                "SELECT id FROM flash_history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
-            )?;
-            let mut out = Vec::new();
-            for mac in macs {
-                let e: Option<i64> = ev.query_row(params![mac, offset], |r| r.get(0)).optional()?;
-                let f: Option<i64> = fl.query_row(params![mac, offset], |r| r.get(0)).optional()?;
-                if e.is_some() || f.is_some() {
-                    out.push((mac, e, f));
+    let mut excess: Vec<(String, Option<i64>, Option<i64>)> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let from = after.clone();
+        let (page, last) = db
+            .read(move |c| {
+                let mut macs =
+                    c.prepare_cached("SELECT mac FROM machines WHERE mac > ?1 ORDER BY mac LIMIT ?2")?;
+                let macs: Vec<String> = macs
+                    .query_map(params![from, PRUNE_SCAN_PAGE as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut ev = c.prepare_cached(
+                    "SELECT id FROM events WHERE subject_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                )?;
+                let mut fl = c.prepare_cached(
+                    "SELECT id FROM flash_history WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                )?;
+                let mut out = Vec::new();
+                for mac in &macs {
+                    let e: Option<i64> = ev.query_row(params![mac, offset], |r| r.get(0)).optional()?;
+                    let f: Option<i64> = fl.query_row(params![mac, offset], |r| r.get(0)).optional()?;
+                    if e.is_some() || f.is_some() {
+                        out.push((mac.clone(), e, f));
+                    }
                 }
-            }
-            Ok::<_, rusqlite::Error>(out)
-        })
-        .await?;
+                Ok::<_, rusqlite::Error>((out, macs.last().cloned()))
+            })
+            .await?;
+        excess.extend(page);
+        match last {
+            Some(mac) => after = mac,
+            None => break,
+        }
+    }
     // One machine's excess per write, at most PRUNE_BATCH rows each, so a
     // first prune of a large log never holds up PXE answers for long.
     let kinds = PXE_HISTORY_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
@@ -726,6 +744,32 @@ mod tests {
             [("machine.updated".into(), 1), ("pxe.client.orphan".into(), 1), ("pxe.plan".into(), 10)]
         );
         assert_eq!(prune(&db, 30, 10).await.unwrap(), Pruned::default(), "a second run finds nothing");
+    }
+
+    #[tokio::test]
+    async fn prune_walks_every_page_of_a_large_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::db::Db::open(&dir.path().join("state.db")).unwrap();
+        let machines = PRUNE_SCAN_PAGE * 2 + 10;
+        db.write(move |c| {
+            let mut m = c.prepare("INSERT INTO machines (mac, created_at, updated_at) VALUES (?1, 't', 't')")?;
+            let mut ev = c.prepare(
+                "INSERT INTO events (ts, kind, subject_id, actor, summary, acknowledged) VALUES (?1, 'pxe.offered', ?2, 'x', 'x', 1)",
+            )?;
+            for i in 0..machines {
+                let mac = format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 255);
+                m.execute([&mac])?;
+                // The first, a middle and the last machine have 5 too many.
+                let n = if i == 0 || i == PRUNE_SCAN_PAGE + 3 || i == machines - 1 { 15 } else { 10 };
+                for _ in 0..n {
+                    ev.execute(params![crate::clock::now_rfc3339(), mac])?;
+                }
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(prune(&db, 30, 10).await.unwrap(), Pruned { events: 15, flash_history: 0 });
     }
 
     #[tokio::test]
