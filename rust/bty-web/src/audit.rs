@@ -162,6 +162,22 @@ impl NewEvent {
     }
 }
 
+/// An event filter's subject as stored: a MAC in any spelling becomes the
+/// canonical one (events name machines that way); anything else stays as
+/// given. Empty means no filter.
+pub fn subject_filter(subject: &str) -> Option<String> {
+    let subject = subject.trim();
+    if subject.is_empty() {
+        return None;
+    }
+    Some(
+        subject
+            .parse::<bty_core::mac::MacAddr>()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|_| subject.to_string()),
+    )
+}
+
 /// Failures and resets need an operator's eyes; everything else is history.
 pub fn is_tripwire(kind: &str) -> bool {
     kind.ends_with("failed")
@@ -438,6 +454,10 @@ fn first_id_since(conn: &Connection, ts: &str) -> rusqlite::Result<Option<i64>> 
 /// deleted. Runs in small writes between PXE answers; freed pages are reused
 /// by later inserts, and returned to the file system where the database was
 /// created with incremental auto-vacuum.
+async fn auto_vacuum_incremental(db: &Db) -> rusqlite::Result<bool> {
+    db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0))).await.map(|mode| mode == 2)
+}
+
 /// Machines checked for excess history per read in [`prune`].
 const PRUNE_SCAN_PAGE: usize = 256;
 
@@ -530,13 +550,12 @@ pub async fn prune(db: &Db, max_age_days: u64, per_machine: u64) -> rusqlite::Re
                 .await?;
         }
     }
-    if out.events + out.flash_history > 0 {
+    if out.events + out.flash_history > 0 && auto_vacuum_incremental(db).await? {
         // Only does something in a database created with incremental
         // auto-vacuum; a few thousand pages per write keep it short.
         loop {
             let free: i64 = db.read(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get(0))).await?;
-            let incremental: i64 = db.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))).await?;
-            if incremental != 2 || free == 0 {
+            if free == 0 {
                 break;
             }
             // Each step of the statement frees one page: step it to the end.

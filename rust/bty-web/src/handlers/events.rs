@@ -42,10 +42,7 @@ pub async fn list(
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::field("limit", format!("must be 1..={MAX_LIMIT}")));
     }
-    let subject = q
-        .subject
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(s));
+    let subject = q.subject.as_deref().and_then(audit::subject_filter);
     let query = EventQuery {
         kind: q.kind.filter(|k| !k.is_empty()),
         subject,
@@ -83,10 +80,7 @@ pub async fn ack_matching(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = EventQuery {
         kind: f.kind.filter(|k| !k.is_empty()),
-        subject: f
-            .subject
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(s)),
+        subject: f.subject.as_deref().and_then(audit::subject_filter),
         unacked_only: true,
         before_id: None,
         limit: 0,

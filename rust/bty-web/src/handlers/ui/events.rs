@@ -27,11 +27,10 @@ pub async fn page(ctx: Ctx, Query(q): Query<EventsQuery>) -> Result<Response, Ui
     let subject = q.subject.unwrap_or_default().trim().to_string();
     let unacked = matches!(q.unacked.as_deref(), Some("1" | "true" | "on"));
     // MACs match in any spelling, as in GET /events.
-    let subject_id =
-        subject.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(subject.clone());
+    let subject_id = audit::subject_filter(&subject);
     let eq = EventQuery {
         kind: Some(kind.clone()).filter(|k| !k.is_empty()),
-        subject: Some(subject_id).filter(|s| !s.is_empty()),
+        subject: subject_id,
         unacked_only: unacked,
         before_id: q.before,
         limit: PER_PAGE,
@@ -78,13 +77,9 @@ pub async fn ack(ctx: Ctx, Form(f): Form<Vec<(String, String)>>) -> Result<Respo
     let back = local_target(f.get("back")).unwrap_or("/ui/events").to_string();
     let sep = if back.contains('?') { '&' } else { '?' };
     if !f.get("all_matching").is_empty() {
-        let subject = f.get("subject").trim().to_string();
         let q = EventQuery {
             kind: Some(f.get("kind").trim().to_string()).filter(|k| !k.is_empty()),
-            subject: Some(
-                subject.parse::<bty_core::mac::MacAddr>().map(|m| m.to_string()).unwrap_or(subject),
-            )
-            .filter(|s| !s.is_empty()),
+            subject: audit::subject_filter(f.get("subject")),
             unacked_only: true,
             before_id: None,
             limit: 0,
