@@ -54,7 +54,7 @@ cp "$work/z.qcow2" "$seeds/qcow2/zero-flagged.qcow2"
 # Refused layouts: only their headers matter.
 qemu-img create -q -u -f qcow2 -o cluster_size=512 -b v3.qcow2 -F qcow2 "$work/top.qcow2" 64K
 cp "$work/top.qcow2" "$seeds/qcow2/backing-file.qcow2"
-qemu-img create -q -f qcow2 -o cluster_size=512,data_file="$work/data.raw" "$work/ext.qcow2" 64K
+(cd "$work" && qemu-img create -q -f qcow2 -o cluster_size=512,data_file=data.raw ext.qcow2 64K)
 cp "$work/ext.qcow2" "$seeds/qcow2/data-file.qcow2"
 qemu-img create -q -f qcow2 -o cluster_size=16384,extended_l2=on "$work/sub.qcow2" 64K
 head -c 4096 "$work/sub.qcow2" >"$seeds/qcow2/extended-l2.qcow2"
@@ -104,7 +104,7 @@ gpg --batch --quiet --clearsign -o "$seeds/bmap/clearsigned.bmap" "$seeds/bmap/s
 
 # Partition tables: only the sectors read_table and the GPT relocation read.
 truncate -s 1M "$work/gpt.img"
-sgdisk -q -n 1:34:2047s -t 1:EF00 -c 1:ESP -n 2:0:+100K -t 2:8300 -c 2:root -A 2:set:2 \
+sgdisk -a 1 -n 1:34:+100K -t 1:EF00 -c 1:ESP -n 2:0:+100K -t 2:8300 -c 2:root -A 2:set:2 \
     -n 3:0:+8K -t 3:EF02 "$work/gpt.img" >/dev/null
 head -c $((34 * 512)) "$work/gpt.img" >"$seeds/partition/gpt-512.img"
 python3 - "$seeds/partition/gpt-4096.img" <<'EOF'
@@ -195,7 +195,7 @@ open(sys.argv[1], "wb").write(struct.pack("<II", 0x184D2A50, 4) + b"bty!" + open
 EOF
 lz4 -q -9 -c --content-size "$work/small.raw" >"$work/x.lz4"
 lz4 -q -l -c "$work/small.raw" >"$work/legacy.lz4"
-(cd "$work" && cp small.raw disk.img && zip -q -X -0 stored.zip disk.img && zip -q -X -9 deflated.zip disk.img)
+(cd "$work" && cp small.raw disk.img && touch -d @0 disk.img && zip -q -X -0 stored.zip disk.img && zip -q -X -9 deflated.zip disk.img)
 tar --format=ustar --mtime=@0 --owner=0 --group=0 -C "$work" -cf "$work/x.tar" small.raw
 head -c 2048 "$work/x.tar" >"$work/x.tar.head"
 named disk.img "$work/small.raw" raw
