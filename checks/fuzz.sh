@@ -99,8 +99,8 @@ for t in "${targets[@]}"; do
     log "$t: afl-fuzz failed (exit $status); the end of $dir.log:"
     tail -n 30 "$dir.log" >&2
     failed=1
-    continue
   fi
+  if [ ! -f "$stats" ]; then continue; fi
   stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$stats"; }
   log "$t: $(stat execs_done) execs ($(stat execs_per_sec)/s), $(stat corpus_count) inputs in the corpus" \
     "($(stat corpus_found) new), $(stat edges_found) edges, stability $(stat stability)," \
