@@ -262,7 +262,10 @@ fn walk_zstd_frames(
         if fhd & 0x04 != 0 {
             pos += 4;
         }
-        total += size;
+        let Some(sum) = total.checked_add(size) else {
+            return Ok(Err("the zstd frames' content sizes add up to more than 2^64 bytes".into()));
+        };
+        total = sum;
         frames += 1;
     }
     if pos != len {
@@ -328,23 +331,31 @@ fn xz_size(src: &Source, len: u64) -> Result<Probe> {
             return unknown("the xz index is malformed".into());
         };
         let (mut blocks_len, mut stream_size) = (0u64, 0u64);
+        let too_much = || unknown("the xz index describes more data than the file holds".into());
         for _ in 0..records {
             let (Some(unpadded), Some(uncompressed)) =
                 (xz_varint(&index, &mut pos), xz_varint(&index, &mut pos))
             else {
                 return unknown("the xz index is malformed".into());
             };
-            blocks_len += unpadded.div_ceil(4) * 4;
-            stream_size += uncompressed;
+            // Index values are 63-bit: sums of them overflow u64 long before
+            // they could describe a real file.
+            match (blocks_len.checked_add(unpadded.div_ceil(4) * 4), stream_size.checked_add(uncompressed)) {
+                (Some(b), Some(s)) => (blocks_len, stream_size) = (b, s),
+                _ => return too_much(),
+            }
         }
-        let Some(start) = (end - 12 - index_len).checked_sub(blocks_len + 12) else {
-            return unknown("the xz index describes more data than the file holds".into());
+        let Some(start) = (end - 12 - index_len).checked_sub(blocks_len.saturating_add(12)) else {
+            return too_much();
         };
         let header = src.read_at(start, 6)?;
         if header != [0xFD, b'7', b'z', b'X', b'Z', 0] {
             return unknown(format!("no xz stream header where the index places it (byte {start})"));
         }
-        total += stream_size;
+        let Some(sum) = total.checked_add(stream_size) else {
+            return unknown("the xz streams' sizes add up to more than 2^64 bytes".into());
+        };
+        total = sum;
         streams += 1;
         end = start;
         if streams > 10_000 {
@@ -758,5 +769,55 @@ mod tests {
         assert_eq!(human_size(1023), "1023 B");
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+
+    /// zstd frames and xz index records whose sizes add up past 2^64 make
+    /// the size unknown, not an overflow (fuzz/regressions/format/
+    /// zstd-sizes-past-2-pow-64 and xz-index-past-2-pow-64).
+    #[test]
+    fn sizes_past_2_pow_64_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        // An 8-byte content size of 2^63 and one empty last raw block.
+        let mut frame = ZSTD_MAGIC.to_le_bytes().to_vec();
+        frame.push(0xE0);
+        frame.extend((1u64 << 63).to_le_bytes());
+        frame.extend([1, 0, 0]);
+        let p = write(dir.path(), "x.img.zst", &[&frame[..], &frame[..]].concat());
+        let (size, how) = virtual_size(&Source::File(p), ImageFormat::Zstd, &frame).unwrap();
+        assert_eq!(size, None);
+        assert!(how.contains("more than 2^64"), "{how}");
+
+        // A stream header, then an index of three records of 2^63 - 1 bytes.
+        let varint = |mut v: u64| {
+            let mut out = Vec::new();
+            while v >= 0x80 {
+                out.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+            out
+        };
+        let mut index = vec![0u8];
+        index.extend(varint(3));
+        for _ in 0..3 {
+            index.extend(varint((1 << 63) - 1));
+            index.extend(varint((1 << 63) - 1));
+        }
+        while index.len() % 4 != 0 {
+            index.push(0);
+        }
+        index.extend(crc32fast::hash(&index).to_le_bytes());
+        let mut body = ((index.len() / 4 - 1) as u32).to_le_bytes().to_vec();
+        body.extend([0, 1]);
+        let mut xz = vec![0xFD, b'7', b'z', b'X', b'Z', 0, 0, 1];
+        xz.extend(crc32fast::hash(&[0, 1]).to_le_bytes());
+        xz.extend(&index);
+        xz.extend(crc32fast::hash(&body).to_le_bytes());
+        xz.extend(&body);
+        xz.extend(b"YZ");
+        let p = write(dir.path(), "x.img.xz", &xz);
+        let (size, how) = virtual_size(&Source::File(p), ImageFormat::Xz, &xz).unwrap();
+        assert_eq!(size, None);
+        assert!(how.contains("more data than the file holds"), "{how}");
     }
 }

@@ -431,7 +431,10 @@ fn walk(f: &std::fs::File, len: u64) -> io::Result<Result<(u64, usize), String>>
         if h.content_checksum {
             pos += 4;
         }
-        total += size;
+        let Some(sum) = total.checked_add(size) else {
+            return Ok(Err("the lz4 frames' content sizes add up to more than 2^64 bytes".into()));
+        };
+        total = sum;
         frames += 1;
     }
     if pos != len {
@@ -576,5 +579,23 @@ mod tests {
         let err = decode(&v).unwrap_err();
         let e = crate::Error::from_io(err).expect("an engine error");
         assert_eq!(e.kind(), crate::ErrorKind::Usage);
+    }
+
+    /// Frame headers whose content sizes add up past 2^64 make the size
+    /// unknown, not an overflow (fuzz/regressions/format/lz4-sizes-past-2-pow-64).
+    #[test]
+    fn content_sizes_past_2_pow_64_are_unknown() {
+        let desc = [0x40 | 0x20 | 0x08, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x80];
+        let mut frame = LZ4_FRAME_MAGIC.to_le_bytes().to_vec();
+        frame.extend(desc);
+        frame.push((xxh32(&desc, 0) >> 8) as u8);
+        frame.extend([0u8; 4]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.img.lz4");
+        std::fs::write(&p, [&frame[..], &frame[..]].concat()).unwrap();
+        let (size, how, first) = decoded_size(&Source::File(p), &frame).unwrap();
+        assert_eq!(size, None);
+        assert!(how.contains("more than 2^64"), "{how}");
+        assert_eq!(first, Some(1 << 63));
     }
 }

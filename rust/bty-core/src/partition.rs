@@ -176,18 +176,10 @@ fn read_mbr(head: &[u8]) -> Result<Option<PartitionTable>> {
     let ss = 512u64;
     let mut partitions: Vec<Partition> = primaries
         .iter()
-        .map(|&(i, e)| mbr_partition(i as u32, e.sys, e.boot, e.starting_lba, e.sectors))
+        .map(|&(i, e)| mbr_partition(i as u32, e.sys, e.boot, u64::from(e.starting_lba), e.sectors))
         .collect();
-    // Logical partitions live in a chain of EBRs that may lie beyond `head`;
-    // then only the primaries are reported (the extended container among
-    // them, so `span_bytes` still covers the logical partitions).
-    if primaries.iter().any(|(_, e)| e.is_extended()) {
-        if let Ok(full) = mbrman::MBR::read_from(&mut Cursor::new(head), ss as u32) {
-            for (k, l) in full.logical_partitions.iter().enumerate() {
-                let e = &l.partition;
-                partitions.push(mbr_partition(5 + k as u32, e.sys, e.boot, e.starting_lba, e.sectors));
-            }
-        }
+    if let Some((_, ext)) = primaries.iter().find(|(_, e)| e.is_extended()) {
+        partitions.extend(logical_partitions(head, u64::from(ext.starting_lba)));
     }
     let sig = header.disk_signature;
     Ok(Some(PartitionTable {
@@ -199,10 +191,45 @@ fn read_mbr(head: &[u8]) -> Result<Option<PartitionTable>> {
     }))
 }
 
-fn mbr_partition(number: u32, sys: u8, boot: u8, start: u32, sectors: u32) -> Partition {
+/// The logical partitions of the extended partition starting at LBA
+/// `ext_start`, from its chain of EBRs: each holds one partition (relative to
+/// itself) and the link to the next EBR (relative to the extended partition).
+/// The chain may lie beyond `head`; it then ends there, and the extended
+/// container among the primaries still bounds `span_bytes`. A sector that
+/// is not an EBR, or a link that does not move forward, ends it too.
+///
+/// Read here rather than with mbrman, whose LBA sums are unchecked u32
+/// arithmetic: a hostile EBR made them overflow.
+fn logical_partitions(head: &[u8], ext_start: u64) -> Vec<Partition> {
+    let mut out = Vec::new();
+    let mut rel = 0u64;
+    loop {
+        let ebr_lba = ext_start + rel;
+        let at = (ebr_lba * 512) as usize;
+        let Some(ebr) = head.get(at..at + 512) else { break };
+        let entry = |i: usize| &ebr[446 + 16 * i..462 + 16 * i];
+        let (this, next) = (entry(0), entry(1));
+        if ebr[510..512] != [0x55, 0xAA] || [this[0], next[0]].iter().any(|&b| b != 0 && b != 0x80) {
+            break;
+        }
+        let (start, sectors) = (le_u32(this, 8), le_u32(this, 12));
+        if this[4] != 0 && sectors > 0 {
+            let number = 5 + out.len() as u32;
+            out.push(mbr_partition(number, this[4], this[0], ebr_lba + u64::from(start), sectors));
+        }
+        let next_rel = u64::from(le_u32(next, 8));
+        if next[4] == 0 || next_rel <= rel {
+            break;
+        }
+        rel = next_rel;
+    }
+    out
+}
+
+fn mbr_partition(number: u32, sys: u8, boot: u8, start: u64, sectors: u32) -> Partition {
     Partition {
         number,
-        start_bytes: u64::from(start) * 512,
+        start_bytes: start * 512,
         size_bytes: u64::from(sectors) * 512,
         type_id: format!("0x{sys:02x}"),
         type_name: mbr_type_name(sys).map(str::to_string),
@@ -433,8 +460,14 @@ pub fn relocate_gpt_backup(dev: &File, disk_size: u64, sector_size: u64) -> Resu
         )));
     }
     let entries_sectors = entries_len.div_ceil(ss);
-    let entries =
-        pread(dev, primary.entries_lba * ss, (entries_sectors * ss) as usize, "the GPT partition entries")?;
+    let Some(entries_at) = primary.entries_lba.checked_mul(ss).filter(|&at| at < disk_size) else {
+        return Err(Error::failure(format!(
+            "the GPT places its partition entries at LBA {}, beyond the end of the disk at LBA {last_lba}; \
+             the primary header is damaged",
+            primary.entries_lba
+        )));
+    };
+    let entries = pread(dev, entries_at, (entries_sectors * ss) as usize, "the GPT partition entries")?;
     if crc32fast::hash(&entries[..entries_len as usize]) != primary.entries_crc {
         return Err(Error::failure(
             "the GPT partition entry array fails its CRC32 check; the partition table is damaged, \
@@ -442,13 +475,16 @@ pub fn relocate_gpt_backup(dev: &File, disk_size: u64, sector_size: u64) -> Resu
         ));
     }
 
-    let new_entries_lba = last_lba - entries_sectors;
-    let new_last_usable = new_entries_lba - 1;
-    if new_last_usable < primary.last_usable {
+    // The backup entries go right before the last sector, the new last
+    // usable sector right before them; on a disk too small for that there
+    // is nowhere to put them.
+    let new_last_usable = last_lba.checked_sub(entries_sectors + 1).filter(|&l| l >= primary.last_usable);
+    let Some(new_last_usable) = new_last_usable else {
         return Err(Error::failure(
             "the disk is too small to hold the backup GPT after the image's last usable sector",
         ));
-    }
+    };
+    let new_entries_lba = new_last_usable + 1;
 
     // Backup first: until the primary is rewritten it still points at the old
     // backup, so a crash at any step leaves one consistent pair on the disk.
@@ -787,5 +823,46 @@ mod tests {
         let f = File::options().read(true).write(true).open(&img).unwrap();
         let err = relocate_gpt_backup(&f, 4 * MIB, 512).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    /// An entry array placed past the end of any disk is refused, not
+    /// multiplied into an overflow (fuzz/regressions/partition/entries-lba-past-2-pow-64).
+    #[test]
+    fn relocation_refuses_entries_beyond_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(img) = sfdisk_gpt_image(dir.path()) else { return };
+        let f = grow_copy(&img, &dir.path().join("disk.img"), 16 * MIB);
+        let mut hdr = vec![0u8; 512];
+        f.read_exact_at(&mut hdr, 512).unwrap();
+        hdr[72..80].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        let crc = header_crc(&hdr, le_u32(&hdr, 12));
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&hdr, 512).unwrap();
+        let err = relocate_gpt_backup(&f, 16 * MIB, 512).unwrap_err();
+        assert!(err.to_string().contains("beyond the end of the disk"), "{err}");
+    }
+
+    /// An EBR whose partition starts 2^32 - 1 sectors after it is a
+    /// partition past 2 TiB, not an overflow; a link back to an earlier EBR
+    /// ends the chain (fuzz/regressions/partition/ebr-start-past-2-pow-32).
+    #[test]
+    fn logical_partitions_far_out_and_chains_that_loop() {
+        let mut img = vec![0u8; 8 * 512];
+        let entry = |img: &mut Vec<u8>, sector: usize, slot: usize, sys: u8, start: u32, sectors: u32| {
+            let at = sector * 512 + 446 + 16 * slot;
+            img[at + 4] = sys;
+            img[at + 8..at + 12].copy_from_slice(&start.to_le_bytes());
+            img[at + 12..at + 16].copy_from_slice(&sectors.to_le_bytes());
+            img[sector * 512 + 510..sector * 512 + 512].copy_from_slice(&[0x55, 0xAA]);
+        };
+        entry(&mut img, 0, 0, 0x05, 2, 100);
+        entry(&mut img, 2, 0, 0x83, u32::MAX, 10);
+        entry(&mut img, 2, 1, 0x05, 3, 10);
+        entry(&mut img, 5, 0, 0x82, 1, 4);
+        // The second EBR links back to the first.
+        entry(&mut img, 5, 1, 0x05, 3, 10);
+        let t = read_table(&img).unwrap().unwrap();
+        let got: Vec<(u32, u64)> = t.partitions.iter().map(|p| (p.number, p.start_bytes)).collect();
+        assert_eq!(got, vec![(1, 2 * 512), (5, (2 + u64::from(u32::MAX)) * 512), (6, 6 * 512)]);
     }
 }
