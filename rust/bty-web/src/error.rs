@@ -116,6 +116,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
+        // The rest of an oversized body is never read, so the connection
+        // cannot carry another request: say so, or a client reuses it and
+        // its next request fails on the close.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
         resp
     }
 }

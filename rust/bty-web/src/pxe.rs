@@ -26,6 +26,11 @@ use crate::clock;
 use crate::machines::{self, Machine};
 use crate::policy::{self, BootState, Decision, ImageCheck, Offer, Report, ReportVerdict};
 
+#[derive(serde::Serialize)]
+struct Discovered {
+    policy: &'static str,
+}
+
 /// Create the record of an unknown MAC (policy `tui`) and refresh last-seen.
 /// Race-safe: concurrent first contacts insert exactly one row, and only the
 /// one that inserted it records `machine.discovered`.
@@ -43,6 +48,13 @@ fn see(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rusqlite
     if updated > 0 {
         return Ok(false);
     }
+    discover(conn, mac, ip, now)
+}
+
+/// Create the record of a MAC known to be new (policy `tui`), recording
+/// `machine.discovered` if this call inserted it.
+fn discover(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rusqlite::Result<bool> {
+    let mac_s = mac.to_string();
     let inserted = conn
         .prepare_cached(
             "INSERT INTO machines (mac, policy, state, discovered_at, last_seen_at, last_seen_ip, created_at, updated_at)
@@ -56,7 +68,7 @@ fn see(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rusqlite
             &NewEvent::new("machine.discovered", Actor::PxeClient, format!("new machine {mac}"))
                 .machine(mac)
                 .ip(ip.map(str::to_string))
-                .details(json!({"policy": "tui"})),
+                .server_details(&Discovered { policy: "tui" }),
         )?;
     }
     Ok(inserted)
@@ -119,7 +131,7 @@ pub fn contact(
     let (mut m, discovered) = match machines::get_for_boot(conn, mac)? {
         Some(m) => (m, false),
         None => {
-            let inserted = see(conn, mac, ip, &now)?;
+            let inserted = discover(conn, mac, ip, &now)?;
             (machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?, inserted)
         }
     };

@@ -15,6 +15,9 @@ const LIMIT: u64 = 1024;
 /// A 413 in the one shape: JSON naming the limit and the key that sets it.
 async fn assert_json_413(what: &str, r: reqwest::Response) {
     assert_eq!(r.status(), 413, "{what}");
+    // The unread rest of the body means the connection ends: clients must
+    // not reuse it.
+    assert_eq!(r.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]), "{what}");
     let kind = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     assert!(kind.starts_with("application/json"), "{what}: content-type {kind:?}");
     let v: Value = r.json().await.unwrap();

@@ -234,7 +234,7 @@ async fn hostile_clients_cannot_wear_the_server_down() {
                         assert!(e.is_request(), "{e}");
                         0
                     }
-                    Err(e) => panic!("{e}"),
+                    Err(e) => panic!("{e}: {:?}", std::error::Error::source(&e)),
                 };
                 *codes.entry(code).or_insert(0) += 1;
             }
