@@ -256,7 +256,7 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>, activity: Arc<
         let quiet = activity.quiet_for() >= QUIET_FOR_TRUNCATE && activity.last_commit() != truncated_after;
         let mode = if quiet { "TRUNCATE" } else { "PASSIVE" };
         let done = {
-            let _checkpointing = lock_unit(&activity.checkpointing);
+            let _checkpointing = lock(&activity.checkpointing);
             let run = |mode: &str| {
                 conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
@@ -334,13 +334,10 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<
     })
 }
 
-fn lock_unit(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic during a read leaves the connection usable: readers never hold
-    // a transaction open across calls.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while it was held leaves what it guards usable: readers never
+    // hold a transaction open across calls, and the checkpoint lock guards
+    // nothing but turn-taking.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
