@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Every check bty has: formatting, lints, unit and integration tests, a short fuzzing run, and the end-to-end
-# VM suite (its first run as root installs QEMU, iPXE, OVMF and a Debian kernel package).
+# VM suite. First it installs what they need (checks/deps.sh: Debian packages and a Debian kernel package,
+# as root; otherwise it prints the one apt-get line that is missing and stops).
 # Loop-device tests run when this is run as root and skip (saying why) otherwise.
 set -euo pipefail
 cd "$(dirname "$0")"
+started=$(date +%s)
+
+echo "== dependencies (checks/deps.sh)"
+checks/deps.sh
+# A CI build is never rebuilt incrementally; the incremental cache would only cost disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -19,3 +26,4 @@ echo "== Nix: every .nix file parses (checks/nix-eval.sh; set NIXPKGS=... to als
 checks/nix-eval.sh
 echo "== end-to-end VM suite (checks/e2e.sh: real QEMU, iPXE, bty-web and bty agent)"
 checks/e2e.sh
+echo "== all checks passed in $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s"

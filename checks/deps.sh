@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Installs everything the VM checks need (idempotent; a fast no-op when all is present).
-#   - QEMU (from bookworm-backports, so the newer qemu-utils is kept), iPXE ROMs and binaries,
-#     OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI modules, kmod (depmod), binutils;
+# Installs everything ./test.sh needs (idempotent; a fast no-op when all is present):
+#   - the peer tools the format tests compare against (zstd, xz, bzip2, pigz, pbzip2, lz4, zip,
+#     lzop, 7z, img2simg, qemu-img), the loop-device and filesystem tools (losetup, sgdisk,
+#     mkfs.ext4), Chromium and chromedriver for the browser UI tests, afl++ for the fuzzing run
+#     and nix-instantiate for the Nix checks;
+#   - for the VM suite: QEMU (from bookworm-backports on Debian 12, so the newer qemu-utils is
+#     kept), iPXE ROMs and binaries, OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI
+#     modules, kmod (depmod), binutils;
 #   - the Debian kernel package, downloaded (not installed) into checks/out/cache/.
-# Must run as root when something is missing. Nothing is installed into the host's /boot.
+# As root it installs what is missing; otherwise it prints the one apt-get line that would and
+# exits 1. Nothing is installed into the host's /boot.
 set -euo pipefail
 
 # The kernel the test live environment boots. Bump together when the archive moves on;
@@ -16,8 +22,31 @@ mkdir -p "$cache"
 
 log() { echo "deps: $*" >&2; }
 
-# Package → a file that proves it is installed (cheaper than dpkg -s for each).
+# Package -> what proves it is installed: an absolute path, or a command on PATH (cheaper than
+# dpkg -s for each, and true whichever way the tool got there).
 declare -A want=(
+  # tests, fuzzing, Nix
+  [zstd]=zstd
+  [xz-utils]=xz
+  [bzip2]=bzip2
+  [pigz]=pigz
+  [pbzip2]=pbzip2
+  [lz4]=lz4
+  [zip]=zip
+  [unzip]=unzip
+  [lzop]=lzop
+  [p7zip-full]=7z
+  [android-sdk-libsparse-utils]=img2simg
+  [qemu-utils]=qemu-img
+  [e2fsprogs]=mkfs.ext4
+  [mount]=losetup
+  [chromium]=chromium
+  [chromium-driver]=chromedriver
+  [afl++]=afl-fuzz
+  [nix-bin]=nix-instantiate
+  [python3]=python3
+  [curl]=curl
+  # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom
   [ipxe]=/usr/lib/ipxe/undionly.kpxe
@@ -30,18 +59,27 @@ declare -A want=(
   [grub-common]=/usr/bin/grub-mkimage
   [fdisk]=/usr/sbin/sfdisk
   [gdisk]=/usr/sbin/sgdisk
-  [zstd]=/usr/bin/zstd
-  [xz-utils]=/usr/bin/xz
   [kmod]=/usr/sbin/depmod
   [binutils]=/usr/bin/as
   [file]=/usr/bin/file
   [gzip]=/bin/gzip
 )
 
+present() {
+  case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
+  esac
+}
+
 missing=()
 for pkg in "${!want[@]}"; do
-  [ -e "${want[$pkg]}" ] || missing+=("$pkg")
+  present "${want[$pkg]}" || missing+=("$pkg")
 done
+# Sorted, so the printed install line is stable.
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort)
+fi
 # busybox-static and busybox conflict in name only: the static one provides /bin/busybox too,
 # but we need the static build (the initramfs has no libc).
 if [ -e /bin/busybox ] && ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
@@ -50,7 +88,9 @@ fi
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
-    log "must run as root to install: $*"
+    log "missing: $*"
+    log "install it as root, then run this again:"
+    echo "  sudo apt-get install -y --no-install-recommends $*" >&2
     exit 1
   fi
 }
@@ -68,8 +108,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   need_root "${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # qemu-system-x86 from plain bookworm would downgrade (remove) the newer qemu-utils some
-  # machines ship; backports has a matching QEMU.
-  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  # machines ship; backports has a matching QEMU. Other releases take their own QEMU.
+  codename="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
+  backports=0
+  if [ "$codename" = bookworm ]; then backports=1; fi
+  if [ "$backports" = 1 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     log "adding bookworm-backports to apt sources"
     cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SRC'
 Types: deb
@@ -83,7 +126,7 @@ SRC
   apt_update
   rest=()
   for pkg in "${missing[@]}"; do
-    if [ "$pkg" = qemu-system-x86 ]; then
+    if [ "$pkg" = qemu-system-x86 ] && [ "$backports" = 1 ]; then
       log "installing qemu-system-x86 from bookworm-backports"
       apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
     else

@@ -68,7 +68,8 @@ const SELECT_FOR_BOOT: &str =
     m.created_at, m.updated_at, NULL
     FROM machines m";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
+/// A [`Machine`] from a row of [`SELECT`]'s columns.
+pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
     let mac: String = r.get(0)?;
     let inventory: Option<String> = r.get(13)?;
     let labels: Option<String> = r.get(18)?;

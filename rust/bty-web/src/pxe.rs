@@ -126,15 +126,33 @@ pub fn contact(
 ) -> rusqlite::Result<Contact> {
     let now = clock::now_rfc3339();
     // A known MAC (the common case) costs one read and one UPDATE that
-    // records the sighting together with the offer; writes run one at a
-    // time on the writer connection, so nothing changes the row between.
-    let (mut m, discovered) = match machines::get_for_boot(conn, mac)? {
-        Some(m) => (m, false),
-        None => {
-            let inserted = discover(conn, mac, ip, &now)?;
-            (machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?, inserted)
-        }
+    // records the sighting together with the offer; a new one costs one
+    // INSERT that carries its first offer. Writes run one at a time on the
+    // writer connection, so nothing changes the row between read and write.
+    let m = match machines::get_for_boot(conn, mac)? {
+        Some(m) => m,
+        None => match first_contact(conn, mac, ip, &now, minted)? {
+            Ok(contact) => return Ok(contact),
+            // Unreachable with one writer; handled as a known machine.
+            Err(minted) => {
+                let m = machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                return known_contact(conn, m, mac, ip, &now, catalog, minted);
+            }
+        },
     };
+    known_contact(conn, m, mac, ip, &now, catalog, minted)
+}
+
+/// The contact of a MAC with a record.
+fn known_contact(
+    conn: &Connection,
+    mut m: Machine,
+    mac: MacAddr,
+    ip: Option<&str>,
+    now: &str,
+    catalog: &Catalog,
+    minted: MintedToken,
+) -> rusqlite::Result<Contact> {
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
@@ -156,9 +174,9 @@ pub fn contact(
         None
     };
     m.state = d.next_state.as_str().to_string();
-    m.last_seen_at = Some(now.clone());
+    m.last_seen_at = Some(now.to_string());
     m.last_seen_ip = ip.map(str::to_string);
-    m.discovered_at.get_or_insert_with(|| now.clone());
+    m.discovered_at.get_or_insert_with(|| now.to_string());
     if d.abandons_flash {
         conn.execute(
             "UPDATE flash_history SET status = 'abandoned', finished_at = ?2,
@@ -173,7 +191,68 @@ pub fn contact(
             params![mac.to_string(), m.image, now],
         )?;
     }
-    let reason = if image == ImageCheck::Missing && policy.flashes() {
+    record_offer(conn, &m, ip, policy, state, image, &d)?;
+    Ok(Contact { machine: m, decision: d, discovered: false, token })
+}
+
+/// The first contact of a MAC: its record (policy `tui`) is inserted with
+/// the first offer in one statement, and `machine.discovered` recorded.
+/// `Err` gives the token back if a record existed after all.
+fn first_contact(
+    conn: &Connection,
+    mac: MacAddr,
+    ip: Option<&str>,
+    now: &str,
+    minted: MintedToken,
+) -> rusqlite::Result<Result<Contact, MintedToken>> {
+    let (policy, state, image) = (policy::Policy::Tui, BootState::Idle, ImageCheck::Present);
+    let d = policy::on_pxe(policy, state, image);
+    let live = policy::is_live(d.offer);
+    let offer_kind = live.then(|| d.offer.as_str());
+    let token_hash = live.then_some(minted.hash.as_str());
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO machines (mac, policy, state, discovered_at, last_seen_at, last_seen_ip, created_at,
+                 updated_at, offer_kind, offer_token_hash, offer_at)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?4, ?4, ?6, ?7, CASE WHEN ?6 IS NULL THEN NULL ELSE ?4 END)
+             ON CONFLICT (mac) DO NOTHING
+             RETURNING mac, policy, state, image, target_disk_serial, sanboot_drive, provisioning_mode,
+                 discovered_at, last_seen_at, last_seen_ip, last_flashed_at, last_flash_status,
+                 last_flash_reason, NULL, inventory_at, lshw IS NOT NULL, created_at, updated_at, NULL",
+        )?
+        .query_row(
+            params![mac.to_string(), policy.as_str(), d.next_state.as_str(), now, ip, offer_kind, token_hash],
+            machines::from_row,
+        )
+        .optional()?;
+    let Some(m) = inserted else {
+        return Ok(Err(minted));
+    };
+    audit::insert(
+        conn,
+        &NewEvent::new("machine.discovered", Actor::PxeClient, format!("new machine {mac}"))
+            .machine(mac)
+            .ip(ip.map(str::to_string))
+            .server_details(&Discovered { policy: policy.as_str() }),
+    )?;
+    record_offer(conn, &m, ip, policy, state, image, &d)?;
+    let token = live.then_some(minted.token);
+    Ok(Ok(Contact { machine: m, decision: d, discovered: true, token }))
+}
+
+/// Record `pxe.offered` for a decision about `m` (as it was before it).
+fn record_offer(
+    conn: &Connection,
+    m: &Machine,
+    ip: Option<&str>,
+    policy: policy::Policy,
+    state: BootState,
+    image: ImageCheck,
+    d: &Decision,
+) -> rusqlite::Result<()> {
+    let mac = m.mac;
+    let image_missing = image == ImageCheck::Missing && policy.flashes();
+    let reason = if image_missing {
         format!("image {:?} is not in the catalog: {}", m.image.as_deref().unwrap_or(""), d.reason)
     } else {
         d.reason.to_string()
@@ -185,7 +264,7 @@ pub fn contact(
             .ip(ip.map(str::to_string))
             .server_details(&OfferedDetails {
                 image: m.image.as_deref(),
-                image_missing: image == ImageCheck::Missing && policy.flashes(),
+                image_missing,
                 next_state: d.next_state.as_str(),
                 offer: d.offer.as_str(),
                 policy: policy.as_str(),
@@ -193,7 +272,7 @@ pub fn contact(
                 state: state.as_str(),
             }),
     )?;
-    Ok(Contact { machine: m, decision: d, discovered, token })
+    Ok(())
 }
 
 /// The details of a `pxe.offered` event (fields in the order a JSON object
