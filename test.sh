@@ -26,4 +26,6 @@ echo "== Nix: every .nix file parses (checks/nix-eval.sh; set NIXPKGS=... to als
 checks/nix-eval.sh
 echo "== end-to-end VM suite (checks/e2e.sh: real QEMU, iPXE, bty-web and bty agent)"
 checks/e2e.sh
+echo "== the README's quick start, as written (checks/quickstart.sh: cargo install, live/install.sh, a VM flashed over PXE)"
+checks/quickstart.sh
 echo "== all checks passed in $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s"

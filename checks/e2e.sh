@@ -18,7 +18,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
     cargo build --release --locked -q -p bty -p bty-tui --target "$host"
 agent=target/static/$host/release/bty
-checks/live/build.sh checks/out/live-agent "$agent"
+KERNEL_DEB="$(cat checks/out/cache/kernel-deb.path)" live/build.sh checks/out/live-agent "$agent"
 checks/disk/build.sh checks/out/disk >/dev/null
 cargo build --locked -q -p bty-web
 

@@ -12,7 +12,7 @@ Scenarios (default: all, one VM at a time):
   bios-local SeaBIOS: PXE -> iPXE -> /pxe/{mac} answers "local" (sanboot of drive 0x80) ->
              the marker disk boots
   uefi-local OVMF: the same with iPXE `exit 1` handing back to the firmware's next entry
-  bios-flash the whole loop with a busybox stand-in agent (live/standin-agent.sh): PXE ->
+  bios-flash the whole loop with a busybox stand-in agent (checks/live/standin-agent.sh): PXE ->
              live env -> flash the marker image -> status done -> reboot -> PXE -> local ->
              the flashed disk's marker; the disk's bytes are compared with the image
   uefi-flash the same under OVMF
@@ -141,7 +141,7 @@ class Server:
 
 def build(agent: str | None) -> None:
     t = time.monotonic()
-    cmd = [str(HERE / "live" / "build.sh"), str(OUT / "live")] + ([agent] if agent else [])
+    cmd = [str(HERE.parent / "live" / "build.sh"), str(OUT / "live")] + ([agent] if agent else [])
     subprocess.run(cmd, check=True)
     t1 = time.monotonic()
     subprocess.run([str(HERE / "disk" / "build.sh"), str(OUT / "disk")], check=True)
@@ -247,12 +247,12 @@ def local(firmware: str) -> dict[str, float]:
 
 
 def flash(firmware: str, power_cut: bool = False) -> dict[str, float]:
-    """The whole loop with a busybox stand-in for the agent (live/standin-agent.sh): PXE ->
+    """The whole loop with a busybox stand-in for the agent (checks/live/standin-agent.sh): PXE ->
     live env -> flash the marker image onto the disk with the plan's serial -> report done ->
     reboot -> PXE -> "local" -> the flashed disk boots. With power_cut, the VM is killed when
     the flash starts and powered on again: no "done" arrived, so it flashes again."""
     live = OUT / "live-standin"
-    subprocess.run([str(HERE / "live" / "build.sh"), str(live),
+    subprocess.run([str(HERE.parent / "live" / "build.sh"), str(live),
                     str(HERE / "live" / "standin-agent.sh")], check=True,
                    stderr=subprocess.DEVNULL)
     work = fresh_dir(f"{firmware}-{'powercut' if power_cut else 'flash'}")

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds the test live environment from Debian packages (see checks/deps.sh):
+# Builds the bty live environment from Debian packages (live/install.sh is the command that
+# fetches them, builds the static bty and bty-tui, and installs the result):
 #   OUT_DIR/vmlinuz     the Debian kernel, extracted from its .deb
 #   OUT_DIR/initrd.gz   busybox-static + NIC/disk kernel modules + /init (+ /bin/bty if given)
-# Usage: checks/live/build.sh OUT_DIR [BTY_BINARY]
+# Usage: KERNEL_DEB=linux-image-….deb live/build.sh OUT_DIR [BTY_BINARY]
+# Without KERNEL_DEB, the kernel package checks/deps.sh downloaded (checks/out/cache) is used.
+# Unpacked kernels are cached next to the .deb.
 # BTY_BINARY must be statically linked (the initramfs has no libc) or a #!/bin/sh script. A bty-tui binary next to it
 # is included too. No root needed once the dependencies are installed.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-checks="$(dirname "$here")"
+checks="$(dirname "$here")/checks"
 out="${1:?usage: $0 OUT_DIR [BTY_BINARY]}"
 bty="${2:-}"
 
@@ -16,14 +19,20 @@ bty="${2:-}"
 # controllers QEMU can give a client (virtio-net/-blk/-scsi, e1000, AHCI, NVMe).
 MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod e1000 e1000e ahci nvme)
 
-deb_path_file="$checks/out/cache/kernel-deb.path"
-if [ ! -f "$deb_path_file" ]; then
-  echo "live: no kernel package; run checks/deps.sh first" >&2
-  exit 1
+deb="${KERNEL_DEB:-}"
+if [ -z "$deb" ]; then
+  deb_path_file="$checks/out/cache/kernel-deb.path"
+  if [ ! -f "$deb_path_file" ]; then
+    echo "live: no kernel package: set KERNEL_DEB, or run live/install.sh (or checks/deps.sh) first" >&2
+    exit 1
+  fi
+  deb="$(cat "$deb_path_file")"
 fi
-deb="$(cat "$deb_path_file")"
+[ -f "$deb" ] || { echo "live: kernel package $deb not found" >&2; exit 1; }
+deb="$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")"
+kcache_dir="$(dirname "$deb")"
 for tool in /bin/busybox dpkg-deb depmod gzip python3; do
-  command -v "$tool" >/dev/null || { echo "live: $tool missing; run checks/deps.sh" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "live: $tool missing; live/install.sh installs what the build needs" >&2; exit 1; }
 done
 if ! file -L /bin/busybox | grep -q 'statically linked'; then
   echo "live: /bin/busybox is not the static build (install busybox-static)" >&2
@@ -47,9 +56,9 @@ trap 'rm -rf "$work"' EXIT
 # 1. Kernel and modules, from the kernel package. The unpacked package is ~400 MB: keep only
 #    vmlinuz and the resolved modules, cached per package and module list.
 key="$(basename "$deb" .deb).$(echo "${MODULES[*]}" | sha256sum | cut -c1-12)"
-kcache="$checks/out/cache/live-kernel.$key"
+kcache="$kcache_dir/live-kernel.$key"
 if [ ! -f "$kcache/.done" ]; then
-  rm -rf "$checks/out/cache/live-kernel.$(basename "$deb" .deb)."*
+  rm -rf "$kcache_dir/live-kernel.$(basename "$deb" .deb)."*
   kdir="$work/kernel"
   mkdir -p "$kdir"
   dpkg-deb -x "$deb" "$kdir"
@@ -126,7 +135,7 @@ install -m 0755 "$here/init" "$root/init"
 install -m 0755 "$here/udhcpc.script" "$root/etc/bty-live/udhcpc.script"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
-printf 'bty-live test environment (kernel %s)\n' "$kver" >"$root/etc/issue"
+printf 'bty live environment (kernel %s)\n' "$kver" >"$root/etc/issue"
 : >"$root/etc/resolv.conf"
 cp "$kcache/modules/"*.ko "$root/lib/modules/"
 cp "$kcache/modules.order" "$root/etc/bty-live/modules"
@@ -141,7 +150,7 @@ if [ -n "$bty" ]; then
 fi
 
 # 3. Pack: newc cpio (root-owned, mtime 0, sorted; /dev/console as a real node) + gzip -n.
-python3 "$checks/lib/newc.py" "$root" "$work/initrd.cpio" --dev dev/console:c:5:1:600
+python3 "$here/newc.py" "$root" "$work/initrd.cpio" --dev dev/console:c:5:1:600
 gzip -9 -n -c "$work/initrd.cpio" >"$out/initrd.gz.tmp"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 echo "$kver" >"$out/kernel-version"
