@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod bundle;
+pub mod catalog_edit;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -199,6 +199,7 @@ fn notice(code: &str) -> Option<&'static str> {
         "deleted" => "Machine deleted.",
         "reloaded" => "Catalog reloaded.",
         "reload-failed" => "The catalog did not load; the previous one stays in use.",
+        "image-added" => "Image added to the catalog. Machines can be assigned it now.",
         "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
@@ -394,6 +395,12 @@ pub fn html_response(status: StatusCode, html: String) -> Response {
 
 /// `GET /ui`: the dashboard lives at `/ui/`.
 pub async fn root() -> Redirect {
+    Redirect::to("/ui/")
+}
+
+/// `GET /`: a browser pointed at the server gets the UI (its login page
+/// first, when not logged in).
+pub async fn site_root() -> Redirect {
     Redirect::to("/ui/")
 }
 
