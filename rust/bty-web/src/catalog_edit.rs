@@ -80,7 +80,10 @@ pub fn check_url(url: &str) -> Result<(), EditError> {
         return Err(field("url", "is required"));
     }
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(field("url", "must be an http:// or https:// URL, e.g. https://example.org/disk.img.zst"));
+        return Err(field(
+            "url",
+            "must be an http:// or https:// URL, e.g. https://example.org/disk.img.zst",
+        ));
     }
     match Source::parse(url) {
         Ok(Source::Http(_)) => Ok(()),
@@ -94,7 +97,10 @@ pub fn check_url(url: &str) -> Result<(), EditError> {
 pub fn check_sha256(sha256: &str) -> Result<String, EditError> {
     let s = sha256.trim();
     if s.is_empty() {
-        return Err(field("sha256", "is required: the SHA-256 of the file at the URL, 64 hexadecimal digits"));
+        return Err(field(
+            "sha256",
+            "is required: the SHA-256 of the file at the URL, 64 hexadecimal digits",
+        ));
     }
     parse_sha256_hex(s).ok_or_else(|| {
         field("sha256", format!("must be 64 hexadecimal digits (this has {} characters)", s.chars().count()))
@@ -128,14 +134,17 @@ fn read_catalog(path: &Path) -> Result<(String, Catalog), EditError> {
                 catalog::MAX_CATALOG_BYTES
             )))
         }
-        Ok(b) => String::from_utf8(b)
-            .map_err(|_| EditError::NotEditable(format!("{} is not UTF-8 text; fix it by hand", path.display())))?,
+        Ok(b) => String::from_utf8(b).map_err(|_| {
+            EditError::NotEditable(format!("{} is not UTF-8 text; fix it by hand", path.display()))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), Catalog::empty())),
         Err(e) => return Err(EditError::Io(format!("cannot read {}: {e}", path.display()))),
     };
     let parsed = Catalog::parse(&text).map_err(|mut e| {
         e.location = path.display().to_string();
-        EditError::NotEditable(format!("{e}\nNothing was added: fix the file first, then add the image again."))
+        EditError::NotEditable(format!(
+            "{e}\nNothing was added: fix the file first, then add the image again."
+        ))
     })?;
     Ok((text, parsed))
 }
@@ -197,13 +206,18 @@ pub fn append_entry(text: &str, entry: &NewEntry) -> Result<String, EditError> {
 /// Replace `path` with `text`: a temporary file beside it, synced, renamed
 /// over it, and the directory synced. The file keeps its permissions.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| EditError::Io(format!("cannot {what} {}: {e}", p.display()));
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        EditError::Io(format!("cannot {what} {}: {e}", p.display()))
+    };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
     let tmp = dir.join(format!(".{base}.{}.tmp", &crate::auth::random_secret()[..8]));
     let result = (|| {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io("create", &tmp, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io("create", &tmp, e))?;
         if let Ok(meta) = std::fs::metadata(path) {
             f.set_permissions(meta.permissions()).map_err(|e| io("set the mode of", &tmp, e))?;
         }
@@ -232,8 +246,8 @@ pub fn add_to_file(path: &Path, entry: &NewEntry) -> Result<Catalog, EditError> 
     }
     let new_text = append_entry(&text, entry)?;
     let index = current.images.len();
-    let parsed = Catalog::parse(&new_text).map_err(|e| {
-        match e.problems.iter().find(|p| p.index == Some(index)) {
+    let parsed =
+        Catalog::parse(&new_text).map_err(|e| match e.problems.iter().find(|p| p.index == Some(index)) {
             Some(p) => {
                 let f = match p.field.as_str() {
                     "name" => "name",
@@ -247,8 +261,7 @@ pub fn add_to_file(path: &Path, entry: &NewEntry) -> Result<Catalog, EditError> 
                 field(f, p.reason.clone())
             }
             None => EditError::NotEditable(e.to_string()),
-        }
-    })?;
+        })?;
     write_atomic(path, &new_text)?;
     Ok(parsed)
 }
@@ -332,7 +345,11 @@ pub async fn add(
         return Err(e);
     }
     store.reload().await.map_err(|e| {
-        EditError::Io(format!("{} was written with {}, but did not load again: {e}", path.display(), entry.name))
+        EditError::Io(format!(
+            "{} was written with {}, but did not load again: {e}",
+            path.display(),
+            entry.name
+        ))
     })
 }
 
@@ -426,7 +443,10 @@ impl ImageUpload {
             }
         }
         let p = &self.inner.partial;
-        self.file.write_all(chunk).await.map_err(|e| EditError::Io(format!("cannot write {}: {e}", p.display())))
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| EditError::Io(format!("cannot write {}: {e}", p.display())))
     }
 
     /// The whole upload has arrived: sync it and tell what it is. An image
@@ -478,7 +498,8 @@ impl Uploaded {
 mod tests {
     use super::*;
 
-    const COMMENTED: &str = "# our images\nversion = 1\n\n# the first one\n[[images]]\nname = \"a\"\nsrc = \"a.img\" # local\n";
+    const COMMENTED: &str =
+        "# our images\nversion = 1\n\n# the first one\n[[images]]\nname = \"a\"\nsrc = \"a.img\" # local\n";
 
     fn url(name: &str) -> NewEntry {
         url_entry(name, "https://example.org/x.img.zst", &"ab".repeat(32), "X").unwrap()
@@ -522,8 +543,10 @@ mod tests {
         assert!(matches!(add_to_file(&p, &url("a")), Err(EditError::Duplicate(_))));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), after);
         // No temporary files left beside it.
-        let names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(names, ["catalog.toml"]);
         // A missing file is created.
         let fresh = dir.path().join("new.toml");

@@ -321,7 +321,11 @@ fn the_log_in_a_pipe_is_plain_and_names_real_addresses() {
         if text.contains("serving on") {
             break text;
         }
-        assert!(std::time::Instant::now() < deadline, "no `serving on` line: {}", String::from_utf8_lossy(&log));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `serving on` line: {}",
+            String::from_utf8_lossy(&log)
+        );
     };
     // Answering, so its shutdown handler is in place too.
     let health = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz")).unwrap();

@@ -269,7 +269,9 @@ async fn adding_images_from_the_images_page() {
     // Register a URL; a bad digest is answered next to its field first.
     let br = &b;
     let fill = |sha: &'static str| async move {
-        for (id, value) in [("#name", "debian-13"), ("#url", "https://example.org/debian-13.img.xz"), ("#sha256", sha)] {
+        for (id, value) in
+            [("#name", "debian-13"), ("#url", "https://example.org/debian-13.img.xz"), ("#sha256", sha)]
+        {
             let e = br.find(id).await;
             br.clear(&e).await;
             br.type_into(&e, value).await;

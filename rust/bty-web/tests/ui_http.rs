@@ -471,7 +471,14 @@ async fn registering_a_url_from_the_images_page() {
         (".etc", "https://example.org/d.img", SHA, 422, "name-error", "must not start with"),
         ("a/b", "https://example.org/d.img", SHA, 422, "name-error", "contains"),
         ("", "https://example.org/d.img", SHA, 422, "name-error", "must not be empty"),
-        ("local-img", "https://example.org/d.img", SHA, 409, "name-error", "already has an image named local-img"),
+        (
+            "local-img",
+            "https://example.org/d.img",
+            SHA,
+            409,
+            "name-error",
+            "already has an image named local-img",
+        ),
         ("debian", "ftp://example.org/d.img", SHA, 422, "url-error", "http"),
         ("debian", "file:///etc/passwd", SHA, 422, "url-error", "http"),
         ("debian", "images/d.img", SHA, 422, "url-error", "http"),
@@ -492,7 +499,8 @@ async fn registering_a_url_from_the_images_page() {
     // Without the CSRF token, or without a login: refused.
     let r = post_form(&c, s.url("/ui/images/url"), &form("debian", "https://example.org/d.img", SHA)).await;
     assert_eq!(r.status(), 403);
-    let r = post_form(&browser(), s.url("/ui/images/url"), &form("debian", "https://example.org/d.img", SHA)).await;
+    let r = post_form(&browser(), s.url("/ui/images/url"), &form("debian", "https://example.org/d.img", SHA))
+        .await;
     assert_eq!(r.status(), 303);
     assert!(r.headers()[LOCATION].to_str().unwrap().starts_with("/ui/login"));
     assert_eq!(catalog_text(&s), before);
@@ -555,8 +563,15 @@ async fn the_catalog_api_adds_urls_and_uploads() {
     assert_eq!(catalog_text(&s), before);
 
     // Uploads: refused names and duplicates before a byte is stored.
-    for (name, status) in [("..%2Fescape.img", 422), (".hidden", 422), ("local-img", 409), ("local.img", 409)] {
-        let r = api.put(s.url(&format!("/images/{name}"))).bearer_auth(&token).body(vec![1u8; 100]).send().await.unwrap();
+    for (name, status) in [("..%2Fescape.img", 422), (".hidden", 422), ("local-img", 409), ("local.img", 409)]
+    {
+        let r = api
+            .put(s.url(&format!("/images/{name}")))
+            .bearer_auth(&token)
+            .body(vec![1u8; 100])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), status, "{name}: {}", r.text().await.unwrap());
     }
     assert!(!s.state_dir().join("escape.img").exists());
@@ -613,7 +628,8 @@ async fn the_catalog_api_adds_urls_and_uploads() {
     let r = api.put(s.url("/images/fresh.img")).bearer_auth(&token).body(data.clone()).send().await.unwrap();
     assert_eq!(r.status(), 409);
     // A URL, by the API.
-    let ok = json!({"name": "remote.img.xz", "url": "https://example.org/r.img.xz", "sha256": SHA.to_uppercase()});
+    let ok =
+        json!({"name": "remote.img.xz", "url": "https://example.org/r.img.xz", "sha256": SHA.to_uppercase()});
     let r = api.post(s.url("/catalog/images")).bearer_auth(&token).json(&ok).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -627,6 +643,12 @@ async fn the_catalog_api_adds_urls_and_uploads() {
     let (c, csrf) = ui_login(&s).await;
     let r = c.put(s.url("/images/from-browser.img")).body(data.clone()).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = c.put(s.url("/images/from-browser.img")).header("x-csrf-token", &csrf).body(data).send().await.unwrap();
+    let r = c
+        .put(s.url("/images/from-browser.img"))
+        .header("x-csrf-token", &csrf)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
 }

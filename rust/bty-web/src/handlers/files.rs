@@ -3,11 +3,11 @@
 
 use std::path::{Path as FsPath, PathBuf};
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use axum::body::Bytes;
 use bty_core::catalog::{Catalog, CatalogError, ImageSrc};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -359,7 +359,9 @@ pub async fn add_catalog_entry(
 
 fn added(app: &AppState, headers: &HeaderMap, catalog: &Catalog, name: &str) -> Result<Response, ApiError> {
     let base = app.base_url(headers)?;
-    let entry = catalog.get(name).ok_or_else(|| ApiError::internal(format!("{name} is not in the reloaded catalog")))?;
+    let entry = catalog
+        .get(name)
+        .ok_or_else(|| ApiError::internal(format!("{name} is not in the reloaded catalog")))?;
     Ok((StatusCode::CREATED, Json(images::info(entry, &base))).into_response())
 }
 

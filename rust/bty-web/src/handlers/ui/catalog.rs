@@ -8,11 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{field_errors, Ctx, Fields, PageMeta, UiError};
+use crate::catalog_edit::{self, EditError};
 use crate::error::ApiError;
 use crate::handlers::{self, files};
 use crate::health::{self, human_bytes};
 use crate::state::ClientIp;
-use crate::catalog_edit::{self, EditError};
 use crate::{images, netboot};
 
 #[derive(Deserialize, Default)]
@@ -72,9 +72,14 @@ fn images_page(
 }
 
 /// `POST /ui/images/url`: register an image at an http(s) URL with its SHA-256.
-pub async fn add_url(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -> Result<Response, UiError> {
+pub async fn add_url(
+    ctx: Ctx,
+    ip: ClientIp,
+    Form(f): Form<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
     let f = Fields(f);
-    let (name, url, sha256, description) = (f.get("name"), f.get("url"), f.get("sha256"), f.get("description"));
+    let (name, url, sha256, description) =
+        (f.get("name"), f.get("url"), f.get("sha256"), f.get("description"));
     let outcome = match catalog_edit::url_entry(name, url, sha256, description) {
         Ok(entry) => files::add_catalog_entry(&ctx.app, &ctx.who, ip, entry, None).await?,
         Err(e) => Err(e),
@@ -85,7 +90,9 @@ pub async fn add_url(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>
     };
     let form = json!({"name": name, "url": url, "sha256": sha256, "description": description});
     let (status, errors, whole) = match e {
-        EditError::Field { field, reason } => (StatusCode::UNPROCESSABLE_ENTITY, field_errors(field, &reason), None),
+        EditError::Field { field, reason } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, field_errors(field, &reason), None)
+        }
         EditError::Duplicate(m) => (StatusCode::CONFLICT, field_errors("name", &m), None),
         EditError::NotEditable(m) => (StatusCode::CONFLICT, json!({}), Some(m)),
         e @ EditError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({}), Some(e.to_string())),

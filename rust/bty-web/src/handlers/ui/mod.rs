@@ -432,7 +432,10 @@ mod tests {
 
     #[test]
     fn quoted_spans_become_code() {
-        assert_eq!(prose("the default password `bty` is in use"), "the default password <code>bty</code> is in use");
+        assert_eq!(
+            prose("the default password `bty` is in use"),
+            "the default password <code>bty</code> is in use"
+        );
         assert_eq!(prose("`<b>` & `x`"), "<code>&lt;b&gt;</code> &amp; <code>x</code>");
         assert_eq!(prose("one ` left"), "one &#x60; left");
         assert_eq!(prose("plain"), "plain");
