@@ -203,12 +203,24 @@ pub fn append_entry(text: &str, entry: &NewEntry) -> Result<String, EditError> {
     Ok(doc.to_string())
 }
 
+/// A file-system failure; one that says the place is not writable (a
+/// catalog or images directory kept read-only by a package or a
+/// configuration manager) is not the server's fault.
+fn fs_error(what: String, e: std::io::Error) -> EditError {
+    let read_only = e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS);
+    if read_only {
+        EditError::NotEditable(format!(
+            "{what}: {e}; it cannot be changed from here, change it where it is managed"
+        ))
+    } else {
+        EditError::Io(format!("{what}: {e}"))
+    }
+}
+
 /// Replace `path` with `text`: a temporary file beside it, synced, renamed
 /// over it, and the directory synced. The file keeps its permissions.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        EditError::Io(format!("cannot {what} {}: {e}", p.display()))
-    };
+    let io = |what: &str, p: &Path, e: std::io::Error| fs_error(format!("cannot {what} {}", p.display()), e);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
     let tmp = dir.join(format!(".{base}.{}.tmp", &crate::auth::random_secret()[..8]));
@@ -392,7 +404,7 @@ impl ImageUpload {
         check_name(name)?;
         tokio::fs::create_dir_all(images_dir)
             .await
-            .map_err(|e| EditError::Io(format!("cannot create {}: {e}", images_dir.display())))?;
+            .map_err(|e| fs_error(format!("cannot create {}", images_dir.display()), e))?;
         let tag = &crate::auth::random_secret()[..8];
         let partial = images_dir.join(format!(".{name}.{tag}.partial"));
         let file = tokio::fs::OpenOptions::new()
@@ -400,7 +412,7 @@ impl ImageUpload {
             .create_new(true)
             .open(&partial)
             .await
-            .map_err(|e| EditError::Io(format!("cannot create {}: {e}", partial.display())))?;
+            .map_err(|e| fs_error(format!("cannot create {}", partial.display()), e))?;
         Ok(ImageUpload {
             file,
             inner: Uploaded {
