@@ -338,7 +338,15 @@ pub fn agent() -> ureq::Agent {
 }
 
 fn http_error(url: &str, e: ureq::Error) -> Error {
-    Error::new(ErrorKind::Failure, format!("cannot fetch {url}: {e}"))
+    // ureq prefixes its variants ("io: ", "timeout: "); the operator needs the cause.
+    let cause = match &e {
+        ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::HostNotFound => "host not found (check the name, or DNS)".to_string(),
+        ureq::Error::ConnectionFailed => "cannot connect".to_string(),
+        other => other.to_string(),
+    };
+    Error::new(ErrorKind::Failure, format!("cannot fetch {url}: {cause}"))
 }
 
 fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
@@ -454,6 +462,18 @@ mod tests {
         let err = r.read_to_end(&mut out).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("3 of 5"));
+    }
+
+    #[test]
+    fn a_refused_connection_names_its_cause_without_prefixes() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/disk.img");
+        let e = Source::parse(&url).unwrap().open().map(|_| ()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot fetch {url}: ")), "{text}");
+        assert!(text.to_ascii_lowercase().contains("refused"), "{text}");
+        assert!(!text.contains("io:"), "{text}");
     }
 
     #[test]

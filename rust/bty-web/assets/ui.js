@@ -44,31 +44,53 @@ function liveRows() {
   });
 }
 
-function uploads() {
-  const form = document.querySelector("form[data-upload]");
-  if (!form) return;
-  const status = document.getElementById("upload-status");
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const file = form.elements.file.files[0];
-    if (!file) return;
-    const name = form.elements.name.value.trim() || file.name;
-    status.textContent = `Uploading ${name} (${file.size} bytes)…`;
-    const csrf = document.querySelector('meta[name="csrf-token"]').content;
-    try {
-      const r = await fetch(form.dataset.upload + encodeURIComponent(name), {
-        method: "PUT", body: file, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin",
-      });
-      if (!r.ok) {
-        const body = await r.json().catch(() => ({}));
-        status.textContent = `Upload failed (${r.status}): ${body.error || r.statusText}`;
-        return;
-      }
-      window.location.reload();
-    } catch (err) {
-      status.textContent = `Upload failed: ${err}`;
+// Server messages quote names in `backquotes`: shown as code, never as HTML.
+function showMessage(el, text) {
+  el.textContent = "";
+  String(text).split("`").forEach((part, i, all) => {
+    if (i % 2 === 1 && i < all.length - 1) {
+      const code = document.createElement("code");
+      code.textContent = part;
+      el.appendChild(code);
+    } else {
+      el.appendChild(document.createTextNode(i % 2 === 1 ? "`" + part : part));
     }
   });
+}
+
+// Upload forms PUT the file itself (streamed by the browser) to
+// data-upload + name; other named fields go along as query parameters.
+function uploads() {
+  for (const form of document.querySelectorAll("form[data-upload]")) {
+    const status = form.querySelector('[role="status"]');
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const file = form.elements.file.files[0];
+      if (!file) return;
+      const name = form.elements.name.value.trim() || file.name;
+      const params = new URLSearchParams();
+      for (const el of form.elements) {
+        if (el.name && el.name !== "file" && el.name !== "name" && el.value.trim()) params.set(el.name, el.value.trim());
+      }
+      const query = params.toString() ? "?" + params.toString() : "";
+      showMessage(status, `Uploading ${name} (${file.size} bytes)…`);
+      const csrf = document.querySelector('meta[name="csrf-token"]').content;
+      try {
+        const r = await fetch(form.dataset.upload + encodeURIComponent(name) + query, {
+          method: "PUT", body: file, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin",
+        });
+        if (!r.ok) {
+          const body = await r.json().catch(() => ({}));
+          showMessage(status, `Upload failed (${r.status}): ${body.error || r.statusText}`);
+          return;
+        }
+        if (form.dataset.done) window.location.assign(form.dataset.done);
+        else window.location.reload();
+      } catch (err) {
+        showMessage(status, `Upload failed: ${err}`);
+      }
+    });
+  }
 }
 
 liveRows();

@@ -184,7 +184,7 @@ const KEYS: &[KeyDef] = &[
         key: "max_upload_bytes",
         kind: Kind::Int { min: 1024, max: 1 << 50 },
         default: Some("68719476736"),
-        help: "largest PUT /boot/{name} upload (413 beyond)",
+        help: "largest upload: PUT /boot/{name} and PUT /images/{name} (413 beyond)",
     },
     KeyDef {
         section: "limits",

@@ -115,14 +115,24 @@ pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
         ),
     });
     let catalog = app.catalog.get();
+    let location = app.catalog.location();
     out.push(match (app.catalog.last_error(), catalog.images.len()) {
         (Some(e), _) => check("Catalog", Status::Fail, format!("last load failed: {e}")),
+        (None, 0) if app.catalog.is_missing() => check(
+            "Catalog",
+            Status::Warn,
+            format!(
+                "missing: {location} does not exist, so no image can be flashed. Add an image on the Images \
+                 page (which creates the file), or write the file by hand as the README's section \
+                 \"The image catalog\" shows and reload it there"
+            ),
+        ),
         (None, 0) => check(
             "Catalog",
             Status::Warn,
-            format!("loaded from {} but empty: no image can be flashed", app.catalog.location()),
+            format!("loaded from {location} but empty: no image can be flashed; add one on the Images page"),
         ),
-        (None, n) => check("Catalog", Status::Ok, format!("{n} image(s) from {}", app.catalog.location())),
+        (None, n) => check("Catalog", Status::Ok, format!("{n} image(s) from {location}")),
     });
     out.push(check(
         "Network boot services",

@@ -19,6 +19,8 @@ pub struct CatalogStore {
     current: RwLock<Arc<Catalog>>,
     last_error: RwLock<Option<String>>,
     location: String,
+    /// Taken by [`crate::catalog_edit::add`]: one edit of the file at a time.
+    pub(crate) edits: tokio::sync::Mutex<()>,
 }
 
 impl CatalogStore {
@@ -27,6 +29,7 @@ impl CatalogStore {
             current: RwLock::new(Arc::new(Catalog::empty())),
             last_error: RwLock::new(None),
             location,
+            edits: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -47,6 +50,11 @@ impl CatalogStore {
     pub fn is_remote(&self) -> bool {
         let l = self.location.to_ascii_lowercase();
         l.starts_with("http://") || l.starts_with("https://")
+    }
+
+    /// A local catalog whose file does not exist (yet): an empty catalog.
+    pub fn is_missing(&self) -> bool {
+        !self.is_remote() && !Path::new(&self.location).exists()
     }
 
     /// Re-read the catalog. A missing local file is an empty catalog (a fresh

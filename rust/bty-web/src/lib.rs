@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod bundle;
+pub mod catalog_edit;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -242,13 +243,14 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr} (set BTY_SERVER_HOST / BTY_SERVER_PORT)"))?;
     let local = listener.local_addr()?;
     let app = App::prepare(config).await?;
-    let shown = match &app.state.config.server.public_url {
-        Some(u) => u.clone(),
-        None if local.ip().is_unspecified() => format!("http://<this-host>:{}", local.port()),
-        None => format!("http://{local}"),
+    let urls = match &app.state.config.server.public_url {
+        Some(u) => vec![u.trim_end_matches('/').to_string()],
+        None => listener::reachable_urls(local, &listener::host_addresses()),
     };
+    let ui = urls.first().map(|u| format!("{u}/ui/")).unwrap_or_default();
     tracing::info!(
-        "bty-web {VERSION} serving on {shown} (listening on {local}, state in {})",
+        "bty-web {VERSION} serving on {} (listening on {local}, state in {}); browser UI at {ui}",
+        urls.join(", "),
         app.state.config.paths.state_dir.display()
     );
     app.serve(listener, shutdown).await

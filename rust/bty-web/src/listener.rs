@@ -330,6 +330,49 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// The addresses of this host's network interfaces (empty if they cannot be read).
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the network interfaces' addresses");
+            Vec::new()
+        }
+    }
+}
+
+/// The URLs a client can reach a listener on `local` at: its own address,
+/// or for a wildcard bind each of `host` addresses that it covers (`::`
+/// covers IPv4 too), others' first and loopback last. IPv6 link-local
+/// addresses are left out: a URL cannot carry their interface.
+pub fn reachable_urls(local: std::net::SocketAddr, host: &[std::net::IpAddr]) -> Vec<String> {
+    use std::net::IpAddr;
+    let url = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{}", local.port()),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}", local.port()),
+    };
+    if !local.ip().is_unspecified() {
+        return vec![url(local.ip())];
+    }
+    let covered = |ip: &IpAddr| match (local.ip(), ip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), _) => true,
+        (IpAddr::V4(_), IpAddr::V6(_)) => false,
+    };
+    let link_local_v6 = |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+    let mut ips: Vec<IpAddr> = host.iter().copied().filter(|ip| covered(ip) && !link_local_v6(ip)).collect();
+    // Others' reachable addresses first, IPv4 before IPv6, loopback last.
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    ips.dedup();
+    if ips.is_empty() {
+        // No interface list: the wildcard's own loopback still answers.
+        ips.push(match local.ip() {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        });
+    }
+    ips.into_iter().map(url).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +384,29 @@ mod tests {
         assert_eq!(connection_cap(Some(5000), 1024), 960);
         assert_eq!(connection_cap(None, 10), 1);
         assert_eq!(connection_cap(None, u64::MAX), 1 << 20);
+    }
+
+    #[test]
+    fn wildcard_binds_name_every_usable_address() {
+        let ips: Vec<std::net::IpAddr> =
+            ["127.0.0.1", "10.0.0.2", "::1", "fe80::1", "2001:db8::2", "192.168.1.9"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+        let v4 = reachable_urls("0.0.0.0:8080".parse().unwrap(), &ips);
+        assert_eq!(v4, ["http://10.0.0.2:8080", "http://192.168.1.9:8080", "http://127.0.0.1:8080"]);
+        let v6 = reachable_urls("[::]:8080".parse().unwrap(), &ips);
+        assert_eq!(
+            v6,
+            [
+                "http://10.0.0.2:8080",
+                "http://192.168.1.9:8080",
+                "http://[2001:db8::2]:8080",
+                "http://127.0.0.1:8080",
+                "http://[::1]:8080"
+            ]
+        );
+        assert_eq!(reachable_urls("10.0.0.2:9000".parse().unwrap(), &ips), ["http://10.0.0.2:9000"]);
+        assert_eq!(reachable_urls("0.0.0.0:8080".parse().unwrap(), &[]), ["http://127.0.0.1:8080"]);
     }
 }

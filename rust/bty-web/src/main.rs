@@ -232,6 +232,15 @@ async fn shutdown_signal() {
     });
 }
 
+/// Colour in the log only for a person at a terminal: never into a file,
+/// a pipe or the journal, and never with `NO_COLOR` set (no-color.org).
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    // The log goes to standard output.
+    !no_color && std::io::stdout().is_terminal()
+}
+
 fn main() -> ExitCode {
     // Everything bty-web writes is its own: the database (password hashes,
     // session CSRF tokens), its WAL, backups, bundles, boot files it serves
@@ -268,6 +277,7 @@ fn main() -> ExitCode {
         },
         Command::Serve => {
             tracing_subscriber::fmt()
+                .with_ansi(log_colours())
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("BTY_LOG")
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -65,6 +65,8 @@ use Access::{Open, Operator};
 
 /// Every route the server answers. `GET` routes answer `HEAD` too.
 pub static ROUTES: &[Route] = &[
+    // A browser pointed at the server lands in the UI.
+    route(Method::GET, "/", Open),
     route(Method::GET, "/healthz", Open),
     route(Method::GET, "/version", Open),
     route(Method::GET, "/metrics", Open),
@@ -78,8 +80,10 @@ pub static ROUTES: &[Route] = &[
     route_with_body(Method::PUT, "/boot/{name}", Operator, BodyRule::Streamed),
     route(Method::GET, "/images", Open),
     route(Method::GET, "/images/{name}", Open),
+    route_with_body(Method::PUT, "/images/{name}", Operator, BodyRule::Streamed),
     route(Method::GET, "/catalog.toml", Open),
     route(Method::POST, "/catalog/reload", Operator),
+    route(Method::POST, "/catalog/images", Operator),
     route(Method::GET, "/machines", Operator),
     route(Method::GET, "/machines/{mac}", Operator),
     route(Method::PUT, "/machines/{mac}", Operator),
@@ -127,6 +131,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/ui/machines/{mac}/inventory.json", Operator),
     route(Method::GET, "/ui/images", Operator),
     route(Method::POST, "/ui/images/reload", Operator),
+    route(Method::POST, "/ui/images/url", Operator),
     route(Method::GET, "/ui/netboot", Operator),
     route(Method::POST, "/ui/netboot/fetch", Operator),
     route(Method::POST, "/ui/netboot/cancel", Operator),
@@ -147,6 +152,7 @@ pub fn access(method: &Method, path: &str) -> Access {
 
 fn endpoint(r: &Route) -> MethodRouter<AppState> {
     match (r.method.as_str(), r.path) {
+        ("GET", "/") => get(ui::site_root),
         ("GET", "/healthz") => get(system::healthz),
         ("GET", "/version") => get(system::version),
         ("GET", "/metrics") => get(system::metrics),
@@ -162,8 +168,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("PUT", "/boot/{name}") => put(files::boot_put),
         ("GET", "/images") => get(files::images_list),
         ("GET", "/images/{name}") => get(files::image_get),
+        ("PUT", "/images/{name}") => put(files::image_put),
         ("GET", "/catalog.toml") => get(files::catalog_toml),
         ("POST", "/catalog/reload") => post(files::catalog_reload),
+        ("POST", "/catalog/images") => post(files::catalog_add),
         ("GET", "/machines") => get(machines::list),
         ("GET", "/machines/{mac}") => get(machines::show),
         ("PUT", "/machines/{mac}") => put(machines::replace),
@@ -209,6 +217,7 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/ui/machines/{mac}/inventory.json") => get(ui::machines::inventory_json),
         ("GET", "/ui/images") => get(ui::catalog::images),
         ("POST", "/ui/images/reload") => post(ui::catalog::reload),
+        ("POST", "/ui/images/url") => post(ui::catalog::add_url),
         ("GET", "/ui/netboot") => get(ui::catalog::netboot),
         ("POST", "/ui/netboot/fetch") => post(ui::catalog::fetch),
         ("POST", "/ui/netboot/cancel") => post(ui::catalog::cancel_fetch),

@@ -27,6 +27,7 @@ async fn every_protected_route_requires_login() {
     assert_eq!(
         open,
         [
+            "GET /",
             "GET /boot/{name}",
             "GET /catalog.toml",
             "GET /healthz",

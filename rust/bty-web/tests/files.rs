@@ -108,7 +108,7 @@ async fn traversal_never_leaves_the_directory() {
     std::fs::create_dir_all(&boot).unwrap();
     std::fs::write(s.state_dir().join("secret"), "TOP-SECRET").unwrap();
     std::fs::write(boot.join(".hidden"), "TOP-SECRET").unwrap();
-    let c = reqwest::Client::new();
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let attempts = [
         "/boot/..%2Fsecret",
         "/boot/..%2fsecret",
@@ -130,8 +130,10 @@ async fn traversal_never_leaves_the_directory() {
     for a in attempts {
         let r = c.get(s.url(a)).send().await.unwrap();
         let code = r.status().as_u16();
+        // `/boot/..` reaches the server as `/`, which sends browsers to the UI.
+        let to_ui = code == 303 && r.headers()["location"] == "/ui/" && r.url().path() == "/";
         let body = r.text().await.unwrap();
-        assert!(code == 400 || code == 404, "{a} answered {code}");
+        assert!(code == 400 || code == 404 || to_ui, "{a} answered {code}");
         assert!(!body.contains("TOP-SECRET") && !body.contains("root:"), "{a} leaked: {body}");
     }
     // `..` segments that clients normalise away must not reach outside either.

@@ -292,3 +292,56 @@ async fn every_row_of_the_first_schema_survives_the_upgrade() {
     assert_eq!(s.events(&token, "machine.flash_failed").await[0]["acknowledged"], false);
     assert_eq!(s.authed_json(&token, "/backups/schedule").await["cadence"], "weekly");
 }
+
+/// Started with its output in a pipe (a file, the journal), the server logs
+/// plain text, and says where clients reach it and where its UI is.
+#[test]
+fn the_log_in_a_pipe_is_plain_and_names_real_addresses() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = bty_web()
+        .env_remove("NO_COLOR")
+        .env("BTY_PATHS_STATE_DIR", dir.path())
+        .env("BTY_SERVER_HOST", "0.0.0.0")
+        .env("BTY_SERVER_PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let serving = loop {
+        let mut line = Vec::new();
+        let n = out.read_until(b'\n', &mut line).unwrap();
+        assert!(n > 0, "bty-web ended before serving: {}", String::from_utf8_lossy(&log));
+        log.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line).into_owned();
+        if text.contains("serving on") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `serving on` line: {}",
+            String::from_utf8_lossy(&log)
+        );
+    };
+    // Answering, so its shutdown handler is in place too.
+    let health = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz")).unwrap();
+    assert_eq!(health.status(), 200);
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    out.read_to_end(&mut log).unwrap();
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    child.wait().unwrap();
+    log.extend_from_slice(&err);
+    let text = String::from_utf8_lossy(&log);
+    assert!(!log.contains(&0x1b), "escape codes in a piped log:\n{text}");
+    assert!(text.contains("shutting down"), "{text}");
+    assert!(!serving.contains("<this-host>"), "{serving}");
+    assert!(serving.contains(&format!("http://127.0.0.1:{port}")), "{serving}");
+    assert!(serving.contains("/ui/"), "{serving}");
+    assert!(serving.contains(&format!("listening on 0.0.0.0:{port}")), "{serving}");
+}

@@ -216,3 +216,85 @@ async fn unacked(s: &TestServer) -> usize {
     // The token's own creation is history, not a tripwire.
     v["events"].as_array().map(|a| a.len()).unwrap_or(0)
 }
+
+/// A first hour: the server's root leads to the UI, the dashboard says the
+/// catalog is missing and where to add images, and the Images page adds an
+/// uploaded file and a URL without anyone editing catalog.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_images_from_the_images_page() {
+    let s = TestServer::start_with(|c| {
+        c.paths.catalog = c.paths.state_dir.join("fresh-catalog.toml").to_string_lossy().into_owned();
+    })
+    .await;
+    let catalog = s.state_dir().join("fresh-catalog.toml");
+    let b = Browser::start().await;
+
+    b.goto(&s.url("/")).await;
+    b.find("#username").await;
+    assert!(b.url().await.contains("/ui/login"), "{}", b.url().await);
+    b.click(&b.find("#username").await).await;
+    b.keys(&format!("bty{TAB}bty{ENTER}")).await;
+    let health = b.wait_text(".checks", "Catalog", 10).await;
+    assert!(health.contains("missing") && health.contains("Images page"), "{health}");
+    assert!(!health.contains('`'), "{health}");
+    let nav = b.text(&b.find("a[href='/ui/account']").await).await;
+    assert_eq!(nav, "Account");
+
+    // Upload a file: stored in the images directory, hashed, listed.
+    b.goto(&s.url("/ui/images")).await;
+    b.wait_text("main table", "does not exist", 5).await;
+    check_page(&b, "images-empty").await;
+    let upload_dir = tempfile::tempdir().unwrap();
+    let file = upload_dir.path().join("tiny.img");
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    b.type_into(&b.find("#image-file").await, file.to_str().unwrap()).await;
+    b.type_into(&b.find("#image-name").await, "tiny-raw.img").await;
+    b.type_into(&b.find("#image-description").await, "A tiny disk").await;
+    b.click(&b.find("#image-upload button[type=submit]").await).await;
+    b.wait_text("main .callout.ok", "Image added", 10).await;
+    let table = b.wait_text("main table", "tiny-raw.img", 5).await;
+    assert!(table.contains("A tiny disk") && table.contains("raw") && table.contains("9.8 KiB"), "{table}");
+    assert_eq!(std::fs::read(s.state_dir().join("images/tiny-raw.img")).unwrap(), data);
+    assert!(catalog.exists(), "the catalog file was created");
+
+    // The same name again: refused, said on the page, nothing replaced.
+    b.goto(&s.url("/ui/images")).await;
+    b.type_into(&b.find("#image-file").await, file.to_str().unwrap()).await;
+    b.type_into(&b.find("#image-name").await, "tiny-raw.img").await;
+    b.click(&b.find("#image-upload button[type=submit]").await).await;
+    let said = b.wait_text("#image-upload-status", "409", 10).await;
+    assert!(said.contains("already has an image named tiny-raw.img"), "{said}");
+
+    // Register a URL; a bad digest is answered next to its field first.
+    let br = &b;
+    let fill = |sha: &'static str| async move {
+        for (id, value) in
+            [("#name", "debian-13"), ("#url", "https://example.org/debian-13.img.xz"), ("#sha256", sha)]
+        {
+            let e = br.find(id).await;
+            br.clear(&e).await;
+            br.type_into(&e, value).await;
+        }
+        br.click(&br.find("#image-url button[type=submit]").await).await;
+    };
+    fill("12345").await;
+    let err = b.wait_text("#sha256-error", "64 hexadecimal digits", 5).await;
+    assert!(!err.is_empty());
+    check_page(&b, "images-invalid").await;
+    fill("5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef").await;
+    b.wait_text("main .callout.ok", "Image added", 10).await;
+    let table = b.wait_text("main table", "debian-13", 5).await;
+    assert!(table.contains("xz") && table.contains("https://example.org/debian-13.img.xz"), "{table}");
+    check_page(&b, "images").await;
+
+    let text = std::fs::read_to_string(&catalog).unwrap();
+    let parsed = bty_core::catalog::Catalog::parse(&text).unwrap();
+    let names: Vec<&str> = parsed.images.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["tiny-raw.img", "debian-13"]);
+
+    // The dashboard is content now.
+    b.goto(&s.url("/ui/")).await;
+    let health = b.wait_text(".checks", "Catalog", 5).await;
+    assert!(health.contains("2 image(s)"), "{health}");
+}

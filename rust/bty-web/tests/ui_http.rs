@@ -404,3 +404,251 @@ async fn back_up_now_download_and_delete_from_the_page() {
     let r = post_form(&c, s.url("/ui/backups/2020-01-01T00-00-00Z/delete"), &[("csrf_token", &csrf)]).await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_root_sends_browsers_to_the_ui() {
+    let s = TestServer::start().await;
+    let c = browser();
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = c.request(method.clone(), s.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{method}");
+        assert_eq!(r.headers()[LOCATION], "/ui/", "{method}");
+    }
+    // Followed, a browser that is not logged in ends on the login page.
+    let r = TestServer::client().get(s.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.url().path().starts_with("/ui/login"), "{}", r.url());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_catalog_is_called_missing_with_what_to_do() {
+    let s = TestServer::start_with(|c| {
+        c.paths.catalog = c.paths.state_dir.join("no-catalog-yet.toml").to_string_lossy().into_owned();
+    })
+    .await;
+    let (c, _) = ui_login(&s).await;
+    let html = c.get(s.url("/ui/")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("missing:"), "{html}");
+    assert!(html.contains("no-catalog-yet.toml does not exist"), "{html}");
+    assert!(html.contains("Images"), "{html}");
+    assert!(html.contains("The image catalog"), "{html}");
+    assert!(!html.contains("but empty"), "{html}");
+    // The default-password check shows its quote as code, not backquotes.
+    assert!(html.contains("<code>bty</code>"), "{html}");
+    assert!(!html.contains('`'), "backquotes on the dashboard");
+    let images = c.get(s.url("/ui/images")).send().await.unwrap().text().await.unwrap();
+    assert!(images.contains("does not exist"), "{images}");
+    assert!(images.contains("id=\"image-url\""), "{images}");
+}
+
+/// Names of the files in the images directory, hidden ones included.
+fn image_files(s: &TestServer) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(s.state_dir().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn catalog_text(s: &TestServer) -> String {
+    std::fs::read_to_string(s.state_dir().join("catalog.toml")).unwrap()
+}
+
+const SHA: &str = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_url_from_the_images_page() {
+    let s = TestServer::start().await;
+    let (c, csrf) = ui_login(&s).await;
+    let before = catalog_text(&s);
+    let form = |name: &'static str, url: &'static str, sha: &'static str| {
+        vec![("name", name), ("url", url), ("sha256", sha), ("description", "Debian")]
+    };
+    // Each bad field is answered next to it, and nothing changes.
+    let cases: &[(&str, &str, &str, u16, &str, &str)] = &[
+        ("../etc", "https://example.org/d.img", SHA, 422, "name-error", "contains"),
+        (".etc", "https://example.org/d.img", SHA, 422, "name-error", "must not start with"),
+        ("a/b", "https://example.org/d.img", SHA, 422, "name-error", "contains"),
+        ("", "https://example.org/d.img", SHA, 422, "name-error", "must not be empty"),
+        (
+            "local-img",
+            "https://example.org/d.img",
+            SHA,
+            409,
+            "name-error",
+            "already has an image named local-img",
+        ),
+        ("debian", "ftp://example.org/d.img", SHA, 422, "url-error", "http"),
+        ("debian", "file:///etc/passwd", SHA, 422, "url-error", "http"),
+        ("debian", "images/d.img", SHA, 422, "url-error", "http"),
+        ("debian", "https://example.org/d.img", "abc", 422, "sha256-error", "64 hexadecimal digits"),
+        ("debian", "https://example.org/d.img", "", 422, "sha256-error", "is required"),
+    ];
+    for (name, url, sha, status, id, reason) in cases {
+        let mut f = form(name, url, sha);
+        f.push(("csrf_token", &csrf));
+        let r = post_form(&c, s.url("/ui/images/url"), &f).await;
+        assert_eq!(r.status(), *status, "{name} {url} {sha}");
+        let html = r.text().await.unwrap();
+        let shown = between(&html, &format!("id=\"{id}\">"), "</p>");
+        assert!(shown.contains(reason), "{name} {url} {sha}: {shown}");
+        assert!(!shown.contains('`'), "{shown}");
+        assert_eq!(catalog_text(&s), before, "{name} {url} {sha} changed the catalog");
+    }
+    // Without the CSRF token, or without a login: refused.
+    let r = post_form(&c, s.url("/ui/images/url"), &form("debian", "https://example.org/d.img", SHA)).await;
+    assert_eq!(r.status(), 403);
+    let r = post_form(&browser(), s.url("/ui/images/url"), &form("debian", "https://example.org/d.img", SHA))
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()[LOCATION].to_str().unwrap().starts_with("/ui/login"));
+    assert_eq!(catalog_text(&s), before);
+
+    let mut f = form("debian", "https://example.org/d.img.zst", SHA);
+    f.push(("csrf_token", &csrf));
+    let r = post_form(&c, s.url("/ui/images/url"), &f).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/images?notice=image-added");
+    let after = catalog_text(&s);
+    assert!(after.starts_with(&before), "the existing entries are kept as they were:\n{after}");
+    let page = c.get(s.url("/ui/images?notice=image-added")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Image added"), "{page}");
+    assert!(page.contains("<strong>debian</strong>"), "{page}");
+    let listed = s.get_json("/images").await.1;
+    let d = listed.as_array().unwrap().iter().find(|e| e["name"] == "debian").unwrap().clone();
+    assert_eq!(d["sha256"], SHA);
+    assert_eq!(d["format"], "zstd");
+    assert_eq!(d["src"], "https://example.org/d.img.zst");
+    let token = s.token().await;
+    let ev = s.events(&token, "catalog.image.added").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["actor"], "operator:bty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_api_adds_urls_and_uploads() {
+    let s = TestServer::start_with(|c| c.limits.max_upload_bytes = 8192).await;
+    let token = s.token().await;
+    let api = reqwest::Client::new();
+    let before = catalog_text(&s);
+    let files_before = image_files(&s);
+
+    // Without a token: 401, for both routes.
+    let r = api.put(s.url("/images/new.img")).body(vec![1u8; 10]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = api
+        .post(s.url("/catalog/images"))
+        .json(&json!({"name": "x", "url": "https://example.org/x.img", "sha256": SHA}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // URL registration: field errors name the field.
+    for (body, field) in [
+        (json!({"name": "x/y", "url": "https://example.org/x.img", "sha256": SHA}), "name"),
+        (json!({"name": "x", "url": "gopher://example.org/x.img", "sha256": SHA}), "url"),
+        (json!({"name": "x", "url": "https://example.org/x.img", "sha256": "sha256:12"}), "sha256"),
+        (json!({"name": "x", "url": "https://example.org/x.img"}), "sha256"),
+    ] {
+        let r = api.post(s.url("/catalog/images")).bearer_auth(&token).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    let dup = json!({"name": "other-img", "url": "https://example.org/x.img", "sha256": SHA});
+    let r = api.post(s.url("/catalog/images")).bearer_auth(&token).json(&dup).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(catalog_text(&s), before);
+
+    // Uploads: refused names and duplicates before a byte is stored.
+    for (name, status) in [("..%2Fescape.img", 422), (".hidden", 422), ("local-img", 409), ("local.img", 409)]
+    {
+        let r = api
+            .put(s.url(&format!("/images/{name}")))
+            .bearer_auth(&token)
+            .body(vec![1u8; 100])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{name}: {}", r.text().await.unwrap());
+    }
+    assert!(!s.state_dir().join("escape.img").exists());
+    // Over the limit, declared or streamed: 413, and no file, no entry.
+    let r = api.put(s.url("/images/big.img")).bearer_auth(&token).body(vec![0u8; 8193]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..16).map(|_| Ok(vec![7u8; 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = api.put(s.url("/images/big.img")).bearer_auth(&token).body(body).send().await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    // A client that breaks off mid-way leaves nothing either.
+    let broken = futures_util::stream::iter(vec![
+        Ok(vec![1u8; 1024]),
+        Err(std::io::Error::other("the client went away")),
+    ]);
+    let r = api
+        .put(s.url("/images/broken.img"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(broken))
+        .send()
+        .await;
+    assert!(r.is_err() || r.unwrap().status().is_client_error());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while image_files(&s) != files_before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(image_files(&s), files_before, "a partial upload was left behind");
+    assert_eq!(catalog_text(&s), before);
+
+    // A good upload: stored under its name, hashed, detected, listed, audited.
+    let data: Vec<u8> = (0..6000u32).map(|i| (i % 253) as u8).collect();
+    let r = api
+        .put(s.url("/images/fresh.img?description=Fresh%20image"))
+        .bearer_auth(&token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let v: serde_json::Value = r.json().await.unwrap();
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(&data));
+    assert_eq!(v["sha256"], digest.as_str());
+    assert_eq!(v["size_bytes"], 6000);
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["description"], "Fresh image");
+    assert_eq!(std::fs::read(s.state_dir().join("images/fresh.img")).unwrap(), data);
+    let served = reqwest::get(s.url("/images/fresh.img")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(served.as_ref(), data.as_slice());
+    assert!(catalog_text(&s).starts_with(&before));
+    // Not twice.
+    let r = api.put(s.url("/images/fresh.img")).bearer_auth(&token).body(data.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    // A URL, by the API.
+    let ok =
+        json!({"name": "remote.img.xz", "url": "https://example.org/r.img.xz", "sha256": SHA.to_uppercase()});
+    let r = api.post(s.url("/catalog/images")).bearer_auth(&token).json(&ok).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["sha256"], SHA);
+    let ev = s.events(&token, "catalog.image.added").await;
+    assert_eq!(ev.len(), 2);
+    let names: Vec<String> = image_files(&s);
+    assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
+
+    // A browser session uploads with the CSRF header, as the page's script does.
+    let (c, csrf) = ui_login(&s).await;
+    let r = c.put(s.url("/images/from-browser.img")).body(data.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .put(s.url("/images/from-browser.img"))
+        .header("x-csrf-token", &csrf)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}

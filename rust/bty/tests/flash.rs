@@ -109,6 +109,30 @@ fn blake3_hex(data: &[u8]) -> String {
 }
 
 #[test]
+fn the_written_checksum_names_its_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, _) = fixture(dir.path(), MIB);
+    let out = dir.path().join("out.img");
+    let o = run(&["flash", raw.to_str().unwrap(), out.to_str().unwrap(), "--yes", "--verify", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let last: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["written_checksum"].as_str().map(str::len), Some(32), "{last}");
+    assert_eq!(last["written_checksum_algorithm"], "xxh3-128-chunks", "{last}");
+}
+
+#[test]
+fn a_directory_is_not_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, _) = fixture(dir.path(), MIB);
+    let target = dir.path().join("out");
+    std::fs::create_dir(&target).unwrap();
+    let o = run(&["flash", raw.to_str().unwrap(), target.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+}
+
+#[test]
 fn truncated_compressed_streams_are_integrity_failures() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, _) = fixture(dir.path(), 3 * MIB);

@@ -82,12 +82,14 @@ impl Plan {
         let mut out = String::new();
         out += &format!("source:  {}\n", self.source);
         out += &format!("format:  {}\n", self.format);
-        out += &format!(
-            "size:    {} published, {} on disk ({})\n",
-            size(self.published_size),
-            size(self.virtual_size),
-            self.virtual_size_source
-        );
+        let on_disk = match self.virtual_size {
+            Some(_) if !self.virtual_size_exact => {
+                format!("at least {} on disk, from the {}", size(self.virtual_size), self.virtual_size_source)
+            }
+            Some(_) => format!("{} on disk, from the {}", size(self.virtual_size), self.virtual_size_source),
+            None => format!("size on disk {}", self.virtual_size_source),
+        };
+        out += &format!("size:    {} published; {on_disk}\n", size(self.published_size));
         let t = &self.target;
         let what = match t.kind {
             TargetKind::BlockDevice => format!(
@@ -139,6 +141,11 @@ impl Plan {
     }
 }
 
+/// How `written_checksum` is computed: XXH3-128 over the XXH3-128 of each
+/// 4 MiB chunk written (in order, each sum little-endian). Not a digest of
+/// the image: it guards the read-back against failing media.
+pub const WRITTEN_CHECKSUM_ALGORITHM: &str = "xxh3-128-chunks";
+
 /// Outcome of a successful flash.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FlashSummary {
@@ -147,8 +154,12 @@ pub struct FlashSummary {
     pub format: ImageFormat,
     /// Digests of the published stream (what catalogs publish).
     pub published: Option<Digests>,
-    /// XXH3-128 of what was written, compared by the read-back (`--verify`).
+    /// Checksum of what was written, compared by the read-back (`--verify`);
+    /// its algorithm is [`WRITTEN_CHECKSUM_ALGORITHM`], named beside it in
+    /// `written_checksum_algorithm`.
     pub written_checksum: Option<String>,
+    /// [`WRITTEN_CHECKSUM_ALGORITHM`] when `written_checksum` is set.
+    pub written_checksum_algorithm: Option<&'static str>,
     pub bytes_read: u64,
     pub image_bytes: u64,
     pub bytes_written: u64,
@@ -197,7 +208,7 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
         // The first frame's declared size is a lower bound; zstd itself checks
         // each frame's size and completeness while decoding.
         ImageFormat::Zstd => match zstd::zstd_safe::get_frame_content_size(&head) {
-            Ok(Some(n)) => (Some(n), "zstd frame header (at least)".to_string(), false),
+            Ok(Some(n)) => (Some(n), "first zstd frame header".to_string(), false),
             _ => (None, "unknown: the first zstd frame does not record its size".to_string(), false),
         },
         _ => {

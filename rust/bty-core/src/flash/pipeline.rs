@@ -286,6 +286,7 @@ pub fn execute(
         format: plan.format,
         bytes_read: shared.read.load(Ordering::Relaxed),
         published,
+        written_checksum_algorithm: written_checksum.as_ref().map(|_| super::WRITTEN_CHECKSUM_ALGORITHM),
         written_checksum,
         image_bytes: total,
         bytes_written: stats.written,

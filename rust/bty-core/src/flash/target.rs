@@ -67,6 +67,14 @@ impl TargetInfo {
         if ft.is_file() {
             return Ok(TargetInfo::new_file(path, true, (meta.dev(), meta.ino())));
         }
+        if ft.is_dir() {
+            return Err(Error::failure(format!(
+                "{} is a directory; name a whole disk such as /dev/sdX, or a file to write the image into \
+                 (for example {})",
+                path.display(),
+                path.join("disk.img").display()
+            )));
+        }
         if !ft.is_block_device() {
             return Err(Error::failure(format!(
                 "{} is neither a block device nor a regular file; name a whole disk such as /dev/sdX, \
@@ -231,4 +239,19 @@ fn write_zeroes_supported(name: &str) -> bool {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .is_some_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_target_is_called_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = TargetInfo::probe(dir.path()).map(|_| ()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("is a directory"), "{text}");
+        assert!(!text.contains("neither"), "{text}");
+        assert!(text.contains(&dir.path().join("disk.img").display().to_string()), "{text}");
+    }
 }

@@ -3,11 +3,12 @@
 
 use std::path::{Path as FsPath, PathBuf};
 
-use axum::extract::{Path, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bty_core::catalog::{CatalogError, ImageSrc};
+use bty_core::catalog::{Catalog, CatalogError, ImageSrc};
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -15,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::audit::{self, NewEvent};
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::catalog_edit::{self, EditError, ImageUpload, NewEntry, Uploaded};
+use crate::error::{decode_json, ApiError};
 use crate::fileserve::{self, Refused};
 use crate::images;
 use crate::state::{AppState, ClientIp};
@@ -302,4 +304,133 @@ pub async fn catalog_reload(
             })))
         }
     }
+}
+
+/// The API's answer to a catalog edit that was refused.
+pub fn edit_error(e: EditError) -> ApiError {
+    match e {
+        EditError::Field { field, reason } => ApiError::field(field, reason),
+        EditError::Duplicate(m) | EditError::NotEditable(m) => ApiError::Conflict(m),
+        e @ EditError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
+        EditError::Io(m) => ApiError::internal(m),
+    }
+}
+
+/// Add an entry to the catalog (with its uploaded file, if any), reload it
+/// and audit the addition: the one path for the API and the browser UI.
+/// `Ok(Err(_))` is an entry that was refused; nothing changed then.
+pub async fn add_catalog_entry(
+    app: &AppState,
+    who: &Principal,
+    ip: ClientIp,
+    entry: NewEntry,
+    upload: Option<Uploaded>,
+) -> Result<Result<std::sync::Arc<Catalog>, EditError>, ApiError> {
+    let how = if upload.is_some() { "upload" } else { "url" };
+    let catalog = match catalog_edit::add(&app.catalog, entry.clone(), upload).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let location = app.catalog.location().to_string();
+    let summary = match how {
+        "upload" => format!(
+            "image {} uploaded ({} bytes) and added to the catalog",
+            entry.name,
+            entry.size_bytes.unwrap_or(0)
+        ),
+        _ => format!("image {} ({}) added to the catalog", entry.name, entry.src),
+    };
+    let event = NewEvent::new("catalog.image.added", who.actor(), summary)
+        .subject("catalog", location.clone())
+        .ip(ip.string())
+        .details(json!({
+            "name": entry.name,
+            "src": entry.src,
+            "sha256": entry.sha256,
+            "size_bytes": entry.size_bytes,
+            "format": entry.format.map(|f| f.as_str()),
+            "via": how,
+            "location": location,
+            "images": catalog.images.len(),
+        }));
+    app.db.write(move |db| audit::insert(db, &event)).await?;
+    Ok(Ok(catalog))
+}
+
+fn added(app: &AppState, headers: &HeaderMap, catalog: &Catalog, name: &str) -> Result<Response, ApiError> {
+    let base = app.base_url(headers)?;
+    let entry = catalog
+        .get(name)
+        .ok_or_else(|| ApiError::internal(format!("{name} is not in the reloaded catalog")))?;
+    Ok((StatusCode::CREATED, Json(images::info(entry, &base))).into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct ImageUploadQuery {
+    description: Option<String>,
+}
+
+/// `PUT /images/{name}`: upload an image into the images directory and add
+/// it to the catalog as `name`. Streamed to a hidden partial file (its
+/// SHA-256, size and format computed on the way), moved into place, then
+/// the catalog is rewritten; an existing name or file is a 409 and is never
+/// replaced. Anything that stops the upload removes the partial file.
+pub async fn image_put(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    Query(q): Query<ImageUploadQuery>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let max = app.config.limits.max_upload_bytes;
+    let dir = app.config.paths.images_dir.clone();
+    catalog_edit::precheck(&app.catalog, &name, Some(&dir)).map_err(edit_error)?;
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(edit_error(EditError::TooLarge(max)));
+    }
+    let mut upload = ImageUpload::begin(&dir, &name, max).await.map_err(edit_error)?;
+    let mut stream = req.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        upload.write(&chunk).await.map_err(edit_error)?;
+    }
+    let done = upload.finish().await.map_err(edit_error)?;
+    let entry = done.entry(q.description.as_deref().unwrap_or(""));
+    let catalog = add_catalog_entry(&app, &who, ip, entry, Some(done)).await?.map_err(edit_error)?;
+    added(&app, &headers, &catalog, &name)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UrlEntryInput {
+    name: String,
+    url: String,
+    sha256: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /catalog/images`: register an image at an http(s) URL with its
+/// SHA-256 (`{"name", "url", "sha256", "description"?}`).
+pub async fn catalog_add(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: UrlEntryInput = decode_json(&headers, &body)?;
+    let entry = catalog_edit::url_entry(
+        &input.name,
+        &input.url,
+        &input.sha256,
+        input.description.as_deref().unwrap_or(""),
+    )
+    .map_err(edit_error)?;
+    let catalog = add_catalog_entry(&app, &who, ip, entry, None).await?.map_err(edit_error)?;
+    added(&app, &headers, &catalog, &input.name)
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{field_errors, Ctx, Fields, PageMeta, UiError};
+use crate::catalog_edit::{self, EditError};
 use crate::error::ApiError;
 use crate::handlers::{self, files};
 use crate::health::{self, human_bytes};
@@ -20,6 +21,19 @@ pub struct NoticeQuery {
 }
 
 pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, UiError> {
+    images_page(&ctx, StatusCode::OK, q.notice.as_deref(), json!({}), json!({}), None)
+}
+
+/// The Images page; after a refused addition, with the submitted `form`, the
+/// reasons next to their fields (`errors`) or one for the whole form.
+fn images_page(
+    ctx: &Ctx,
+    status: StatusCode,
+    notice: Option<&str>,
+    form: Value,
+    errors: Value,
+    add_error: Option<String>,
+) -> Result<Response, UiError> {
     let catalog = ctx.app.catalog.get();
     let rows: Vec<Value> = catalog
         .images
@@ -45,10 +59,49 @@ pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, 
         "count": rows.len(),
         "images": rows,
         "error": ctx.app.catalog.last_error(),
+        "missing": ctx.app.catalog.is_missing(),
+        "editable": !ctx.app.catalog.is_remote(),
+        "images_dir": ctx.app.config.paths.images_dir.display().to_string(),
+        "max_upload": human_bytes(ctx.app.config.limits.max_upload_bytes),
+        "form": form,
+        "errors": errors,
+        "add_error": add_error,
     });
-    let meta =
-        PageMeta { name: "images", title: "Images".into(), nav: "images", notice: q.notice.as_deref() };
-    ctx.page(StatusCode::OK, meta, data)
+    let meta = PageMeta { name: "images", title: "Images".into(), nav: "images", notice };
+    ctx.page(status, meta, data)
+}
+
+/// `POST /ui/images/url`: register an image at an http(s) URL with its SHA-256.
+pub async fn add_url(
+    ctx: Ctx,
+    ip: ClientIp,
+    Form(f): Form<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
+    let f = Fields(f);
+    let (name, url, sha256, description) =
+        (f.get("name"), f.get("url"), f.get("sha256"), f.get("description"));
+    let outcome = match catalog_edit::url_entry(name, url, sha256, description) {
+        Ok(entry) => files::add_catalog_entry(&ctx.app, &ctx.who, ip, entry, None).await?,
+        Err(e) => Err(e),
+    };
+    let e = match outcome {
+        Ok(_) => return Ok(Redirect::to("/ui/images?notice=image-added").into_response()),
+        Err(e) => e,
+    };
+    let form = json!({"name": name, "url": url, "sha256": sha256, "description": description});
+    let (status, errors, whole) = match e {
+        EditError::Field { field, reason } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, field_errors(field, &reason), None)
+        }
+        EditError::Duplicate(m) => (StatusCode::CONFLICT, field_errors("name", &m), None),
+        EditError::NotEditable(m) => (StatusCode::CONFLICT, json!({}), Some(m)),
+        e @ EditError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({}), Some(e.to_string())),
+        EditError::Io(m) => {
+            tracing::error!(error = %m, "adding a catalog entry failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, json!({}), Some(m))
+        }
+    };
+    images_page(&ctx, status, None, form, errors, whole)
 }
 
 pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {

@@ -75,9 +75,51 @@ fn versioned(name: &str, body: &str) -> String {
     format!("/ui/assets/{name}?v={}", &digest[..12])
 }
 
+/// Operator-facing text for a page: HTML-escaped, with each `quoted` span
+/// (the messages' plain-text convention, shared with the API and the CLI) as
+/// `<code>`. An unpaired backquote stays as it is.
+pub fn prose(text: &str) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    let paired = parts.len() % 2 == 1;
+    let mut out = String::with_capacity(text.len() + 16);
+    for (i, part) in parts.iter().enumerate() {
+        let escaped = handlebars::html_escape(part);
+        if i % 2 == 0 {
+            out.push_str(&escaped);
+        } else if paired || i + 1 < parts.len() {
+            out.push_str("<code>");
+            out.push_str(&escaped);
+            out.push_str("</code>");
+        } else {
+            out.push_str("&#x60;");
+            out.push_str(&escaped);
+        }
+    }
+    out
+}
+
+/// `{{prose value}}`: [`prose`] in a template (the helper escapes; its
+/// output is written as it is).
+fn prose_helper(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let text = match h.param(0).map(|p| p.value()) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    out.write(&prose(&text))?;
+    Ok(())
+}
+
 impl Views {
     pub fn new() -> Views {
         let mut hb = Handlebars::new();
+        hb.register_helper("prose", Box::new(prose_helper));
         for (name, text) in TEMPLATES {
             hb.register_template_string(name, *text).expect("embedded UI templates parse");
         }
@@ -157,6 +199,7 @@ fn notice(code: &str) -> Option<&'static str> {
         "deleted" => "Machine deleted.",
         "reloaded" => "Catalog reloaded.",
         "reload-failed" => "The catalog did not load; the previous one stays in use.",
+        "image-added" => "Image added to the catalog. Machines can be assigned it now.",
         "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
@@ -232,7 +275,7 @@ impl IntoResponse for UiError {
              <body><main id=\"main\"><h1>{title}</h1><p class=\"callout error\">{msg}</p>\
              <p><a href=\"/ui/\">Dashboard</a> · <a href=\"/ui/machines\">Machines</a></p></main></body></html>",
             css = versioned("ui.css", CSS),
-            msg = handlebars::html_escape(&message),
+            msg = prose(&message),
         );
         html_response(status, html)
     }
@@ -355,6 +398,12 @@ pub async fn root() -> Redirect {
     Redirect::to("/ui/")
 }
 
+/// `GET /`: a browser pointed at the server gets the UI (its login page
+/// first, when not logged in).
+pub async fn site_root() -> Redirect {
+    Redirect::to("/ui/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,5 +428,20 @@ mod tests {
             .render("machine_row", &json!({"mac": "aa:bb:cc:dd:ee:ff", "labels": ["<x>"], "href": "/ui/m"}))
             .unwrap();
         assert!(html.contains("&lt;x&gt;"), "{html}");
+    }
+
+    #[test]
+    fn quoted_spans_become_code() {
+        assert_eq!(
+            prose("the default password `bty` is in use"),
+            "the default password <code>bty</code> is in use"
+        );
+        assert_eq!(prose("`<b>` & `x`"), "<code>&lt;b&gt;</code> &amp; <code>x</code>");
+        assert_eq!(prose("one ` left"), "one &#x60; left");
+        assert_eq!(prose("plain"), "plain");
+        let v = Views::new();
+        let html = v.render("field", &json!({"id": "x", "errors": {"x": "use `.` or `-`"}})).unwrap();
+        assert!(html.contains("use <code>.</code> or <code>-</code>"), "{html}");
+        assert!(!html.contains('`'), "{html}");
     }
 }
