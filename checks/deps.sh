@@ -156,7 +156,8 @@ if ! ls "$cache/${pkg}_"*.deb >/dev/null 2>&1; then
     pkg="linux-image-${now}-amd64"
   fi
   log "downloading $pkg into $cache"
-  (cd "$cache" && apt-get download -qq "$pkg")
+  # As root apt warns that its sandbox user cannot write here; the download works all the same.
+  (cd "$cache" && apt-get download -qq "$pkg" 2> >(grep -v "unsandboxed" >&2))
 fi
 # Record which .deb the live builder uses: the pinned one, or the fallback just downloaded.
 deb="$(ls "$cache/${pkg}_"*.deb 2>/dev/null | tail -1)"
