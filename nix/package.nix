@@ -15,8 +15,8 @@
 let
   root = ../.;
 
-  # Only what cargo needs: Rust sources, Cargo.{toml,lock}, rustfmt.toml, and the files bty-web embeds with
-  # include_str!/include_bytes! (iPXE templates, SQL migrations). Changing a Nix file, the README
+  # Only what cargo needs: Rust sources, Cargo.{toml,lock}, rustfmt.toml, and the files the crates embed with
+  # include_str!/include_bytes! (bty-web's templates, bty-control's SQL migrations). Changing a Nix file, the README
   # or the VM suite does not rebuild the binaries.
   src = lib.fileset.toSource {
     inherit root;
@@ -24,7 +24,7 @@ let
       (craneLib.fileset.commonCargoSources root)
       (root + "/rustfmt.toml")
       (root + "/rust/bty-web/templates")
-      (root + "/rust/bty-web/migrations")
+      (root + "/rust/bty-control/migrations")
     ];
   };
 

@@ -14,9 +14,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::audit::Actor;
@@ -56,16 +54,7 @@ impl Principal {
     }
 }
 
-pub fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-/// 32 random bytes, hex: unguessable and safe in cookies and headers.
-pub fn random_secret() -> String {
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
+pub use bty_control::secret::{random_secret, sha256_hex};
 
 /// Make sure the admin account exists with the configured password.
 /// Returns whether the default password is in use. Blocking (hashes).

@@ -5,14 +5,14 @@
 //! The binary is [`serve`] plus argument parsing; tests build the same server
 //! with [`App::prepare`] and [`App::serve`] on a loopback listener.
 
-pub mod audit;
+pub use bty_control::audit;
 pub mod auth;
-pub mod backup;
-pub mod bundle;
+pub use bty_control::backup;
+pub use bty_control::bundle;
 pub mod catalog_edit;
-pub mod clock;
-pub mod config;
-pub mod db;
+pub use bty_control::clock;
+pub use bty_control::config;
+pub use bty_control::db;
 pub mod error;
 pub mod fileserve;
 pub mod handlers;
@@ -20,14 +20,14 @@ pub mod health;
 pub mod images;
 pub mod ipxe;
 pub mod listener;
-pub mod machines;
+pub use bty_control::machines;
 pub mod metrics;
-pub mod netboot;
-pub mod password;
-pub mod policy;
-pub mod pxe;
+pub use bty_control::netboot;
+pub use bty_control::password;
+pub use bty_control::policy;
+pub use bty_control::pxe;
 pub mod routes;
-pub mod settings;
+pub use bty_control::settings;
 pub mod state;
 
 use std::future::Future;

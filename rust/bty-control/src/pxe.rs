@@ -21,10 +21,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::audit::{self, Actor, NewEvent};
-use crate::auth::{random_secret, sha256_hex};
 use crate::clock;
 use crate::machines::{self, Machine};
 use crate::policy::{self, BootState, Decision, ImageCheck, Offer, Report, ReportVerdict};
+use crate::secret::{random_secret, sha256_hex};
 
 #[derive(serde::Serialize)]
 struct Discovered {

@@ -227,7 +227,7 @@ async fn fetch_inner(
     let text = resp.text().await.with_context(|| format!("cannot read {manifest_url}"))?;
     let entries = parse_manifest(&text).with_context(|| format!("bad manifest at {manifest_url}"))?;
 
-    let run = crate::auth::random_secret();
+    let run = crate::secret::random_secret();
     let temp = |name: &str| boot_dir.join(format!(".{name}.{}.partial", &run[..8]));
     let mut done: Vec<PathBuf> = Vec::new();
     let outcome = async {

@@ -1,0 +1,23 @@
+//! `bty-control`: the provisioning server's control plane, without HTTP.
+//!
+//! The rules and the state of `bty-web`: configuration, the database and its
+//! migrations, machines and their boot policies, PXE decisions and offer
+//! tokens, the audit log, settings, backups, bundles and netboot fetching.
+//! `bty-web` is the HTTP front over it; nothing here knows axum, hyper or
+//! tower.
+
+pub mod audit;
+pub mod backup;
+pub mod bundle;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod machines;
+pub mod netboot;
+pub mod password;
+pub mod policy;
+pub mod pxe;
+pub mod secret;
+pub mod settings;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
