@@ -63,13 +63,7 @@ fn discover(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rus
         .execute(params![mac_s, now, ip])?
         > 0;
     if inserted {
-        audit::insert(
-            conn,
-            &NewEvent::new("machine.discovered", Actor::PxeClient, format!("new machine {mac}"))
-                .machine(mac)
-                .ip(ip.map(str::to_string))
-                .server_details(&Discovered { policy: "tui" }),
-        )?;
+        record_discovered(conn, mac, ip)?;
     }
     Ok(inserted)
 }
@@ -129,14 +123,13 @@ pub fn contact(
     // records the sighting together with the offer; a new one costs one
     // INSERT that carries its first offer. Writes run one at a time on the
     // writer connection, so nothing changes the row between read and write.
-    let m = match machines::get_for_boot(conn, mac)? {
-        Some(m) => m,
+    let (m, minted) = match machines::get_for_boot(conn, mac)? {
+        Some(m) => (m, minted),
         None => match first_contact(conn, mac, ip, &now, minted)? {
             Ok(contact) => return Ok(contact),
             // Unreachable with one writer; handled as a known machine.
             Err(minted) => {
-                let m = machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                return known_contact(conn, m, mac, ip, &now, catalog, minted);
+                (machines::get_for_boot(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?, minted)
             }
         },
     };
@@ -228,16 +221,22 @@ fn first_contact(
     let Some(m) = inserted else {
         return Ok(Err(minted));
     };
+    record_discovered(conn, mac, ip)?;
+    record_offer(conn, &m, ip, policy, state, image, &d)?;
+    let token = live.then_some(minted.token);
+    Ok(Ok(Contact { machine: m, decision: d, discovered: true, token }))
+}
+
+/// Record `machine.discovered` for a record just inserted (policy `tui`).
+fn record_discovered(conn: &Connection, mac: MacAddr, ip: Option<&str>) -> rusqlite::Result<()> {
     audit::insert(
         conn,
         &NewEvent::new("machine.discovered", Actor::PxeClient, format!("new machine {mac}"))
             .machine(mac)
             .ip(ip.map(str::to_string))
-            .server_details(&Discovered { policy: policy.as_str() }),
+            .server_details(&Discovered { policy: policy::Policy::Tui.as_str() }),
     )?;
-    record_offer(conn, &m, ip, policy, state, image, &d)?;
-    let token = live.then_some(minted.token);
-    Ok(Ok(Contact { machine: m, decision: d, discovered: true, token }))
+    Ok(())
 }
 
 /// Record `pxe.offered` for a decision about `m` (as it was before it).
