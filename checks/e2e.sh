@@ -10,14 +10,8 @@ cd "$(dirname "$0")/.."
 
 checks/deps.sh
 
-# The initramfs has no libc: the agent and the interactive flasher are linked statically
-# (glibc, so no DNS: bty-web's public URL is numeric in the tests). live/build.sh takes the
-# bty-tui found next to bty.
-host=$(rustc -vV | sed -n 's/^host: //p')
-# Stripped: a third of the size, and the initramfs is what iPXE downloads on every boot.
-CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
-    cargo build --release --locked -q -p bty -p bty-tui --target "$host"
-agent=target/static/$host/release/bty
+# The agent and the interactive flasher, static, as the live environment carries them.
+agent="$(live/build-static.sh)"
 KERNEL_DEB="$(cat checks/out/cache/kernel-deb.path)" live/build.sh checks/out/live-agent "$agent"
 checks/disk/build.sh checks/out/disk >/dev/null
 cargo build --locked -q -p bty-web

@@ -99,12 +99,8 @@ fi
 [ -f "$deb" ] || die "kernel package $deb not found"
 
 # --- static bty and bty-tui -----------------------------------------------------------------
-host="$(rustc -vV | sed -n 's/^host: //p')"
-log "building static bty and bty-tui ($host)"
-# Stripped: a third of the size, and the initramfs is what iPXE downloads on every boot.
-(cd "$repo" && CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS='-C target-feature=+crt-static' \
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}/static" cargo build --release --locked -q -p bty -p bty-tui --target "$host")
-agent="${CARGO_TARGET_DIR:-$repo/target}/static/$host/release/bty"
+log "building static bty and bty-tui"
+agent="$("$here/build-static.sh")"
 
 # --- pack and install ---------------------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/bty-live-install.XXXXXX")"
