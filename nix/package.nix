@@ -16,14 +16,16 @@ let
   root = ../.;
 
   # Only what cargo needs: Rust sources, Cargo.{toml,lock}, rustfmt.toml, and the files the crates embed with
-  # include_str!/include_bytes! (bty-web's templates, bty-control's SQL migrations). Changing a Nix file, the README
-  # or the VM suite does not rebuild the binaries.
+  # include_str!/include_bytes! (bty-web's UI templates and assets, bty-control's iPXE templates and SQL
+  # migrations). Changing a Nix file, the README or the VM suite does not rebuild the binaries.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.unions [
       (craneLib.fileset.commonCargoSources root)
       (root + "/rustfmt.toml")
       (root + "/rust/bty-web/templates")
+      (root + "/rust/bty-web/assets")
+      (root + "/rust/bty-control/templates")
       (root + "/rust/bty-control/migrations")
     ];
   };

@@ -2,17 +2,25 @@
 //!
 //! The rules and the state of `bty-web`: configuration, the database and its
 //! migrations, machines and their boot policies, PXE decisions and offer
-//! tokens, the audit log, settings, backups, bundles and netboot fetching.
+//! tokens, the iPXE scripts, the audit log, accounts, sessions and API
+//! tokens, settings, backups, bundles, netboot fetching, the image catalog
+//! and its edits, the operator's health checks and the metrics counters.
 //! `bty-web` is the HTTP front over it; nothing here knows axum, hyper or
 //! tower.
 
+pub mod accounts;
 pub mod audit;
 pub mod backup;
 pub mod bundle;
+pub mod catalog;
+pub mod catalog_edit;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod health;
+pub mod ipxe;
 pub mod machines;
+pub mod metrics;
 pub mod netboot;
 pub mod password;
 pub mod policy;

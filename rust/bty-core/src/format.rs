@@ -5,6 +5,7 @@
 use std::io::{BufReader, Read};
 
 use crate::error::{Error, Result};
+use crate::lz4::{is_skippable, LZ4_FRAME_MAGIC, LZ4_LEGACY_MAGIC};
 use crate::source::Source;
 
 /// The container/compression format of a published image.
@@ -181,14 +182,7 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().unwrap()))
 }
 
-pub(crate) const LZ4_FRAME_MAGIC: u32 = 0x184D_2204;
-pub(crate) const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
-
-/// Skippable frames (0x184D2A50..=0x184D2A5F): zstd and lz4 share the range.
-pub(crate) fn is_skippable(magic: u32) -> bool {
-    magic & 0xFFFF_FFF0 == 0x184D_2A50
-}
 
 /// A stream starting with skippable frames belongs to the first real frame
 /// after them; beyond `head`, the name decides (zstd unless it says lz4).

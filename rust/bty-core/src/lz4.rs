@@ -12,8 +12,16 @@ use std::io::{self, BufRead, Read};
 
 use xxhash_rust::xxh32::{xxh32, Xxh32};
 
-use crate::format::{is_skippable, LZ4_FRAME_MAGIC, LZ4_LEGACY_MAGIC};
 use crate::source::Source;
+
+pub(crate) const LZ4_FRAME_MAGIC: u32 = 0x184D_2204;
+pub(crate) const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+
+/// Skippable frames (0x184D2A50..=0x184D2A5F): the lz4 frame format defines
+/// them and zstd shares the range, so format detection asks here for both.
+pub(crate) fn is_skippable(magic: u32) -> bool {
+    magic & 0xFFFF_FFF0 == 0x184D_2A50
+}
 
 /// Legacy blocks decode to at most 8 MiB each.
 const LEGACY_BLOCK: usize = 8 << 20;

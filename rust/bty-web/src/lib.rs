@@ -1,24 +1,29 @@
-//! `bty-web`: the provisioning server's control plane. Machines PXE-boot,
-//! the server records them and answers each boot according to the machine's
-//! policy; operators manage bindings over a JSON API.
+//! `bty-web`: the provisioning server's HTTP front. Machines PXE-boot, the
+//! server records them and answers each boot according to the machine's
+//! policy; operators manage bindings over a JSON API and the browser UI.
+//! The rules and the state behind every answer are `bty-control`'s; this
+//! crate is the listener, the route table, the middleware (authentication,
+//! CSRF, limits), the handlers, the UI and the wiring.
 //!
 //! The binary is [`serve`] plus argument parsing; tests build the same server
 //! with [`App::prepare`] and [`App::serve`] on a loopback listener.
 
+pub use bty_control::accounts;
 pub use bty_control::audit;
 pub mod auth;
 pub use bty_control::backup;
 pub use bty_control::bundle;
-pub mod catalog_edit;
+pub use bty_control::catalog;
+pub use bty_control::catalog_edit;
 pub use bty_control::clock;
 pub use bty_control::config;
 pub use bty_control::db;
 pub mod error;
 pub mod fileserve;
 pub mod handlers;
-pub mod health;
+pub use bty_control::health;
 pub mod images;
-pub mod ipxe;
+pub use bty_control::ipxe;
 pub mod listener;
 pub use bty_control::machines;
 pub mod metrics;
@@ -26,9 +31,12 @@ pub use bty_control::netboot;
 pub use bty_control::password;
 pub use bty_control::policy;
 pub use bty_control::pxe;
+pub mod route_table;
 pub mod routes;
+pub use bty_control::secret;
 pub use bty_control::settings;
 pub mod state;
+pub mod views;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -99,7 +107,7 @@ impl App {
         }
         let admin = config.admin.clone();
         // Hashing on the writer thread is fine here: nothing is served yet.
-        let default_password = db.write(move |c| auth::ensure_admin(c, &admin)).await?;
+        let default_password = db.write(move |c| accounts::ensure_admin(c, &admin)).await?;
         if default_password {
             tracing::warn!(
                 user = %config.admin.username,
@@ -112,10 +120,10 @@ impl App {
             .build()
             .context("cannot build the HTTP client")?;
         let state = AppState::new(AppParts {
-            catalog: Arc::new(images::CatalogStore::new(config.paths.catalog.clone())),
+            catalog: Arc::new(catalog::CatalogStore::new(config.paths.catalog.clone())),
             ipxe: Arc::new(ipxe::Templates::new(config.boot.clone())),
             metrics: Arc::new(metrics::Metrics::default()),
-            logins: Arc::new(auth::LoginLimiter::new(config.auth.login_attempts_per_minute)),
+            logins: Arc::new(accounts::LoginLimiter::new(config.auth.login_attempts_per_minute)),
             default_password: Arc::new(AtomicBool::new(default_password)),
             http,
             db,
@@ -126,7 +134,7 @@ impl App {
             started,
             changes: tokio::sync::broadcast::channel(256).0,
             shutdown: tokio_util::sync::CancellationToken::new(),
-            ui: Arc::new(handlers::ui::Views::new()),
+            ui: Arc::new(views::Views::new()),
         });
         if state.catalog.is_remote() {
             let s = state.clone();

@@ -11,11 +11,11 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use bty_core::mac::MacAddr;
 
-use crate::auth::LoginLimiter;
+use crate::accounts::LoginLimiter;
+use crate::catalog::CatalogStore;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::images::CatalogStore;
 use crate::ipxe::Templates;
 use crate::metrics::Metrics;
 
@@ -64,7 +64,7 @@ pub struct AppParts {
     /// responses (the UI's event streams) end and shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The browser UI's templates and assets.
-    pub ui: Arc<crate::handlers::ui::Views>,
+    pub ui: Arc<crate::views::Views>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

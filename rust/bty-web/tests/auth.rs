@@ -15,7 +15,7 @@ fn concrete(path: &str) -> String {
 /// router is built from, so a new route cannot be left open by accident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protected_route_requires_login() {
-    use bty_web::routes::{Access, ROUTES};
+    use bty_web::route_table::{Access, ROUTES};
     let s = TestServer::start().await;
     let mut open: Vec<String> = ROUTES
         .iter()

@@ -151,7 +151,7 @@ async fn metrics_labels_come_from_a_closed_set() {
             "{line}"
         );
         let route = line.split("route=\"").nth(1).unwrap().split('"').next().unwrap();
-        assert!(route == "other" || bty_web::routes::ROUTES.iter().any(|r| r.path == route), "{line}");
+        assert!(route == "other" || bty_web::route_table::ROUTES.iter().any(|r| r.path == route), "{line}");
     }
     let junk = |route: &str, method: &str| {
         after

@@ -10,8 +10,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::accounts::{self, Principal, Via};
 use crate::audit::{self, Actor, NewEvent};
-use crate::auth::{self, Principal, Via};
+use crate::auth;
 use crate::clock;
 use crate::error::{ApiError, ApiJson};
 use crate::password;
@@ -26,8 +27,8 @@ pub struct Login {
 
 /// Verify credentials without holding a database connection during the hash.
 async fn check(app: &AppState, username: String, pass: String) -> Result<bool, ApiError> {
-    let stored = app.db.read(move |c| auth::stored_hash(c, &username)).await?;
-    tokio::task::spawn_blocking(move || auth::verify_stored(&pass, stored.as_deref()))
+    let stored = app.db.read(move |c| accounts::stored_hash(c, &username)).await?;
+    tokio::task::spawn_blocking(move || accounts::verify_stored(&pass, stored.as_deref()))
         .await
         .map_err(ApiError::internal)
 }
@@ -39,7 +40,7 @@ pub async fn start_session(
     ip: ClientIp,
     username: String,
     pass: String,
-) -> Result<auth::NewSession, ApiError> {
+) -> Result<accounts::NewSession, ApiError> {
     if let Some(addr) = ip.0 {
         if !app.logins.allow(addr, &username) {
             let shown: String = username.chars().take(64).collect();
@@ -71,7 +72,7 @@ pub async fn start_session(
                 )?;
                 return Ok(None);
             }
-            let s = auth::create_session(c, &username, ttl)?;
+            let s = accounts::create_session(c, &username, ttl)?;
             audit::insert(
                 c,
                 &NewEvent::new("auth.login.succeeded", Actor::Operator(username.clone()), "logged in")
@@ -128,7 +129,7 @@ pub async fn end_session(app: &AppState, ip: ClientIp, who: &Principal) -> Resul
     app.db
         .write(move |c| {
             if let Some(h) = &hash {
-                auth::delete_session(c, h)?;
+                accounts::delete_session(c, h)?;
             }
             audit::insert(
                 c,
@@ -178,7 +179,7 @@ pub struct PasswordChange {
 }
 
 /// Change the caller's password; other sessions end and every API token is
-/// revoked (see [`auth::set_password`]). Field errors name
+/// revoked (see [`accounts::set_password`]). Field errors name
 /// `current_password` or `new_password`.
 pub async fn set_own_password(
     app: &AppState,
@@ -187,10 +188,10 @@ pub async fn set_own_password(
     current: String,
     new: String,
 ) -> Result<(), ApiError> {
-    if new.chars().count() < auth::MIN_PASSWORD_LEN {
+    if new.chars().count() < accounts::MIN_PASSWORD_LEN {
         return Err(ApiError::field(
             "new_password",
-            format!("must be at least {} characters", auth::MIN_PASSWORD_LEN),
+            format!("must be at least {} characters", accounts::MIN_PASSWORD_LEN),
         ));
     }
     let keep = match &who.via {
@@ -205,7 +206,7 @@ pub async fn set_own_password(
     let user = who.username.clone();
     app.db
         .write(move |c| {
-            let revoked = auth::set_password(c, &user, &hash, keep.as_deref())?;
+            let revoked = accounts::set_password(c, &user, &hash, keep.as_deref())?;
             audit::insert(
                 c,
                 &NewEvent::new(
@@ -233,8 +234,8 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_tokens(State(app): State<AppState>) -> Result<Json<Vec<auth::TokenInfo>>, ApiError> {
-    Ok(Json(app.db.read(auth::list_tokens).await?))
+pub async fn list_tokens(State(app): State<AppState>) -> Result<Json<Vec<accounts::TokenInfo>>, ApiError> {
+    Ok(Json(app.db.read(accounts::list_tokens).await?))
 }
 
 #[derive(Deserialize)]
@@ -260,7 +261,7 @@ pub async fn issue_token(
     Ok(app
         .db
         .write(move |c| {
-            let (id, token, at) = auth::create_token(c, &name, &user)?;
+            let (id, token, at) = accounts::create_token(c, &name, &user)?;
             audit::insert(
                 c,
                 &NewEvent::new("auth.token.created", actor, format!("API token {name:?} created"))
@@ -296,7 +297,7 @@ pub async fn revoke(app: &AppState, ip: ClientIp, who: &Principal, id: i64) -> R
     Ok(app
         .db
         .write(move |c| {
-            let name = auth::revoke_token(c, id)?;
+            let name = accounts::revoke_token(c, id)?;
             if let Some(n) = &name {
                 audit::insert(
                     c,

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 
+use crate::accounts::Principal;
 use crate::audit::{self, Actor, NewEvent};
-use crate::auth::Principal;
 use crate::backup::{self, BackupInfo, Cadence, Schedule};
 use crate::clock;
 use crate::error::{decode_json, ApiError};

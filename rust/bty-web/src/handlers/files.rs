@@ -14,13 +14,13 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::accounts::Principal;
 use crate::audit::{self, NewEvent};
-use crate::auth::Principal;
 use crate::catalog_edit::{self, EditError, ImageUpload, NewEntry, Uploaded};
 use crate::error::{decode_json, ApiError};
 use crate::fileserve::{self, Refused};
-use crate::images;
 use crate::state::{AppState, ClientIp};
+use crate::{catalog, images};
 
 /// Boot artifacts are addressed by plain file name only: no directories, no
 /// hidden files (which includes `..` and in-progress uploads).
@@ -117,7 +117,7 @@ pub async fn boot_put(
         .await
         .map_err(|e| ApiError::internal(format!("cannot create boot directory {}: {e}", dir.display())))?;
     let final_path = dir.join(&name);
-    let tag = &crate::auth::random_secret()[..8];
+    let tag = &crate::secret::random_secret()[..8];
     // The partial's name carries the file's so a leftover says what it was,
     // unless that would make it too long where the name itself still fits.
     let partial = if name.len() + 18 <= 255 {
@@ -199,7 +199,7 @@ async fn write_stream(req: Request, partial: &PathBuf, max: u64) -> Result<(u64,
 pub async fn images_list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let base = app.base_url(&headers)?;
     let catalog = app.catalog.get();
-    let rows: Vec<images::ImageInfo<'_>> = catalog.images.iter().map(|e| images::info(e, &base)).collect();
+    let rows: Vec<catalog::ImageInfo<'_>> = catalog.images.iter().map(|e| catalog::info(e, &base)).collect();
     Ok(Json(rows).into_response())
 }
 
@@ -255,7 +255,7 @@ pub async fn image_get(
 
 pub async fn catalog_toml(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let base = app.base_url(&headers)?;
-    let text = images::republish(&app.catalog.get(), &base);
+    let text = catalog::republish(&app.catalog.get(), &base);
     Ok(([(header::CONTENT_TYPE, "application/toml; charset=utf-8")], text).into_response())
 }
 
@@ -362,7 +362,7 @@ fn added(app: &AppState, headers: &HeaderMap, catalog: &Catalog, name: &str) -> 
     let entry = catalog
         .get(name)
         .ok_or_else(|| ApiError::internal(format!("{name} is not in the reloaded catalog")))?;
-    Ok((StatusCode::CREATED, Json(images::info(entry, &base))).into_response())
+    Ok((StatusCode::CREATED, Json(catalog::info(entry, &base))).into_response())
 }
 
 #[derive(serde::Deserialize, Default)]

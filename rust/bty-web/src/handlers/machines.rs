@@ -11,8 +11,8 @@ use serde_json::json;
 use bty_core::mac::MacAddr;
 
 use super::{AnyMacParam, MacParam};
+use crate::accounts::Principal;
 use crate::audit::{self, NewEvent};
-use crate::auth::Principal;
 use crate::error::{decode_json, ApiError};
 use crate::machines::{self, ListFilter, Machine, MachineInput};
 use crate::policy::Policy;
@@ -112,7 +112,7 @@ pub async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Re
 fn next_link(q: &ListQuery, limit: usize, last: MacAddr) -> String {
     let limit = limit.to_string();
     let after = last.to_string();
-    let query = super::ui::query(&[
+    let query = crate::views::query(&[
         ("label", q.label.as_deref().unwrap_or("")),
         ("policy", q.policy.as_deref().unwrap_or("")),
         ("q", q.q.as_deref().unwrap_or("")),

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 
+use crate::accounts::Principal;
 use crate::audit::{self, NewEvent};
-use crate::auth::Principal;
 use crate::error::{decode_json, ApiError};
 use crate::netboot;
 use crate::state::AppState;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::{field_errors, html_response, local_target, Ctx, Fields, PageMeta, UiError};
+use crate::accounts;
 use crate::auth;
 use crate::error::ApiError;
 use crate::handlers::auth as api;
@@ -35,12 +36,12 @@ fn login_page(
     error: Option<&str>,
     notice: Option<&str>,
 ) -> Result<Response, UiError> {
-    let token = auth::random_secret();
+    let token = crate::secret::random_secret();
     let data = json!({
         "base": {
             "title": "Log in",
-            "css": app.ui.css_url,
-            "js": app.ui.js_url,
+            "css": app.ui.css_url(),
+            "js": app.ui.js_url(),
             "version": crate::VERSION,
             "zone": "UTC",
             "notice": notice.and_then(super::notice),
@@ -118,7 +119,7 @@ async fn account_page(
     token_name: &str,
     new_token: Option<Value>,
 ) -> Result<Response, UiError> {
-    let tokens = ctx.app.db.read(auth::list_tokens).await?;
+    let tokens = ctx.app.db.read(accounts::list_tokens).await?;
     let tokens: Vec<Value> = tokens
         .iter()
         .map(|t| {

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::handlers::{self, files};
 use crate::health::{self, human_bytes};
 use crate::state::ClientIp;
-use crate::{images, netboot};
+use crate::{catalog, netboot};
 
 #[derive(Deserialize, Default)]
 pub struct NoticeQuery {
@@ -39,7 +39,7 @@ fn images_page(
         .images
         .iter()
         .map(|e| {
-            let i = images::info(e, "");
+            let i = catalog::info(e, "");
             let digest = i.sha256.map(|d| format!("{}…", &d[..d.len().min(12)]));
             json!({
                 "name": i.name,
@@ -183,7 +183,7 @@ async fn netboot_page(
         "failed" | "cancelled" => "error",
         _ => "warn",
     };
-    let wanted = health::wanted_boot_version(&ctx.app);
+    let wanted = health::wanted_boot_version(&ctx.app.config);
     let (base_url, tag) = submitted.unwrap_or_else(|| {
         (ctx.app.config.netboot.release_base_url.clone().unwrap_or_default(), wanted.clone())
     });

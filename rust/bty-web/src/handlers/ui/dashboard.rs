@@ -41,7 +41,11 @@ pub async fn page(ctx: Ctx, Query(q): Query<DashQuery>) -> Result<Response, UiEr
             json!({"policy": p, "state": s, "words": words, "count": n})
         })
         .collect();
-    let checks = health::checklist(&ctx.app, ctx.app.default_password.load(Ordering::Relaxed));
+    let checks = health::checklist(
+        &ctx.app.config,
+        &ctx.app.catalog,
+        ctx.app.default_password.load(Ordering::Relaxed),
+    );
     let data = json!({
         "total": total,
         "fleet": fleet,

@@ -18,7 +18,7 @@ use bty_core::source::{parse_sha256_hex, Source};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::images::CatalogStore;
+use crate::catalog::CatalogStore;
 
 /// Why an entry was not added. Nothing was changed in any case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), EditError> {
     let io = |what: &str, p: &Path, e: std::io::Error| fs_error(format!("cannot {what} {}", p.display()), e);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
-    let tmp = dir.join(format!(".{base}.{}.tmp", &crate::auth::random_secret()[..8]));
+    let tmp = dir.join(format!(".{base}.{}.tmp", &crate::secret::random_secret()[..8]));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -405,7 +405,7 @@ impl ImageUpload {
         tokio::fs::create_dir_all(images_dir)
             .await
             .map_err(|e| fs_error(format!("cannot create {}", images_dir.display()), e))?;
-        let tag = &crate::auth::random_secret()[..8];
+        let tag = &crate::secret::random_secret()[..8];
         let partial = images_dir.join(format!(".{name}.{tag}.partial"));
         let file = tokio::fs::OpenOptions::new()
             .write(true)

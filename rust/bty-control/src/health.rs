@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::state::AppState;
+use crate::catalog::CatalogStore;
+use crate::config::Config;
 
 /// Below this much free space a directory is a warning.
 const LOW_SPACE_BYTES: u64 = 2 << 30;
@@ -61,34 +62,35 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// The boot artifacts the iPXE scripts reference: `(name, size if present)`.
-pub fn boot_artifacts(app: &AppState) -> Vec<(String, Option<u64>)> {
-    let b = &app.config.boot;
+pub fn boot_artifacts(config: &Config) -> Vec<(String, Option<u64>)> {
+    let b = &config.boot;
     let mut names = vec![b.kernel.clone(), b.initrd.clone()];
     names.extend(b.squashfs.clone());
     names
         .into_iter()
         .map(|n| {
-            let size = std::fs::metadata(app.config.paths.boot_dir.join(&n)).ok().map(|m| m.len());
+            let size = std::fs::metadata(config.paths.boot_dir.join(&n)).ok().map(|m| m.len());
             (n, size)
         })
         .collect()
 }
 
 /// The release installed in the boot directory (`netboot.json`), if any.
-pub fn boot_version(app: &AppState) -> Option<String> {
-    crate::netboot::installed(&app.config.paths.boot_dir).map(|i| i.tag)
+pub fn boot_version(config: &Config) -> Option<String> {
+    crate::netboot::installed(&config.paths.boot_dir).map(|i| i.tag)
 }
 
 /// The release the artifacts should be: `[netboot] tag` (`v<version>` by default).
-pub fn wanted_boot_version(app: &AppState) -> String {
-    app.config.netboot.tag.clone()
+pub fn wanted_boot_version(config: &Config) -> String {
+    config.netboot.tag.clone()
 }
 
-pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
+/// Every check, in the order the dashboard shows them.
+pub fn checklist(config: &Config, catalog: &CatalogStore, default_password: bool) -> Vec<Check> {
     let mut out = Vec::new();
-    let boot_dir = app.config.paths.boot_dir.display().to_string();
+    let boot_dir = config.paths.boot_dir.display().to_string();
     let missing: Vec<String> =
-        boot_artifacts(app).into_iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n).collect();
+        boot_artifacts(config).into_iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n).collect();
     out.push(if missing.is_empty() {
         check("Netboot artifacts", Status::Ok, format!("present in {boot_dir}"))
     } else {
@@ -98,8 +100,8 @@ pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
             format!("missing in {boot_dir}: {}; upload them on the Netboot page", missing.join(", ")),
         )
     });
-    let wanted = wanted_boot_version(app);
-    out.push(match boot_version(app) {
+    let wanted = wanted_boot_version(config);
+    out.push(match boot_version(config) {
         Some(v) if v == wanted => check("Netboot version", Status::Ok, format!("{v}, matching this server")),
         Some(v) => check(
             "Netboot version",
@@ -114,11 +116,11 @@ pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
             ),
         ),
     });
-    let catalog = app.catalog.get();
-    let location = app.catalog.location();
-    out.push(match (app.catalog.last_error(), catalog.images.len()) {
+    let images = catalog.get().images.len();
+    let location = catalog.location();
+    out.push(match (catalog.last_error(), images) {
         (Some(e), _) => check("Catalog", Status::Fail, format!("last load failed: {e}")),
-        (None, 0) if app.catalog.is_missing() => check(
+        (None, 0) if catalog.is_missing() => check(
             "Catalog",
             Status::Warn,
             format!(
@@ -139,10 +141,9 @@ pub fn checklist(app: &AppState, default_password: bool) -> Vec<Check> {
         Status::Info,
         "TFTP and ProxyDHCP are not served by bty-web itself (the appliance runs dnsmasq for them)",
     ));
-    for (name, dir) in [
-        ("Free space: state", &app.config.paths.state_dir),
-        ("Free space: images", &app.config.paths.images_dir),
-    ] {
+    for (name, dir) in
+        [("Free space: state", &config.paths.state_dir), ("Free space: images", &config.paths.images_dir)]
+    {
         out.push(match free_space(dir) {
             Some((free, total)) => {
                 let status = if free < LOW_SPACE_BYTES { Status::Warn } else { Status::Ok };
