@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every check bty has: formatting, lints, unit and integration tests, a short fuzzing run, and the end-to-end
-# VM suite. First it installs what they need (checks/deps.sh: Debian packages and a Debian kernel package,
-# as root; otherwise it prints the one apt-get line that is missing and stops).
+# Every check bty has: formatting, lints, the layering of crates and modules, unit and integration tests, a
+# short fuzzing run, and the end-to-end VM suite. First it installs what they need (checks/deps.sh: Debian
+# packages and a Debian kernel package, as root; otherwise it prints the one apt-get line that is missing and
+# stops).
 # Loop-device tests run when this is run as root and skip (saying why) otherwise.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +19,8 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --features afl --locked --target-dir target -- -D warnings
+echo "== layers (checks/layers.py: crate arrows point one way, no HTTP server in bty-control, no module cycles)"
+python3 checks/layers.py
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads=2
 echo "== fuzzing (checks/fuzz.sh: every seed and regression replayed, then each target fuzzed \${BTY_FUZZ_SECONDS:-30} s)"

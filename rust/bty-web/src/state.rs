@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::ipxe::Templates;
-use crate::metrics::Metrics;
+use bty_control::metrics::Metrics;
 
 /// Shared server state. One `Arc` underneath: axum clones the state for
 /// every extractor and middleware on every request, and cloning a dozen
