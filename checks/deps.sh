@@ -3,7 +3,7 @@
 #   - the peer tools the format tests compare against (zstd, xz, bzip2, pigz, pbzip2, lz4, zip,
 #     lzop, 7z, img2simg, qemu-img), the loop-device and filesystem tools (losetup, sgdisk,
 #     mkfs.ext4), Chromium and chromedriver for the browser UI tests, afl++ for the fuzzing run
-#     and nix-instantiate for the Nix checks;
+#     nix-instantiate for the Nix checks, the TFTP clients (curl, atftp, tftp-hpa) and dnsmasq;
 #   - for the VM suite: QEMU (from bookworm-backports on Debian 12, so the newer qemu-utils is
 #     kept), iPXE ROMs and binaries, OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI
 #     modules, kmod (depmod), binutils;
@@ -46,6 +46,12 @@ declare -A want=(
   [nix-bin]=nix-instantiate
   [python3]=python3
   [curl]=curl
+  # TFTP clients the TFTP server is tested against; dnsmasq (binary only, no service) is the
+  # LAN's DHCP server in the network-boot tests and the boot-storm benchmark's anchor
+  [atftp]=atftp
+  [tftp-hpa]=/usr/bin/tftp
+  [dnsmasq-base]=/usr/sbin/dnsmasq
+  [iproute2]=/usr/sbin/ip
   # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom

@@ -15,7 +15,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 seconds="${BTY_FUZZ_SECONDS:-30}"
-read -r -a targets <<<"${BTY_FUZZ_TARGETS:-format qcow2 simg bmap partition catalog}"
+read -r -a targets <<<"${BTY_FUZZ_TARGETS:-format qcow2 simg bmap partition catalog tftp dhcp}"
 out="${BTY_FUZZ_OUT:-$root/target/fuzz-out}"
 started=$SECONDS
 

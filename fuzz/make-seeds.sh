@@ -216,4 +216,6 @@ named disk.tar "$work/x.tar.head" tar
 { printf 'disk.vhd\0'; head -c 1024 "$raw"; printf 'conectix'; head -c 504 /dev/zero; } >"$seeds/format/vhd-footer"
 { printf 'disk.7z\0'; printf '7z\274\257\047\034'; head -c 64 /dev/zero; } >"$seeds/format/7z"
 
+python3 "$here/make-packet-seeds.py" "$seeds"
+
 echo "make-seeds: wrote $(find "$seeds" -type f | wc -l) seeds, $(du -sh "$seeds" | cut -f1) in $seeds"

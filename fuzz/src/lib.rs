@@ -1,4 +1,6 @@
-//! Fuzz target bodies for bty-core, one per input format bty parses.
+//! Fuzz target bodies for bty-core and bty-netboot, one per input format bty
+//! parses (image formats, catalogs, and the TFTP and DHCP packets that
+//! anyone on the LAN can send).
 //!
 //! Each body takes arbitrary bytes and must return normally: bad input is
 //! an `Err` in bty-core, never a panic (including arithmetic overflow, as
@@ -28,6 +30,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("bmap", bmap),
     ("partition", partition),
     ("catalog", catalog),
+    ("tftp", tftp),
+    ("dhcp", dhcp),
 ];
 
 /// The body of the target called `name`.
@@ -220,4 +224,45 @@ pub fn catalog(data: &[u8]) {
     let Ok(c) = catalog::Catalog::parse(&text) else { return };
     let again = catalog::Catalog::parse(&c.to_toml()).expect("a rendered catalog parses");
     assert_eq!(again, c, "a catalog changes through to_toml and parse");
+}
+
+/// A TFTP packet: parsed without panicking, and a request's options
+/// negotiated within RFC 2348/7440's bounds into an OACK that parses back
+/// and names only options the request asked for.
+pub fn tftp(data: &[u8]) {
+    use bty_netboot::tftp::{self, packet};
+    let Ok(p) = packet::parse(data) else { return };
+    let packet::Packet::Request { options, filename, .. } = &p else { return };
+    let _ = tftp::allowed_name(filename);
+    let n = tftp::negotiate(options, data.len() as u64, 1468);
+    assert!((8..=1468).contains(&n.blksize) || n.blksize == 512, "blksize {}", n.blksize);
+    assert!((1..=tftp::MAX_WINDOW).contains(&n.windowsize), "windowsize {}", n.windowsize);
+    let oack = packet::oack(&n.oack);
+    let Ok(packet::Packet::Oack { options: back }) = packet::parse(&oack) else {
+        panic!("our OACK does not parse: {oack:?}")
+    };
+    for (name, _) in back {
+        assert!(options.iter().any(|(asked, _)| asked.eq_ignore_ascii_case(name)), "{name} was not asked for");
+    }
+}
+
+/// A DHCP message: parsed without panicking; any answer the ProxyDHCP
+/// service makes parses back, keeps the transaction, and assigns no address.
+pub fn dhcp(data: &[u8]) {
+    use bty_netboot::dhcp::{self, packet, Port, ProxyConfig};
+    let Ok(m) = packet::parse(data) else { return };
+    let _ = dhcp::classify(&m);
+    let cfg = ProxyConfig::new(None, std::net::Ipv4Addr::new(10, 0, 0, 2), "http://10.0.0.2:8080".into());
+    for port in [Port::Dhcp, Port::BootServer] {
+        let Some((raw, _)) = dhcp::answer(&m, port, &cfg) else { continue };
+        if raw.is_empty() {
+            continue;
+        }
+        let r = packet::parse(&raw).expect("our reply parses");
+        assert_eq!(r.xid, m.xid);
+        assert_eq!(r.yiaddr, std::net::Ipv4Addr::UNSPECIFIED, "a proxy never assigns an address");
+        assert_eq!(r.op, packet::BOOTREPLY);
+    }
+    let again = packet::parse(&m.encode()).expect("a message re-encodes");
+    assert_eq!(again.xid, m.xid);
 }

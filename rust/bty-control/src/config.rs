@@ -41,6 +41,8 @@ enum Kind {
         max: u64,
     },
     Secret,
+    /// `true`/`false` (environment: also 1/0, yes/no, on/off).
+    Bool,
 }
 
 struct KeyDef {
@@ -249,6 +251,62 @@ const KEYS: &[KeyDef] = &[
         default: None,
         help: "release to fetch (default v<this bty-web's version>)",
     },
+    KeyDef {
+        section: "tftp",
+        key: "enabled",
+        kind: Kind::Bool,
+        default: Some("false"),
+        help: "serve the iPXE binaries over TFTP (the Settings page overrides this at runtime)",
+    },
+    KeyDef {
+        section: "tftp",
+        key: "address",
+        kind: Kind::Text,
+        default: Some("0.0.0.0"),
+        help: "IPv4 address to serve TFTP on (0.0.0.0: every address the host has at start, each answering from itself)",
+    },
+    KeyDef {
+        section: "tftp",
+        key: "port",
+        kind: Kind::Int { min: 1, max: 65535 },
+        default: Some("69"),
+        help: "UDP port for TFTP (below 1024 needs root or CAP_NET_BIND_SERVICE)",
+    },
+    KeyDef {
+        section: "tftp",
+        key: "max_transfers",
+        kind: Kind::Int { min: 1, max: 100_000 },
+        default: Some("1024"),
+        help: "TFTP transfers at once; more requests are answered \"busy\" and the firmware retries",
+    },
+    KeyDef {
+        section: "proxy_dhcp",
+        key: "enabled",
+        kind: Kind::Bool,
+        default: Some("false"),
+        help: "answer PXE firmware with where to boot (ProxyDHCP, UDP 67 and 4011; the LAN's DHCP server keeps assigning addresses; the Settings page overrides this at runtime)",
+    },
+    KeyDef {
+        section: "proxy_dhcp",
+        key: "interface",
+        kind: Kind::OptText,
+        default: None,
+        help: "network interface to answer on, e.g. eth0 (required to enable ProxyDHCP)",
+    },
+    KeyDef {
+        section: "proxy_dhcp",
+        key: "advertise_address",
+        kind: Kind::OptText,
+        default: None,
+        help: "IPv4 address PXE clients are told to fetch from (default: the interface's first IPv4 address)",
+    },
+    KeyDef {
+        section: "proxy_dhcp",
+        key: "efi_boot_file",
+        kind: Kind::Text,
+        default: Some("snponly.efi"),
+        help: "iPXE binary UEFI firmware gets over TFTP: snponly.efi (the firmware's own network driver) or ipxe.efi",
+    },
 ];
 
 impl KeyDef {
@@ -264,6 +322,7 @@ impl KeyDef {
 enum Value {
     Text(String),
     Int(u64),
+    Bool(bool),
     Unset,
 }
 
@@ -279,6 +338,9 @@ impl Value {
             Value::Int(n) => *n,
             _ => 0,
         }
+    }
+    fn bool(&self) -> bool {
+        matches!(self, Value::Bool(true))
     }
 }
 
@@ -328,6 +390,26 @@ pub struct PathsConfig {
 pub struct TuningConfig {
     pub backup_max_parallel: usize,
     pub backup_tick_seconds: u64,
+}
+
+/// `[tftp]`: the read-only TFTP server for the iPXE binaries.
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    /// At startup; the Settings page can override it (see `settings`).
+    pub enabled: bool,
+    pub address: std::net::Ipv4Addr,
+    pub port: u16,
+    pub max_transfers: usize,
+}
+
+/// `[proxy_dhcp]`: answering PXE firmware next to the LAN's DHCP server.
+#[derive(Debug, Clone)]
+pub struct ProxyDhcpConfig {
+    /// At startup; the Settings page can override it (see `settings`).
+    pub enabled: bool,
+    pub interface: Option<String>,
+    pub advertise_address: Option<std::net::Ipv4Addr>,
+    pub efi_boot_file: String,
 }
 
 #[derive(Debug, Clone)]
@@ -386,6 +468,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tuning: TuningConfig,
     pub netboot: NetbootConfig,
+    pub tftp: TftpConfig,
+    pub proxy_dhcp: ProxyDhcpConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     values: BTreeMap<String, (Value, Origin)>,
@@ -406,6 +490,7 @@ fn default_value(def: &KeyDef) -> Value {
     match (def.default, def.kind) {
         (None, _) => Value::Unset,
         (Some(d), Kind::Int { .. }) => Value::Int(d.parse().expect("numeric default")),
+        (Some(d), Kind::Bool) => Value::Bool(d == "true"),
         (Some(d), _) => Value::Text(d.to_string()),
     }
 }
@@ -417,6 +502,11 @@ fn parse_env_value(def: &KeyDef, raw: &str) -> Result<Value, String> {
             .parse::<u64>()
             .map(Value::Int)
             .map_err(|_| format!("`{raw}` is not a non-negative whole number")),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" | "" => Ok(Value::Bool(false)),
+            _ => Err(format!("`{raw}` is not true or false")),
+        },
         Kind::OptText if raw.is_empty() => Ok(Value::Unset),
         _ => Ok(Value::Text(raw.to_string())),
     }
@@ -427,6 +517,8 @@ fn parse_file_value(def: &KeyDef, v: &toml::Value) -> Result<Value, String> {
         (Kind::Int { .. }, toml::Value::Integer(n)) if *n >= 0 => Ok(Value::Int(*n as u64)),
         (Kind::Int { .. }, toml::Value::Integer(n)) => Err(format!("{n} is negative")),
         (Kind::Int { .. }, other) => Err(format!("must be an integer, not a {}", other.type_str())),
+        (Kind::Bool, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::Bool, other) => Err(format!("must be true or false, not a {}", other.type_str())),
         (Kind::OptText, toml::Value::String(s)) if s.is_empty() => Ok(Value::Unset),
         (_, toml::Value::String(s)) => Ok(Value::Text(s.clone())),
         (_, other) => Err(format!("must be a string, not a {}", other.type_str())),
@@ -571,6 +663,8 @@ impl Config {
     fn from_values(values: BTreeMap<String, (Value, Origin)>, file: Option<PathBuf>) -> Config {
         let text = |k: &str| values[k].0.text().map(str::to_string);
         let int = |k: &str| values[k].0.int();
+        let flag = |k: &str| values[k].0.bool();
+        let ipv4 = |k: &str| text(k).and_then(|a| a.trim().parse::<std::net::Ipv4Addr>().ok());
         let state_dir = PathBuf::from(text("paths.state_dir").unwrap_or_default());
         Config {
             server: ServerConfig {
@@ -627,6 +721,18 @@ impl Config {
                     .map(|u| u.trim_end_matches('/').to_string()),
                 tag: text("netboot.tag").unwrap_or_else(|| format!("v{}", env!("CARGO_PKG_VERSION"))),
             },
+            tftp: TftpConfig {
+                enabled: flag("tftp.enabled"),
+                address: ipv4("tftp.address").unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                port: int("tftp.port") as u16,
+                max_transfers: int("tftp.max_transfers") as usize,
+            },
+            proxy_dhcp: ProxyDhcpConfig {
+                enabled: flag("proxy_dhcp.enabled"),
+                interface: text("proxy_dhcp.interface"),
+                advertise_address: ipv4("proxy_dhcp.advertise_address"),
+                efi_boot_file: text("proxy_dhcp.efi_boot_file").unwrap_or_default(),
+            },
             file,
             values,
         }
@@ -648,6 +754,7 @@ impl Config {
                     (Value::Unset, _) => None,
                     (_, Kind::Secret) => Some(serde_json::Value::from("<redacted>")),
                     (Value::Int(n), _) => Some(serde_json::Value::from(*n)),
+                    (Value::Bool(b), _) => Some(serde_json::Value::from(*b)),
                     (Value::Text(s), _) => Some(serde_json::Value::from(s.as_str())),
                 };
                 ShownKey {
@@ -768,6 +875,24 @@ fn validate(def: &KeyDef, v: &Value) -> Result<(), String> {
             }
         }
         "admin.password" if s.is_empty() => Err("must not be empty".into()),
+        "tftp.address" => match s.trim().parse::<std::net::Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("`{s}` is not an IPv4 address (0.0.0.0 for every address)")),
+        },
+        "proxy_dhcp.advertise_address" => match s.trim().parse::<std::net::Ipv4Addr>() {
+            Ok(a) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => Ok(()),
+            _ => Err(format!("`{s}` is not an IPv4 address a PXE client could reach, e.g. 192.168.1.2")),
+        },
+        "proxy_dhcp.interface" => {
+            if s.len() < 16 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)) {
+                Ok(())
+            } else {
+                Err(format!("`{s}` is not an interface name such as eth0 or enp1s0"))
+            }
+        }
+        "proxy_dhcp.efi_boot_file" if s != "snponly.efi" && s != "ipxe.efi" => {
+            Err(format!("`{s}`: use snponly.efi or ipxe.efi"))
+        }
         "boot.kernel" | "boot.initrd" | "boot.squashfs" => boot_name_problem(s).map_or(Ok(()), Err),
         _ => Ok(()),
     }
@@ -781,6 +906,38 @@ mod tests {
     fn load(file: Option<&Path>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load_with(file, &move |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn network_boot_services_are_configured_as_booleans_and_addresses() {
+        let c = load(None, &[]).unwrap();
+        assert!(!c.tftp.enabled && !c.proxy_dhcp.enabled, "off unless asked for");
+        assert_eq!((c.tftp.port, c.proxy_dhcp.efi_boot_file.as_str()), (69, "snponly.efi"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bty.toml");
+        std::fs::write(&f, "[tftp]\nenabled = true\nport = 6969\n[proxy_dhcp]\ninterface = \"br0\"\n")
+            .unwrap();
+        let c = load(
+            Some(&f),
+            &[("BTY_PROXY_DHCP_ENABLED", "yes"), ("BTY_PROXY_DHCP_ADVERTISE_ADDRESS", "10.0.0.2")],
+        )
+        .unwrap();
+        assert!(c.tftp.enabled && c.proxy_dhcp.enabled);
+        assert_eq!(c.tftp.port, 6969);
+        assert_eq!(c.proxy_dhcp.interface.as_deref(), Some("br0"));
+        assert_eq!(c.proxy_dhcp.advertise_address, Some("10.0.0.2".parse().unwrap()));
+        let shown = c.shown();
+        assert_eq!(shown.iter().find(|k| k.key == "tftp.enabled").unwrap().value, Some(true.into()));
+        std::fs::write(&f, "[tftp]\nenabled = \"maybe\"\n").unwrap();
+        let e = load(
+            Some(&f),
+            &[("BTY_PROXY_DHCP_ENABLED", "sometimes"), ("BTY_PROXY_DHCP_ADVERTISE_ADDRESS", "0.0.0.0")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tftp.enabled") && e.contains("must be true or false"), "{e}");
+        assert!(e.contains("`sometimes` is not true or false"), "{e}");
+        assert!(e.contains("proxy_dhcp.advertise_address"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,31 @@ pub struct Check {
     pub detail: String,
 }
 
+/// A network boot service's state, as the HTTP front reads it from the
+/// running service (this crate does not run them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Off,
+    Listening,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceHealth {
+    /// `TFTP`, `ProxyDHCP`.
+    pub name: &'static str,
+    /// `tftp`, `proxy_dhcp`: the config section and the switch's name.
+    pub field: &'static str,
+    pub state: ServiceState,
+    pub listening: Vec<String>,
+    pub requests: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// The state in words, with what to do.
+    pub detail: String,
+}
+
 fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
     Check { name, status, detail: detail.into() }
 }
@@ -86,7 +111,12 @@ pub fn wanted_boot_version(config: &Config) -> String {
 }
 
 /// Every check, in the order the dashboard shows them.
-pub fn checklist(config: &Config, catalog: &CatalogStore, default_password: bool) -> Vec<Check> {
+pub fn checklist(
+    config: &Config,
+    catalog: &CatalogStore,
+    default_password: bool,
+    services: &[ServiceHealth],
+) -> Vec<Check> {
     let mut out = Vec::new();
     let boot_dir = config.paths.boot_dir.display().to_string();
     let missing: Vec<String> =
@@ -136,11 +166,14 @@ pub fn checklist(config: &Config, catalog: &CatalogStore, default_password: bool
         ),
         (None, n) => check("Catalog", Status::Ok, format!("{n} image(s) from {location}")),
     });
-    out.push(check(
-        "Network boot services",
-        Status::Info,
-        "TFTP and ProxyDHCP are not served by bty-web itself (the appliance runs dnsmasq for them)",
-    ));
+    for sv in services {
+        let status = match sv.state {
+            ServiceState::Off => Status::Info,
+            ServiceState::Listening => Status::Ok,
+            ServiceState::Failed => Status::Fail,
+        };
+        out.push(check(sv.name, status, sv.detail.clone()));
+    }
     for (name, dir) in
         [("Free space: state", &config.paths.state_dir), ("Free space: images", &config.paths.images_dir)]
     {

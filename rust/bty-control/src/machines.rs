@@ -37,6 +37,11 @@ pub struct Machine {
     pub inventory: Option<Value>,
     pub inventory_at: Option<String>,
     pub has_lshw: bool,
+    /// Last seen by the ProxyDHCP service, as what kind of client, and
+    /// what it was told to boot.
+    pub dhcp_seen_at: Option<String>,
+    pub dhcp_client: Option<String>,
+    pub dhcp_boot_file: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -55,7 +60,8 @@ const SELECT: &str = "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_se
     m.last_flash_status, m.last_flash_reason, m.inventory, m.inventory_at, m.lshw IS NOT NULL,
     m.created_at, m.updated_at,
     (SELECT group_concat(label, char(10)) FROM
-        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)),
+    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
     FROM machines m";
 
 /// [`SELECT`] without the inventory document and the labels, for the PXE
@@ -65,7 +71,7 @@ const SELECT_FOR_BOOT: &str =
     "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_serial, m.sanboot_drive,
     m.provisioning_mode, m.discovered_at, m.last_seen_at, m.last_seen_ip, m.last_flashed_at,
     m.last_flash_status, m.last_flash_reason, NULL, m.inventory_at, m.lshw IS NOT NULL,
-    m.created_at, m.updated_at, NULL
+    m.created_at, m.updated_at, NULL, m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
     FROM machines m";
 
 /// A [`Machine`] from a row of [`SELECT`]'s columns.
@@ -92,6 +98,9 @@ pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
         inventory: inventory.and_then(|s| serde_json::from_str(&s).ok()),
         inventory_at: r.get(14)?,
         has_lshw: r.get(15)?,
+        dhcp_seen_at: r.get(19)?,
+        dhcp_client: r.get(20)?,
+        dhcp_boot_file: r.get(21)?,
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
         labels: labels.map(|s| s.split('\n').map(str::to_string).collect()).unwrap_or_default(),
@@ -154,7 +163,8 @@ const SELECT_WITHOUT_INVENTORY: &str = "SELECT m.mac, m.policy, m.state, m.image
     m.last_flash_status, m.last_flash_reason, NULL, m.inventory_at, m.lshw IS NOT NULL,
     m.created_at, m.updated_at,
     (SELECT group_concat(label, char(10)) FROM
-        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)),
+    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
     FROM machines m";
 
 /// One page of `GET /machines`, in MAC order: at most `limit` machines

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub discovered: AtomicU64,
     /// Reports refused for want of the current offer's token.
     pub reports_refused: AtomicU64,
+    /// (file, result) → TFTP requests; files from the allow-list or `other`.
+    tftp: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (client kind, answered or not) → ProxyDHCP requests.
+    dhcp: Mutex<BTreeMap<(&'static str, bool), u64>>,
 }
 
 impl Metrics {
@@ -32,6 +36,14 @@ impl Metrics {
     pub fn request(&self, method: &'static str, route: &'static str, status: u16) {
         let key = (method, route, status);
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+    }
+
+    pub fn tftp(&self, file: &'static str, result: &'static str) {
+        *self.tftp.lock().unwrap_or_else(|e| e.into_inner()).entry((file, result)).or_default() += 1;
+    }
+
+    pub fn dhcp(&self, client: &'static str, answered: bool) {
+        *self.dhcp.lock().unwrap_or_else(|e| e.into_inner()).entry((client, answered)).or_default() += 1;
     }
 
     pub fn render(&self, machines_by_policy: &[(String, i64)], unacked_events: i64) -> String {
@@ -69,6 +81,16 @@ impl Metrics {
         out.push_str("# HELP bty_machines_discovered_total Unknown MACs recorded since start.\n");
         out.push_str("# TYPE bty_machines_discovered_total counter\n");
         let _ = writeln!(out, "bty_machines_discovered_total {}", self.discovered.load(Ordering::Relaxed));
+        out.push_str("# HELP bty_tftp_requests_total TFTP read requests by file and result.\n");
+        out.push_str("# TYPE bty_tftp_requests_total counter\n");
+        for ((f, r), n) in self.tftp.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "bty_tftp_requests_total{{file=\"{f}\",result=\"{r}\"}} {n}");
+        }
+        out.push_str("# HELP bty_proxy_dhcp_requests_total ProxyDHCP requests from PXE clients by kind.\n");
+        out.push_str("# TYPE bty_proxy_dhcp_requests_total counter\n");
+        for ((c, a), n) in self.dhcp.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "bty_proxy_dhcp_requests_total{{client=\"{c}\",answered=\"{a}\"}} {n}");
+        }
         out.push_str("# HELP bty_machines Machines by policy.\n# TYPE bty_machines gauge\n");
         for p in crate::policy::Policy::ALL {
             let n =

@@ -68,6 +68,38 @@ fn discover(conn: &Connection, mac: MacAddr, ip: Option<&str>, now: &str) -> rus
     Ok(inserted)
 }
 
+/// What the ProxyDHCP service saw: a PXE client asked where to boot.
+#[derive(Debug, Clone)]
+pub struct DhcpSighting {
+    pub mac: MacAddr,
+    /// Its address, once it has one (the request on port 4011).
+    pub ip: Option<String>,
+    /// `BIOS PXE`, `UEFI PXE`, `UEFI HTTP`, `iPXE`, ...
+    pub client: String,
+    /// What it was told to boot; `None` when nothing was offered.
+    pub boot_file: Option<String>,
+}
+
+/// Record a sighting on the machine's row; an unknown MAC gets its record
+/// (policy `tui`) and `machine.discovered`, as on its first HTTP contact.
+/// Returns whether the record is new.
+pub fn record_dhcp_sighting(conn: &Connection, s: &DhcpSighting) -> rusqlite::Result<bool> {
+    let now = clock::now_rfc3339();
+    let update = |conn: &Connection| {
+        conn.prepare_cached(
+            "UPDATE machines SET dhcp_seen_at = ?2, dhcp_client = ?3, dhcp_boot_file = ?4,
+                 last_seen_ip = coalesce(?5, last_seen_ip) WHERE mac = ?1",
+        )?
+        .execute(params![s.mac.to_string(), now, s.client, s.boot_file, s.ip])
+    };
+    if update(conn)? > 0 {
+        return Ok(false);
+    }
+    let inserted = discover(conn, s.mac, s.ip.as_deref(), &now)?;
+    update(conn)?;
+    Ok(inserted)
+}
+
 fn image_check(m: &Machine, catalog: &Catalog) -> ImageCheck {
     match &m.image {
         Some(name) if catalog.get(name).is_some() => ImageCheck::Present,
@@ -211,7 +243,8 @@ fn first_contact(
              ON CONFLICT (mac) DO NOTHING
              RETURNING mac, policy, state, image, target_disk_serial, sanboot_drive, provisioning_mode,
                  discovered_at, last_seen_at, last_seen_ip, last_flashed_at, last_flash_status,
-                 last_flash_reason, NULL, inventory_at, lshw IS NOT NULL, created_at, updated_at, NULL",
+                 last_flash_reason, NULL, inventory_at, lshw IS NOT NULL, created_at, updated_at, NULL,
+                 dhcp_seen_at, dhcp_client, dhcp_boot_file",
         )?
         .query_row(
             params![mac.to_string(), policy.as_str(), d.next_state.as_str(), now, ip, offer_kind, token_hash],

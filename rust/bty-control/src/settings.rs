@@ -3,7 +3,9 @@
 //! opposed to the startup configuration in `bty.toml` ([`crate::config`]).
 //!
 //! The backup schedule lives in the same table and is read and written by
-//! [`crate::backup`]; this module owns the display settings.
+//! [`crate::backup`]; this module owns the display settings and the
+//! switches of the network boot services (TFTP, ProxyDHCP), which override
+//! `[tftp] enabled` and `[proxy_dhcp] enabled` once the operator uses them.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use time::macros::format_description;
@@ -13,6 +15,41 @@ use crate::clock;
 use crate::machines::FieldError;
 
 pub const DISPLAY_TIMEZONE: &str = "display.timezone";
+pub const TFTP_ENABLED: &str = "netboot.tftp.enabled";
+pub const PROXY_DHCP_ENABLED: &str = "netboot.proxy_dhcp.enabled";
+
+/// A network boot service's switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Tftp,
+    ProxyDhcp,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Tftp, Service::ProxyDhcp];
+
+    fn key(self) -> &'static str {
+        match self {
+            Service::Tftp => TFTP_ENABLED,
+            Service::ProxyDhcp => PROXY_DHCP_ENABLED,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Tftp => "TFTP",
+            Service::ProxyDhcp => "ProxyDHCP",
+        }
+    }
+
+    /// The form field and settings-event name: `tftp`, `proxy_dhcp`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Service::Tftp => "tftp",
+            Service::ProxyDhcp => "proxy_dhcp",
+        }
+    }
+}
 
 /// How times are shown: a fixed offset from UTC. Named zones (with their
 /// daylight-saving rules) would need a zone database in the binary; an
@@ -97,6 +134,20 @@ pub fn validate_zone(s: &str) -> Result<DisplayZone, FieldError> {
 
 pub fn set_display_zone(conn: &Connection, z: DisplayZone) -> rusqlite::Result<()> {
     put(conn, DISPLAY_TIMEZONE, &z.label())
+}
+
+/// The operator's switch for `service`: `None` until it was first used,
+/// so the configuration's default applies.
+pub fn service_switch(conn: &Connection, service: Service) -> rusqlite::Result<Option<bool>> {
+    Ok(get(conn, service.key())?.and_then(|v| match v.as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }))
+}
+
+pub fn set_service_switch(conn: &Connection, service: Service, on: bool) -> rusqlite::Result<()> {
+    put(conn, service.key(), if on { "on" } else { "off" })
 }
 
 #[cfg(test)]

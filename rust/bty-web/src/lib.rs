@@ -11,6 +11,7 @@
 pub use bty_control::accounts;
 pub use bty_control::audit;
 pub mod auth;
+pub mod boot_services;
 pub use bty_control::backup;
 pub use bty_control::bundle;
 pub use bty_control::catalog;
@@ -119,10 +120,18 @@ impl App {
             .user_agent(format!("bty-web/{VERSION}"))
             .build()
             .context("cannot build the HTTP client")?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let changes = tokio::sync::broadcast::channel(256).0;
+        let boot_services = Arc::new(boot_services::BootServices::new(
+            config.clone(),
+            db.clone(),
+            metrics.clone(),
+            changes.clone(),
+        ));
         let state = AppState::new(AppParts {
             catalog: Arc::new(catalog::CatalogStore::new(config.paths.catalog.clone())),
             ipxe: Arc::new(ipxe::Templates::new(config.boot.clone())),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics,
             logins: Arc::new(accounts::LoginLimiter::new(config.auth.login_attempts_per_minute)),
             default_password: Arc::new(AtomicBool::new(default_password)),
             http,
@@ -132,9 +141,10 @@ impl App {
             netboot: netboot::Fetcher::new(),
             config: config.clone(),
             started,
-            changes: tokio::sync::broadcast::channel(256).0,
+            changes,
             shutdown: tokio_util::sync::CancellationToken::new(),
             ui: Arc::new(views::Views::new()),
+            boot_services,
         });
         if state.catalog.is_remote() {
             let s = state.clone();
@@ -172,6 +182,12 @@ impl App {
             shutdown.await;
             streams.cancel();
         };
+        // ProxyDHCP names bty-web's real port in the URLs it hands out.
+        if let Ok(at) = listener.local_addr() {
+            self.state.boot_services.set_http_port(at.port());
+        }
+        self.state.boot_services.apply().await;
+        let services = self.state.boot_services.clone();
         let server = &self.state.config.server;
         let fds = listener::fd_limit();
         let limits = listener::Limits {
@@ -185,6 +201,7 @@ impl App {
             "connections served at once"
         );
         listener::serve(listener, router(self.state), limits, shutdown).await;
+        services.stop().await;
         scheduler.abort();
         retention.abort();
         let _ = scheduler.await;

@@ -96,6 +96,8 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/netboot/fetch", Operator),
     route(Method::POST, "/netboot/fetch", Operator),
     route(Method::DELETE, "/netboot/fetch", Operator),
+    route(Method::GET, "/netboot/services", Operator),
+    route(Method::PUT, "/netboot/services/{name}", Operator),
     route(Method::POST, "/auth/login", Open),
     route(Method::POST, "/auth/logout", Operator),
     route(Method::GET, "/auth/me", Operator),
@@ -135,6 +137,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/ui/backups/{name}/delete", Operator),
     route(Method::GET, "/ui/settings", Operator),
     route(Method::POST, "/ui/settings", Operator),
+    route(Method::POST, "/ui/settings/services", Operator),
 ];
 
 /// Access of a matched route; unknown combinations are operator-only.

@@ -55,6 +55,8 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/netboot/fetch") => get(netboot::fetch_status),
         ("POST", "/netboot/fetch") => post(netboot::fetch),
         ("DELETE", "/netboot/fetch") => delete(netboot::cancel),
+        ("GET", "/netboot/services") => get(netboot::services),
+        ("PUT", "/netboot/services/{name}") => put(netboot::put_service),
         ("POST", "/auth/login") => post(auth::login),
         ("POST", "/auth/logout") => post(auth::logout),
         ("GET", "/auth/me") => get(auth::me),
@@ -92,6 +94,7 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("POST", "/ui/backups/{name}/delete") => post(ui::backups::delete),
         ("GET", "/ui/settings") => get(ui::settings::page),
         ("POST", "/ui/settings") => post(ui::settings::save),
+        ("POST", "/ui/settings/services") => post(ui::settings::switch_service),
         (m, p) => panic!("route {m} {p} is listed in ROUTES but has no handler"),
     }
 }

@@ -65,6 +65,8 @@ pub struct AppParts {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The browser UI's templates and assets.
     pub ui: Arc<crate::views::Views>,
+    /// TFTP and ProxyDHCP, started and stopped by their switches.
+    pub boot_services: Arc<crate::boot_services::BootServices>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

@@ -1,8 +1,9 @@
-//! `/netboot`: which boot artifacts are present, which release they are, and
-//! fetching a release (progress, cancel).
+//! `/netboot`: which boot artifacts are present, which release they are,
+//! fetching a release (progress, cancel), and the network boot services'
+//! switches (`/netboot/services`).
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -10,9 +11,13 @@ use serde_json::json;
 
 use crate::accounts::Principal;
 use crate::audit::{self, NewEvent};
+use crate::boot_services;
 use crate::error::{decode_json, ApiError};
+use crate::health::ServiceHealth;
 use crate::netboot;
+use crate::settings::{self, Service};
 use crate::state::AppState;
+use crate::state::ClientIp;
 
 /// Present files, the installed release, and whether it is this server's.
 pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
@@ -134,4 +139,65 @@ pub async fn cancel(State(app): State<AppState>) -> Result<StatusCode, ApiError>
     } else {
         Err(ApiError::Conflict("no netboot fetch is running".into()))
     }
+}
+
+/// `GET /netboot/services`: TFTP and ProxyDHCP, each with its switch's
+/// state, where it listens, its requests and its last error.
+pub async fn services(State(app): State<AppState>) -> Json<Vec<ServiceHealth>> {
+    Json(app.boot_services.health())
+}
+
+/// Turn a network boot service on or off (API and Settings page): the switch
+/// is stored (it outlives restarts and overrides `[tftp]`/`[proxy_dhcp]
+/// enabled`), the service starts or stops at once, and the answer is its
+/// state afterwards (a service that could not start says why).
+pub async fn switch_service(
+    app: &AppState,
+    who: &Principal,
+    ip: Option<String>,
+    service: Service,
+    on: bool,
+) -> Result<ServiceHealth, ApiError> {
+    let actor = who.actor();
+    let word = if on { "on" } else { "off" };
+    app.db
+        .write(move |c| {
+            settings::set_service_switch(c, service, on)?;
+            audit::insert(
+                c,
+                &NewEvent::new("settings.updated", actor, format!("{} turned {word}", service.name()))
+                    .subject("settings", service.field())
+                    .ip(ip)
+                    .details(json!({"service": service.field(), "enabled": on})),
+            )
+        })
+        .await?;
+    app.boot_services.apply().await;
+    Ok(boot_services::service_health(service, &app.boot_services.status(service).snapshot()))
+}
+
+pub fn service_named(name: &str) -> Result<Service, ApiError> {
+    Service::ALL
+        .into_iter()
+        .find(|s| s.field() == name)
+        .ok_or_else(|| ApiError::not_found(format!("no service {name:?}: use tftp or proxy_dhcp")))
+}
+
+/// `PUT /netboot/services/{name}` with `{"enabled": true|false}`.
+pub async fn put_service(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let service = service_named(&name)?;
+    let v: serde_json::Value = decode_json(&headers, &body)?;
+    let on = v
+        .get("enabled")
+        .and_then(|e| e.as_bool())
+        .ok_or_else(|| ApiError::field("enabled", "must be true or false"))?;
+    let health = switch_service(&app, &who, ip.string(), service, on).await?;
+    Ok(Json(health).into_response())
 }

@@ -45,6 +45,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<DashQuery>) -> Result<Response, UiEr
         &ctx.app.config,
         &ctx.app.catalog,
         ctx.app.default_password.load(Ordering::Relaxed),
+        &ctx.app.boot_services.health(),
     );
     let data = json!({
         "total": total,

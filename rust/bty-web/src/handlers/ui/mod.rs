@@ -66,6 +66,7 @@ fn notice(code: &str) -> Option<&'static str> {
         "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
+        "services" => "Network boot services switched; their state is below.",
         "backup-created" => "Backup made.",
         "backup-deleted" => "Backup deleted.",
         "acked" => "Acknowledged.",

@@ -57,7 +57,19 @@ async fn settings_page(
             json!({"key": k.key, "value": value, "source": k.source, "help": k.help})
         })
         .collect();
+    let services: Vec<Value> = ctx
+        .app
+        .boot_services
+        .health()
+        .into_iter()
+        .map(|h| {
+            let on = h.state != crate::health::ServiceState::Off;
+            json!({"name": h.name, "field": h.field, "on": on, "state": h.state, "detail": h.detail,
+                   "failed": h.state == crate::health::ServiceState::Failed})
+        })
+        .collect();
     let data = json!({
+        "services": services,
         "form": {"display_timezone": v.zone, "cadences": cadences, "backup_keep": v.keep},
         "errors": errors,
         "config": config,
@@ -119,4 +131,21 @@ pub async fn save(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) 
         store_schedule(&ctx.app, &ctx.who, schedule).await?;
     }
     Ok(Redirect::to("/ui/settings?notice=settings").into_response())
+}
+
+/// `POST /ui/settings/services`: `service=tftp|proxy_dhcp`, `enabled=on|off`.
+pub async fn switch_service(
+    ctx: Ctx,
+    ip: ClientIp,
+    Form(f): Form<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
+    let f = Fields(f);
+    let service = crate::handlers::netboot::service_named(f.get("service"))?;
+    let on = match f.get("enabled") {
+        "on" => true,
+        "off" => false,
+        _ => return Err(UiError(crate::error::ApiError::field("enabled", "must be on or off"))),
+    };
+    crate::handlers::netboot::switch_service(&ctx.app, &ctx.who, ip.string(), service, on).await?;
+    Ok(Redirect::to("/ui/settings?notice=services").into_response())
 }
