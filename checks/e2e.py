@@ -37,6 +37,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import l2 as L2  # noqa: E402
 import vm as V  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,8 +94,11 @@ class Server:
     """bty-web on loopback with a fresh state directory, the live environment in /boot and the
     marker images in the catalog. The guest reaches it as http://10.0.2.100 (see lib/vm.py)."""
 
-    def __init__(self, work: str, catalog: list[dict]):
+    def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True):
+        """`seg`: run on that layer-2 segment (lib/l2.py) instead, at 192.168.77.2:8080 in its
+        server namespace, with bty-web's own TFTP and (unless `proxy_dhcp` is False) ProxyDHCP."""
         self.work = work
+        self.seg = seg
         self.state = os.path.join(work, "state")
         os.makedirs(self.state + "/boot")
         os.makedirs(self.state + "/images")
@@ -107,17 +111,26 @@ class Server:
                 shutil.copy(image(src), os.path.join(self.state, "images", src))
             lines += ["[[images]]", f'name = "{e["name"]}"', f'src = "{src}"', f'sha256 = "{e["sha256"]}"']
         open(os.path.join(self.state, "catalog.toml"), "w").write("\n".join(lines) + "\n")
-        self.port = free_port()
+        self.port = free_port() if seg is None else 8080
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, BTY_PATHS_STATE_DIR=self.state, BTY_SERVER_HOST="127.0.0.1",
                    BTY_SERVER_PORT=str(self.port), BTY_SERVER_PUBLIC_URL=f"http://{V.SERVER_IP}",
                    BTY_ADMIN_PASSWORD="e2e-password", NO_COLOR="1")
+        argv = [BTY_WEB]
+        if seg is not None:
+            for f in ("snponly.efi", "ipxe.efi", "undionly.kpxe"):
+                shutil.copy(os.path.join("/usr/lib/ipxe", f), os.path.join(self.state, "boot", f))
+            env.update(BTY_SERVER_HOST="0.0.0.0", BTY_SERVER_PUBLIC_URL=f"http://{L2.SERVER_IP}:8080",
+                       BTY_TFTP_ENABLED="true", BTY_TFTP_ADDRESS=L2.SERVER_IP,
+                       BTY_PROXY_DHCP_ENABLED="true" if proxy_dhcp else "false",
+                       BTY_PROXY_DHCP_INTERFACE="s0")
+            argv = seg.exec("srv", argv)
         self.log = os.path.join(work, "bty-web.log")
-        self.proc = subprocess.Popen([BTY_WEB], env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             try:
-                urllib.request.urlopen(self.base + "/healthz", timeout=2)
+                self.net(lambda: urllib.request.urlopen(self.base + "/healthz", timeout=2))
                 break
             except Exception:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -126,16 +139,22 @@ class Server:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf = self.req("POST", "/auth/login", {"username": "bty", "password": "e2e-password"})["csrf_token"]
 
+    def net(self, fn):
+        """Run `fn` where the server's loopback is (its namespace on a layer-2 segment)."""
+        return fn() if self.seg is None else self.seg.in_ns("srv", fn)
+
     def req(self, method: str, path: str, body=None):
         headers = {"Content-Type": "application/json"}
         if getattr(self, "csrf", None):
             headers["X-CSRF-Token"] = self.csrf
         r = urllib.request.Request(self.base + path, method=method, headers=headers,
                                    data=None if body is None else json.dumps(body).encode())
-        try:
+        def call():
             with self.opener.open(r, timeout=10) as resp:
-                t = resp.read()
-                return json.loads(t) if t else None
+                return resp.read()
+        try:
+            t = self.net(call)
+            return json.loads(t) if t else None
         except urllib.error.HTTPError as e:
             raise Failed(f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')}")
 
@@ -580,6 +599,89 @@ def power_cut(name, work):
 
 # --- driver -------------------------------------------------------------------------------------
 
+class Skipped(Exception):
+    """A scenario this machine cannot run (said why), not a failure."""
+
+
+def l2_segment(name: str):
+    if os.geteuid() != 0:
+        raise Skipped("needs root: network namespaces, a bridge and tap devices")
+    seg = L2.Segment(name.replace("l2-", "")[:4])
+    return seg
+
+
+def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv):
+    img = f"marker-{firmware}.img"
+    srv.bind(mac, policy="flash-once", image="marker", target_disk_serial="bty-disk-0")
+    disk = disk_file(work, 64 << 20)
+    with V.VM(work, firmware=firmware, mac=mac, disks=[V.Disk(disk, "bty-disk-0")],
+              tap=seg.tap("tap0"), own_pxe=own_pxe) as m:
+        full_flash_boot(name, m)
+    assert_flashed(srv, mac, 1)
+    raw = open(image(img), "rb").read()
+    got = open(disk, "rb").read(len(raw))
+    check(got[1024:len(raw) - 33 * 512] == raw[1024:len(raw) - 33 * 512], "the disk holds the image")
+    mach = srv.machine(mac)
+    check(mach.get("dhcp_seen_at"), f"the record shows the ProxyDHCP sighting: {mach}")
+    return mach
+
+
+@scenario("l2-uefi")
+def l2_uefi(name, work):
+    """Real L2: OVMF's own PXE, bty's ProxyDHCP and TFTP (snponly.efi), iPXE, flash, boot."""
+    seg = l2_segment(name)
+    try:
+        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
+        img = "marker-uefi.img"
+        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}], seg=seg)
+        try:
+            mac = "52:54:00:77:00:01"
+            mach = l2_flash(name, work, "uefi", True, mac, seg, srv)
+            served = [e for e in srv.events(kind="netboot.tftp.served")]
+            check(any("snponly.efi" in e["summary"] for e in served),
+                  f"snponly.efi went out over bty's TFTP: {[e['summary'] for e in served]}")
+            metrics = srv.net(lambda: urllib.request.urlopen(srv.base + "/metrics", timeout=5).read().decode())
+            check('bty_tftp_requests_total{file="snponly.efi",result="done"}' in metrics,
+                  "the TFTP transfer is counted in /metrics")
+            check('bty_proxy_dhcp_requests_total{client="UEFI PXE",answered="true"}' in metrics,
+                  "the firmware's ProxyDHCP request is counted")
+            check(mach["dhcp_client"] == "iPXE", f"iPXE's own DHCP was the last sighting: {mach['dhcp_client']}")
+        finally:
+            srv.stop()
+    finally:
+        seg.close()
+
+
+@scenario("l2-bios")
+def l2_bios(name, work):
+    """Real L2: ProxyDHCP off gives no boot offer; on, SeaBIOS+iPXE boots over it, flashes, boots."""
+    seg = l2_segment(name)
+    try:
+        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
+        img = "marker-bios.img"
+        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}],
+                     seg=seg, proxy_dhcp=False)
+        try:
+            probe_mac = bytes.fromhex("525400770099")
+            offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
+            check([o["server"] for o in offers] == [L2.LAN_DHCP_IP],
+                  f"ProxyDHCP off: only the LAN's offer, no boot file from bty: {offers}")
+            h = srv.req("PUT", "/netboot/services/proxy_dhcp", {"enabled": True})
+            check(h["state"] == "listening", f"ProxyDHCP turned on: {h}")
+            offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
+            ours = [o for o in offers if o["server"] == L2.SERVER_IP]
+            check(len(ours) == 1 and ours[0]["file"] == "undionly.kpxe" and ours[0]["yiaddr"] == "0.0.0.0",
+                  f"ProxyDHCP on: bty offers the boot file and no address: {offers}")
+            check(any(o["server"] == L2.LAN_DHCP_IP and o["yiaddr"] != "0.0.0.0" for o in offers),
+                  f"the LAN's server still assigns the address: {offers}")
+            mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:02", seg, srv)
+            check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked bty's ProxyDHCP: {mach['dhcp_client']}")
+        finally:
+            srv.stop()
+    finally:
+        seg.close()
+
+
 def main(argv: list[str]) -> int:
     if "--list" in argv:
         for n, f in SCENARIOS.items():
@@ -607,6 +709,9 @@ def main(argv: list[str]) -> int:
             SCENARIOS[n](n, work)
             results[n] = None
             print(f"  ok    {n:12} {time.monotonic() - t0:6.1f}s  {json.dumps(FIGURES.get(n, {}))}", flush=True)
+        except Skipped as e:
+            results[n] = None
+            print(f"  skip  {n:12} {e}", flush=True)
         except Exception as e:
             results[n] = e
             print(f"  FAIL  {n:12} {time.monotonic() - t0:6.1f}s  {e}", flush=True)

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The server's layers, checked (ARCHITECTURE.md, "Crates and arrows").
 
-1. Arrows between crates point one way: bty-web -> bty-control -> bty-core;
-   bty, bty-tui -> bty-core. No crate depends on one above it.
-2. bty-control has no HTTP server in it: no axum, hyper, tower or
-   tower-http among its dependencies, and none of its sources names them.
+1. Arrows between crates point one way: bty-web -> bty-control -> bty-core,
+   bty-web -> bty-netboot (which depends on no other bty crate); bty,
+   bty-tui -> bty-core. No crate depends on one above it.
+2. bty-control and bty-netboot have no HTTP server in them: no axum,
+   hyper, tower or tower-http among their dependencies, and none of their
+   sources names them.
 3. Inside every crate, the modules form no import cycle. A module's arrows
    are the `crate::...` and `super::...` paths in its non-test code, each
    resolved to the longest module it names; a module's `mod` declarations
@@ -30,7 +32,9 @@ ALLOWED = {
     "bty": {"bty-core"},
     "bty-tui": {"bty-core"},
     "bty-control": {"bty-core"},
-    "bty-web": {"bty-core", "bty-control"},
+    # The protocol services know neither the control plane nor HTTP.
+    "bty-netboot": set(),
+    "bty-web": {"bty-core", "bty-control", "bty-netboot"},
 }
 HTTP_SERVER = {"axum", "axum-core", "hyper", "hyper-util", "tower", "tower-http", "tower-layer", "tower-service"}
 
@@ -163,14 +167,14 @@ for crate in sorted(os.listdir(RUST)):
     if crate in ALLOWED and not local <= ALLOWED[crate]:
         problems.append(f"{crate} depends on {', '.join(sorted(local - ALLOWED[crate]))}: arrows point down only")
     mods = modules(os.path.join(RUST, crate, "src"))
-    if crate == "bty-control":
+    if crate in ("bty-control", "bty-netboot"):
         bad = sorted(deps & HTTP_SERVER)
         if bad:
-            problems.append(f"bty-control depends on {', '.join(bad)}: the HTTP server belongs in bty-web")
+            problems.append(f"{crate} depends on {', '.join(bad)}: the HTTP server belongs in bty-web")
         for m, src in sorted(mods.items()):
             named = sorted(set(re.findall(r"\b(axum|hyper|tower(?:_http)?)::", src)))
             if named:
-                problems.append(f"bty-control module {m} uses {', '.join(named)}: HTTP belongs in bty-web")
+                problems.append(f"{crate} module {m} uses {', '.join(named)}: HTTP belongs in bty-web")
     edges = arrows(mods)
     found = cycles(edges)
     for comp in found:

@@ -5,10 +5,12 @@
 # relies on are declared. The admin password never goes through the Nix store: it comes from
 # `adminPasswordFile` as a systemd credential.
 #
-# TFTP and ProxyDHCP are served by dnsmasq for now (bty-web will serve them itself, PRODUCT §6):
-# TFTP hands PXE firmware an iPXE binary whose embedded script chains to bty-web's
+# TFTP and ProxyDHCP are bty-web's own (PRODUCT §6): TFTP hands PXE firmware an iPXE binary
+# (copied into the boot directory at each start) whose embedded script chains to bty-web's
 # /pxe-bootstrap.ipxe; ProxyDHCP adds the PXE boot offer to the LAN's DHCP without assigning
-# addresses, so the LAN's own DHCP server stays as it is.
+# addresses, so the LAN's own DHCP server stays as it is. The unit gets CAP_NET_BIND_SERVICE,
+# and nothing more, when a service (or the HTTP port) needs a port below 1024. The Settings page
+# can still switch either service at runtime; these options set the default.
 {
   config,
   lib,
@@ -28,6 +30,9 @@ let
   bootDir = if cfg.settings.paths.boot_dir != null then cfg.settings.paths.boot_dir else "${cfg.stateDir}/boot";
 
   port = cfg.settings.server.port;
+
+  # Ports below 1024: HTTP on one, TFTP (69), ProxyDHCP (67, 4011).
+  lowPorts = port < 1024 || cfg.tftp.enable || cfg.proxyDhcp.enable;
 
   # The script the iPXE binaries served over TFTP run: get an address, then hand over to
   # bty-web, which answers per MAC. Without a public_url the TFTP server's own address
@@ -54,15 +59,6 @@ let
     '';
   };
 
-  # PXE clients ask for BASENAME.0 when the ProxyDHCP offer names BASENAME (the "layer"
-  # suffix), others for the name as given: both exist.
-  tftpRoot = pkgs.runCommand "bty-tftp-root" { } ''
-    mkdir -p $out
-    for f in undionly.kpxe ipxe.efi; do
-      cp ${ipxe}/$f $out/$f
-      ln -s $f $out/$f.0
-    done
-  '';
 
   # Reads the admin password from the systemd credential, when there is one, into the
   # BTY_ADMIN_PASSWORD override bty-web already knows; the value never appears on a command
@@ -79,7 +75,14 @@ let
   live = cfg.liveEnvironment;
 in
 {
-  imports = [ ./bty-program.nix ];
+  imports = [
+    ./bty-program.nix
+    (lib.mkRemovedOptionModule [ "services" "bty-web" "proxyDhcp" "subnet" ] ''
+      bty-web's own ProxyDHCP answers on an interface, not a subnet: set
+      services.bty-web.proxyDhcp.interface.'')
+    (lib.mkRemovedOptionModule [ "services" "bty-web" "proxyDhcp" "interfaces" ] ''
+      bty-web's own ProxyDHCP answers on one interface: set services.bty-web.proxyDhcp.interface.'')
+  ];
 
   options.services.bty-web = {
     enable = lib.mkEnableOption "bty-web, the bty provisioning server (HTTP API, iPXE, machine registry)";
@@ -141,25 +144,31 @@ in
     };
 
     tftp = {
-      enable = lib.mkEnableOption "a TFTP server (dnsmasq) handing PXE firmware an iPXE binary chained to bty-web";
+      enable = lib.mkEnableOption ''
+        bty-web's TFTP server (UDP 69), handing PXE firmware an iPXE binary chained to bty-web
+        (sets `settings.tftp.enabled`)'';
       ipxePackage = lib.mkPackageOption pkgs "ipxe" { };
     };
 
     proxyDhcp = {
       enable = lib.mkEnableOption ''
-        ProxyDHCP (dnsmasq): PXE boot offers alongside the LAN's own DHCP server, which keeps
-        assigning addresses. Implies `tftp.enable`'';
-      subnet = lib.mkOption {
+        bty-web's ProxyDHCP (UDP 67 and 4011): PXE boot offers alongside the LAN's own DHCP
+        server, which keeps assigning addresses. Implies `tftp.enable` (sets
+        `settings.proxy_dhcp.enabled`)'';
+      interface = lib.mkOption {
         type = lib.types.nullOr lib.types.str;
         default = null;
-        example = "192.168.1.0";
-        description = "Network address of the LAN to answer PXE clients on (dnsmasq `dhcp-range=SUBNET,proxy`).";
+        example = "eth0";
+        description = "The interface to answer PXE clients on (`settings.proxy_dhcp.interface`).";
       };
-      interfaces = lib.mkOption {
-        type = lib.types.listOf lib.types.str;
-        default = [ ];
-        example = [ "eth0" ];
-        description = "Interfaces dnsmasq answers on (all but loopback when empty).";
+      advertiseAddress = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "192.168.1.2";
+        description = ''
+          The address PXE clients are told to fetch from (default: the interface's first IPv4
+          address).
+        '';
       };
     };
 
@@ -262,8 +271,8 @@ in
             message = "services.bty-web.settings.admin.password would be world-readable in the Nix store; use services.bty-web.adminPasswordFile.";
           }
           {
-            assertion = cfg.proxyDhcp.enable -> cfg.proxyDhcp.subnet != null;
-            message = "services.bty-web.proxyDhcp.subnet must name the LAN (e.g. \"192.168.1.0\") for ProxyDHCP.";
+            assertion = cfg.proxyDhcp.enable -> cfg.proxyDhcp.interface != null;
+            message = "services.bty-web.proxyDhcp.interface must name the interface to answer PXE clients on (e.g. \"eth0\").";
           }
         ];
 
@@ -294,7 +303,7 @@ in
           # that leads out of the boot directory. A copy is made only when the content differs
           # (no rewrite at every start), renamed into place under a hidden name so a download
           # never sees half a file; an operator's PUT /boot/NAME is replaced at the next start.
-          preStart = lib.optionalString (live != null) ''
+          preStart = lib.optionalString (live != null || cfg.tftp.enable || cfg.proxyDhcp.enable) ''
             mkdir -p ${lib.escapeShellArg bootDir}
             install_boot() {
               if [ -L "$2" ] || [ ! -f "$2" ] || [ "$(sha256sum < "$1")" != "$(sha256sum < "$2")" ]; then
@@ -302,8 +311,13 @@ in
                 mv -f "$(dirname "$2")/.$(basename "$2").nixos" "$2"
               fi
             }
+          '' + lib.optionalString (live != null) ''
             install_boot ${live}/vmlinuz ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.kernel}"}
             install_boot ${live}/initrd ${lib.escapeShellArg "${bootDir}/${cfg.settings.boot.initrd}"}
+          '' + lib.optionalString (cfg.tftp.enable || cfg.proxyDhcp.enable) ''
+            for f in undionly.kpxe ipxe.efi; do
+              install_boot ${ipxe}/$f ${lib.escapeShellArg bootDir}/$f
+            done
           '' + lib.optionalString cfg.imagesGroupWritable ''
             mkdir -p ${lib.escapeShellArg "${cfg.stateDir}/images"}
             chmod 2770 ${lib.escapeShellArg "${cfg.stateDir}/images"}
@@ -332,14 +346,14 @@ in
 
             # Hardening: bty-web needs the network, its state directory and nothing else.
             UMask = "0027";
-            AmbientCapabilities = lib.optional (port < 1024) "CAP_NET_BIND_SERVICE";
-            CapabilityBoundingSet = lib.optional (port < 1024) "CAP_NET_BIND_SERVICE";
+            AmbientCapabilities = lib.optional lowPorts "CAP_NET_BIND_SERVICE";
+            CapabilityBoundingSet = lib.optional lowPorts "CAP_NET_BIND_SERVICE";
             NoNewPrivileges = true;
             ProtectSystem = "strict";
             ProtectHome = true;
             PrivateTmp = true;
             PrivateDevices = true;
-            PrivateUsers = port >= 1024;
+            PrivateUsers = !lowPorts;
             ProtectHostname = true;
             ProtectClock = true;
             ProtectKernelTunables = true;
@@ -352,7 +366,9 @@ in
               "AF_INET"
               "AF_INET6"
               "AF_UNIX"
-            ];
+            ]
+            # The interfaces' addresses (TFTP listens on each, ProxyDHCP finds its own).
+            ++ lib.optional (cfg.tftp.enable || cfg.proxyDhcp.enable) "AF_NETLINK";
             RestrictNamespaces = true;
             RestrictRealtime = true;
             RestrictSUIDSGID = true;
@@ -387,29 +403,18 @@ in
       })
 
       (lib.mkIf (cfg.tftp.enable || cfg.proxyDhcp.enable) {
-        services.dnsmasq = {
-          enable = true;
-          # DNS stays with whatever the host uses: dnsmasq does TFTP (and ProxyDHCP) only.
-          resolveLocalQueries = false;
-          settings = {
-            port = 0;
-            enable-tftp = true;
-            tftp-root = "${tftpRoot}";
-            tftp-secure = true;
-            interface = lib.mkIf (cfg.proxyDhcp.interfaces != [ ]) cfg.proxyDhcp.interfaces;
-          }
-          // lib.optionalAttrs cfg.proxyDhcp.enable {
-            dhcp-range = "${cfg.proxyDhcp.subnet},proxy";
-            # Machines already running our iPXE (user class "bty", set by its embedded script)
-            # are left to that script: no boot offer, so no chain loop.
-            dhcp-userclass = "set:bty,bty";
-            pxe-prompt = "\"bty\",0";
-            pxe-service = [
-              "tag:!bty,x86PC,\"bty (BIOS)\",undionly.kpxe"
-              "tag:!bty,X86-64_EFI,\"bty (UEFI)\",ipxe.efi"
-              "tag:!bty,BC_EFI,\"bty (UEFI)\",ipxe.efi"
-            ];
-          };
+        services.bty-web.settings.tftp.enabled = lib.mkDefault true;
+      })
+
+      (lib.mkIf cfg.proxyDhcp.enable {
+        services.bty-web.settings.proxy_dhcp = {
+          enabled = lib.mkDefault true;
+          interface = lib.mkDefault cfg.proxyDhcp.interface;
+          # nixpkgs' ipxe builds ipxe.efi (with its own drivers), not snponly.efi.
+          efi_boot_file = lib.mkDefault "ipxe.efi";
+        }
+        // lib.optionalAttrs (cfg.proxyDhcp.advertiseAddress != null) {
+          advertise_address = lib.mkDefault cfg.proxyDhcp.advertiseAddress;
         };
       })
     ]

@@ -196,7 +196,8 @@ class VM:
                  smp: int = 1, no_reboot: bool = False, debug_exit: bool = True,
                  kernel: str | None = None, initrd: str | None = None, append: str | None = None,
                  accel_name: str | None = None, interactive: bool = False,
-                 record_requests: bool = False,
+                 record_requests: bool = False, tap: tuple[str, str] | None = None,
+                 own_pxe: bool = False,
                  extra_args: list[str] | tuple = (), name: str = "vm"):
         if firmware not in ("bios", "uefi"):
             raise ValueError("firmware must be 'bios' or 'uefi'")
@@ -218,6 +219,11 @@ class VM:
         self.extra_args = list(extra_args)
         self.interactive = interactive
         self.record_requests = record_requests
+        # (namespace, ifname): a tap device on a real layer-2 segment (see l2.py) instead of
+        # QEMU's user networking; QEMU then runs inside that namespace.
+        self.tap = tap
+        # UEFI: the firmware's own PXE client (no iPXE option ROM on the NIC).
+        self.own_pxe = own_pxe
         self.requests_log = self.workdir / f"{name}.requests.log"  # guest->server bytes
         self.name = _no_comma("name", name)
         self.serial_log = self.workdir / f"{name}.serial.log"
@@ -256,11 +262,17 @@ class VM:
             cmd += ["-machine", "q35",
                     "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={_no_comma('vars', str(self.vars))}"]
-            for fw in OVMF_FW_CFG:
+            # With its own PXE wanted, OVMF keeps IPv4 PXE and loses only the IPv6 attempt.
+            for fw in ([f for f in OVMF_FW_CFG if "IPv6" in f] if self.own_pxe else OVMF_FW_CFG):
                 cmd += ["-fw_cfg", f"name={fw}"]
         else:
             cmd += ["-machine", "pc"]
-        if self.net:
+        if self.net and self.tap:
+            rom = ",romfile=" if self.own_pxe else ""
+            cmd += ["-netdev", f"tap,id=n0,ifname={_no_comma('tap', self.tap[1])},script=no,downscript=no",
+                    "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1{rom}"]
+            cmd = ["ip", "netns", "exec", self.tap[0]] + cmd
+        elif self.net:
             netdev = "user,id=n0,restrict=on"
             if self.bootfile:
                 netdev += f",bootfile={_no_comma('bootfile', self.bootfile)}"

@@ -46,7 +46,7 @@ let
       settings.limits.max_upload_bytes = 1024 * 1024 * 1024;
       proxyDhcp = {
         enable = true;
-        subnet = "10.0.0.0";
+        interface = "eth0";
       };
       tftp.enable = true;
     };
@@ -100,12 +100,28 @@ in
   (check "bty-web: freeform settings pass through (limits.max_upload_bytes)" (
     (rendered web80).limits.max_upload_bytes == 1073741824
   ) (rendered web80).limits)
-  (check "bty-web: ProxyDHCP + TFTP via dnsmasq, DNS off, proxy range on the subnet" (
-    web80.services.dnsmasq.enable
-    && web80.services.dnsmasq.settings.port == 0
-    && web80.services.dnsmasq.settings.dhcp-range == "10.0.0.0,proxy"
-    && web80.services.dnsmasq.settings.enable-tftp
-  ) web80.services.dnsmasq.settings)
+  (check "bty-web: TFTP and ProxyDHCP are bty-web's own (settings, iPXE into the boot dir), no dnsmasq" (
+    let
+      r = rendered web80;
+    in
+    !(web80.services.dnsmasq.enable or false)
+    && r.tftp.enabled
+    && r.proxy_dhcp.enabled
+    && r.proxy_dhcp.interface == "eth0"
+    && r.proxy_dhcp.efi_boot_file == "ipxe.efi"
+    && lib.hasInfix "undionly.kpxe ipxe.efi" web80Unit.preStart
+  ) (rendered web80))
+  (check "bty-web: TFTP alone on port 8080 still gets CAP_NET_BIND_SERVICE (port 69), and only that" (
+    let
+      u = (eval {
+        services.bty-web = {
+          enable = true;
+          tftp.enable = true;
+        };
+      }).systemd.services.bty-web.serviceConfig;
+    in
+    u.CapabilityBoundingSet == [ "CAP_NET_BIND_SERVICE" ] && u.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ]
+  ) null)
   (check "bty-web: openFirewall opens 80/tcp and 67, 69, 4011/udp" (
     lib.elem 80 (lib.flatten web80.networking.firewall.allowedTCPPorts)
     && lib.all (p: lib.elem p (lib.flatten web80.networking.firewall.allowedUDPPorts)) [
@@ -122,7 +138,7 @@ in
       };
     }) != [ ]
   ) null)
-  (check "bty-web: ProxyDHCP without a subnet is refused" (
+  (check "bty-web: ProxyDHCP without an interface is refused" (
     failedAssertions (eval {
       services.bty-web = {
         enable = true;

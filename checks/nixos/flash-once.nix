@@ -20,7 +20,7 @@ pkgs.testers.runNixOSTest {
   testScript = common.prelude + ''
     start_all()
     router.wait_for_unit("kea-dhcp4-server.service")
-    server.wait_for_unit("dnsmasq.service")
+    server.wait_until_succeeds("ss -ulnH sport = :69 | grep -q .")
     login()
     publish("marker", "${image}.zst")
 

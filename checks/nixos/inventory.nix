@@ -10,7 +10,7 @@ pkgs.testers.runNixOSTest {
   testScript = common.prelude + ''
     start_all()
     router.wait_for_unit("kea-dhcp4-server.service")
-    server.wait_for_unit("dnsmasq.service")
+    server.wait_until_succeeds("ss -ulnH sport = :69 | grep -q .")
     login()
 
     mac = "52:54:00:12:34:58"

@@ -76,8 +76,7 @@ in
       tftp.enable = true;
       proxyDhcp = {
         enable = true;
-        subnet = "192.168.1.0";
-        interfaces = [ "eth1" ];
+        interface = "eth1";
       };
       liveEnvironment = self.packages.x86_64-linux.live-x86;
     };

@@ -29,8 +29,7 @@
     tftp.enable = true;
     proxyDhcp = {
       enable = true;
-      subnet = "192.168.10.0";
-      interfaces = [ "enp1s0" ];
+      interface = "enp1s0";
     };
     liveEnvironment = btyFlake.packages.x86_64-linux.live-x86;
   };
