@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzing of bty-core's parsers (fuzz/, see README.md "Fuzzing"):
+# Fuzzing of bty-core's and bty-netboot's parsers (fuzz/, see README.md "Fuzzing"):
 #   1. the replay: every committed seed and every saved regression through
 #      its target (`cargo test --manifest-path fuzz/Cargo.toml`), always;
 #   2. a bounded afl-fuzz run of every target, BTY_FUZZ_SECONDS each
@@ -94,6 +94,9 @@ for t in "${targets[@]}"; do
     timeout --kill-after=10 $((seconds + 120)) \
     afl-fuzz -i "fuzz/seeds/$t" -o "$dir" -V "$seconds" -m 512 -t 1000 -c 0 "${dict[@]}" -- "$bins/$t" \
     </dev/null >"$dir.log" 2>&1 || status=$?
+  # afl-fuzz can leave its forkserver (or the CmpLog one) behind, stopped; an orphan holding
+  # this script's file descriptors would keep whatever waits on them (CI) waiting.
+  pkill -KILL -f "^$bins/$t( |$)" 2>/dev/null || true
   stats="$dir/default/fuzzer_stats"
   if [ "$status" != 0 ] || [ ! -f "$stats" ]; then
     log "$t: afl-fuzz failed (exit $status); the end of $dir.log:"
@@ -115,7 +118,7 @@ for t in "${targets[@]}"; do
       log "$t: $( [[ $f == */hangs/* ]] && echo hang || echo crash ): $f"
     done
     log "$t: reproduce with: cargo run --manifest-path fuzz/Cargo.toml --bin replay -- $t '${found[0]}'"
-    log "$t: fix bty-core, then keep the input as a regression test:"
+    log "$t: fix the parser (bty-core, bty-netboot), then keep the input as a regression test:"
     log "$t:   cp '${found[0]}' fuzz/regressions/$t/SHORT-NAME && cargo test --manifest-path fuzz/Cargo.toml"
   fi
 done

@@ -235,14 +235,21 @@ pub fn tftp(data: &[u8]) {
     let packet::Packet::Request { options, filename, .. } = &p else { return };
     let _ = tftp::allowed_name(filename);
     let n = tftp::negotiate(options, data.len() as u64, 1468);
-    assert!((8..=1468).contains(&n.blksize) || n.blksize == 512, "blksize {}", n.blksize);
+    assert!((8..=1468).contains(&n.blksize), "blksize {}", n.blksize);
     assert!((1..=tftp::MAX_WINDOW).contains(&n.windowsize), "windowsize {}", n.windowsize);
+    // With no option to answer, the server sends no OACK but the first block.
+    if n.oack.is_empty() {
+        return;
+    }
     let oack = packet::oack(&n.oack);
     let Ok(packet::Packet::Oack { options: back }) = packet::parse(&oack) else {
         panic!("our OACK does not parse: {oack:?}")
     };
     for (name, _) in back {
-        assert!(options.iter().any(|(asked, _)| asked.eq_ignore_ascii_case(name)), "{name} was not asked for");
+        assert!(
+            options.iter().any(|(asked, _)| asked.eq_ignore_ascii_case(name)),
+            "{name} was not asked for"
+        );
     }
 }
 
@@ -263,6 +270,7 @@ pub fn dhcp(data: &[u8]) {
         assert_eq!(r.yiaddr, std::net::Ipv4Addr::UNSPECIFIED, "a proxy never assigns an address");
         assert_eq!(r.op, packet::BOOTREPLY);
     }
-    let again = packet::parse(&m.encode()).expect("a message re-encodes");
+    let encoded = m.encode();
+    let again = packet::parse(&encoded).expect("a message re-encodes");
     assert_eq!(again.xid, m.xid);
 }
