@@ -610,12 +610,12 @@ def l2_segment(name: str):
     return seg
 
 
-def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv):
+def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv, http_boot: bool = False):
     img = f"marker-{firmware}.img"
     srv.bind(mac, policy="flash-once", image="marker", target_disk_serial="bty-disk-0")
     disk = disk_file(work, 64 << 20)
     with V.VM(work, firmware=firmware, mac=mac, disks=[V.Disk(disk, "bty-disk-0")],
-              tap=seg.tap("tap0"), own_pxe=own_pxe) as m:
+              tap=seg.tap("tap0"), own_pxe=own_pxe, http_boot=http_boot) as m:
         full_flash_boot(name, m)
     assert_flashed(srv, mac, 1)
     raw = open(image(img), "rb").read()
@@ -646,6 +646,29 @@ def l2_uefi(name, work):
             check('bty_proxy_dhcp_requests_total{client="UEFI PXE",answered="true"}' in metrics,
                   "the firmware's ProxyDHCP request is counted")
             check(mach["dhcp_client"] == "iPXE", f"iPXE's own DHCP was the last sighting: {mach['dhcp_client']}")
+        finally:
+            srv.stop()
+    finally:
+        seg.close()
+
+
+@scenario("l2-http")
+def l2_http(name, work):
+    """Real L2: OVMF's own UEFI HTTP boot (HTTPClient) gets ipxe.efi over HTTP from bty, flash, boot."""
+    seg = l2_segment(name)
+    try:
+        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
+        img = "marker-uefi.img"
+        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}], seg=seg)
+        try:
+            mac = "52:54:00:77:00:03"
+            l2_flash(name, work, "uefi", True, mac, seg, srv, http_boot=True)
+            metrics = srv.net(lambda: urllib.request.urlopen(srv.base + "/metrics", timeout=5).read().decode())
+            check('bty_proxy_dhcp_requests_total{client="UEFI HTTP",answered="true"}' in metrics,
+                  "the firmware asked as an HTTP-boot client and was answered")
+            check('route="/boot/{name}",status="200"' in metrics, "ipxe.efi came over HTTP from /boot/{name}")
+            check("snponly.efi" not in " ".join(e["summary"] for e in srv.events(kind="netboot.tftp.served")),
+                  "no TFTP on this path")
         finally:
             srv.stop()
     finally:

@@ -197,7 +197,7 @@ class VM:
                  kernel: str | None = None, initrd: str | None = None, append: str | None = None,
                  accel_name: str | None = None, interactive: bool = False,
                  record_requests: bool = False, tap: tuple[str, str] | None = None,
-                 own_pxe: bool = False,
+                 own_pxe: bool = False, http_boot: bool = False,
                  extra_args: list[str] | tuple = (), name: str = "vm"):
         if firmware not in ("bios", "uefi"):
             raise ValueError("firmware must be 'bios' or 'uefi'")
@@ -223,7 +223,9 @@ class VM:
         # QEMU's user networking; QEMU then runs inside that namespace.
         self.tap = tap
         # UEFI: the firmware's own PXE client (no iPXE option ROM on the NIC).
-        self.own_pxe = own_pxe
+        self.own_pxe = own_pxe or http_boot
+        # UEFI: the firmware's own HTTP boot (HTTPClient), its PXE switched off so it gets there.
+        self.http_boot = http_boot
         self.requests_log = self.workdir / f"{name}.requests.log"  # guest->server bytes
         self.name = _no_comma("name", name)
         self.serial_log = self.workdir / f"{name}.serial.log"
@@ -263,7 +265,13 @@ class VM:
                     "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={_no_comma('vars', str(self.vars))}"]
             # With its own PXE wanted, OVMF keeps IPv4 PXE and loses only the IPv6 attempt.
-            for fw in ([f for f in OVMF_FW_CFG if "IPv6" in f] if self.own_pxe else OVMF_FW_CFG):
+            if self.http_boot:
+                fw_cfg = [f for f in OVMF_FW_CFG if "PXE" in f or "IPv6" in f]
+            elif self.own_pxe:
+                fw_cfg = [f for f in OVMF_FW_CFG if "IPv6" in f]
+            else:
+                fw_cfg = OVMF_FW_CFG
+            for fw in fw_cfg:
                 cmd += ["-fw_cfg", f"name={fw}"]
         else:
             cmd += ["-machine", "pc"]
