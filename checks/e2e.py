@@ -19,6 +19,7 @@ checks/out/e2e/figures.json.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.cookiejar
 import http.server
@@ -138,6 +139,9 @@ class Server:
                 time.sleep(0.05)
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf = self.req("POST", "/auth/login", {"username": "bty", "password": "e2e-password"})["csrf_token"]
+
+    def metrics(self) -> str:
+        return self.net(lambda: urllib.request.urlopen(self.base + "/metrics", timeout=5).read().decode())
 
     def net(self, fn):
         """Run `fn` where the server's loopback is (its namespace on a layer-2 segment)."""
@@ -603,11 +607,24 @@ class Skipped(Exception):
     """A scenario this machine cannot run (said why), not a failure."""
 
 
-def l2_segment(name: str):
+@contextlib.contextmanager
+def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
+    """A layer-2 segment with the LAN's DHCP server and bty-web on it, the marker image for
+    `firmware` in its catalog; both gone when the block ends."""
     if os.geteuid() != 0:
         raise Skipped("needs root: network namespaces, a bridge and tap devices")
     seg = L2.Segment(name.replace("l2-", "")[:4])
-    return seg
+    try:
+        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
+        img = f"marker-{firmware}.img"
+        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}],
+                     seg=seg, proxy_dhcp=proxy_dhcp)
+        try:
+            yield seg, srv
+        finally:
+            srv.stop()
+    finally:
+        seg.close()
 
 
 def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv, http_boot: bool = False):
@@ -629,80 +646,50 @@ def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, 
 @scenario("l2-uefi")
 def l2_uefi(name, work):
     """Real L2: OVMF's own PXE, bty's ProxyDHCP and TFTP (snponly.efi), iPXE, flash, boot."""
-    seg = l2_segment(name)
-    try:
-        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
-        img = "marker-uefi.img"
-        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}], seg=seg)
-        try:
-            mac = "52:54:00:77:00:01"
-            mach = l2_flash(name, work, "uefi", True, mac, seg, srv)
-            served = [e for e in srv.events(kind="netboot.tftp.served")]
-            check(any("snponly.efi" in e["summary"] for e in served),
-                  f"snponly.efi went out over bty's TFTP: {[e['summary'] for e in served]}")
-            metrics = srv.net(lambda: urllib.request.urlopen(srv.base + "/metrics", timeout=5).read().decode())
-            check('bty_tftp_requests_total{file="snponly.efi",result="done"}' in metrics,
-                  "the TFTP transfer is counted in /metrics")
-            check('bty_proxy_dhcp_requests_total{client="UEFI PXE",answered="true"}' in metrics,
-                  "the firmware's ProxyDHCP request is counted")
-            check(mach["dhcp_client"] == "iPXE", f"iPXE's own DHCP was the last sighting: {mach['dhcp_client']}")
-        finally:
-            srv.stop()
-    finally:
-        seg.close()
+    with l2_server(name, work, "uefi") as (seg, srv):
+        mach = l2_flash(name, work, "uefi", True, "52:54:00:77:00:01", seg, srv)
+        served = srv.events(kind="netboot.tftp.served")
+        check(any("snponly.efi" in e["summary"] for e in served),
+              f"snponly.efi went out over bty's TFTP: {[e['summary'] for e in served]}")
+        metrics = srv.metrics()
+        check('bty_tftp_requests_total{file="snponly.efi",result="done"}' in metrics,
+              "the TFTP transfer is counted in /metrics")
+        check('bty_proxy_dhcp_requests_total{client="UEFI PXE",answered="true"}' in metrics,
+              "the firmware's ProxyDHCP request is counted")
+        check(mach["dhcp_client"] == "iPXE", f"iPXE's own DHCP was the last sighting: {mach['dhcp_client']}")
 
 
 @scenario("l2-http")
 def l2_http(name, work):
     """Real L2: OVMF's own UEFI HTTP boot (HTTPClient) gets ipxe.efi over HTTP from bty, flash, boot."""
-    seg = l2_segment(name)
-    try:
-        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
-        img = "marker-uefi.img"
-        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}], seg=seg)
-        try:
-            mac = "52:54:00:77:00:03"
-            l2_flash(name, work, "uefi", True, mac, seg, srv, http_boot=True)
-            metrics = srv.net(lambda: urllib.request.urlopen(srv.base + "/metrics", timeout=5).read().decode())
-            check('bty_proxy_dhcp_requests_total{client="UEFI HTTP",answered="true"}' in metrics,
-                  "the firmware asked as an HTTP-boot client and was answered")
-            check('route="/boot/{name}",status="200"' in metrics, "ipxe.efi came over HTTP from /boot/{name}")
-            check("snponly.efi" not in " ".join(e["summary"] for e in srv.events(kind="netboot.tftp.served")),
-                  "no TFTP on this path")
-        finally:
-            srv.stop()
-    finally:
-        seg.close()
+    with l2_server(name, work, "uefi") as (seg, srv):
+        l2_flash(name, work, "uefi", True, "52:54:00:77:00:03", seg, srv, http_boot=True)
+        metrics = srv.metrics()
+        check('bty_proxy_dhcp_requests_total{client="UEFI HTTP",answered="true"}' in metrics,
+              "the firmware asked as an HTTP-boot client and was answered")
+        check('route="/boot/{name}",status="200"' in metrics, "ipxe.efi came over HTTP from /boot/{name}")
+        check("snponly.efi" not in " ".join(e["summary"] for e in srv.events(kind="netboot.tftp.served")),
+              "no TFTP on this path")
 
 
 @scenario("l2-bios")
 def l2_bios(name, work):
     """Real L2: ProxyDHCP off gives no boot offer; on, SeaBIOS+iPXE boots over it, flashes, boots."""
-    seg = l2_segment(name)
-    try:
-        seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
-        img = "marker-bios.img"
-        srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}],
-                     seg=seg, proxy_dhcp=False)
-        try:
-            probe_mac = bytes.fromhex("525400770099")
-            offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
-            check([o["server"] for o in offers] == [L2.LAN_DHCP_IP],
-                  f"ProxyDHCP off: only the LAN's offer, no boot file from bty: {offers}")
-            h = srv.req("PUT", "/netboot/services/proxy_dhcp", {"enabled": True})
-            check(h["state"] == "listening", f"ProxyDHCP turned on: {h}")
-            offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
-            ours = [o for o in offers if o["server"] == L2.SERVER_IP]
-            check(len(ours) == 1 and ours[0]["file"] == "undionly.kpxe" and ours[0]["yiaddr"] == "0.0.0.0",
-                  f"ProxyDHCP on: bty offers the boot file and no address: {offers}")
-            check(any(o["server"] == L2.LAN_DHCP_IP and o["yiaddr"] != "0.0.0.0" for o in offers),
-                  f"the LAN's server still assigns the address: {offers}")
-            mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:02", seg, srv)
-            check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked bty's ProxyDHCP: {mach['dhcp_client']}")
-        finally:
-            srv.stop()
-    finally:
-        seg.close()
+    with l2_server(name, work, "bios", proxy_dhcp=False) as (seg, srv):
+        probe_mac = bytes.fromhex("525400770099")
+        offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
+        check([o["server"] for o in offers] == [L2.LAN_DHCP_IP],
+              f"ProxyDHCP off: only the LAN's offer, no boot file from bty: {offers}")
+        h = srv.req("PUT", "/netboot/services/proxy_dhcp", {"enabled": True})
+        check(h["state"] == "listening", f"ProxyDHCP turned on: {h}")
+        offers = L2.dhcp_probe(seg, b"PXEClient:Arch:00000:UNDI:002001", 0, probe_mac)
+        ours = [o for o in offers if o["server"] == L2.SERVER_IP]
+        check(len(ours) == 1 and ours[0]["file"] == "undionly.kpxe" and ours[0]["yiaddr"] == "0.0.0.0",
+              f"ProxyDHCP on: bty offers the boot file and no address: {offers}")
+        check(any(o["server"] == L2.LAN_DHCP_IP and o["yiaddr"] != "0.0.0.0" for o in offers),
+              f"the LAN's server still assigns the address: {offers}")
+        mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:02", seg, srv)
+        check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked bty's ProxyDHCP: {mach['dhcp_client']}")
 
 
 def main(argv: list[str]) -> int:
