@@ -14,7 +14,20 @@ pub mod dhcp;
 pub mod status;
 pub mod tftp;
 
+use std::fmt;
 use std::sync::Arc;
+
+/// Why a packet (TFTP or DHCP) was not read: what was wrong with it, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError(pub &'static str);
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
 
 /// What the services need from the rest of the server. Called on the hot
 /// path: implementations return at once (hand slow work to a task).

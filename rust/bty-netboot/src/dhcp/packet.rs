@@ -7,7 +7,7 @@
 //! newer minimum Rust; this one is short enough to read in one sitting and
 //! is fuzzed (`fuzz/`) like the image parsers.
 
-use std::fmt;
+pub use crate::ParseError;
 use std::net::Ipv4Addr;
 
 pub const BOOTREQUEST: u8 = 1;
@@ -39,17 +39,6 @@ pub mod msg {
     pub const ACK: u8 = 5;
     pub const INFORM: u8 = 8;
 }
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError(pub &'static str);
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// One DHCP message. Options keep their wire order; a code that appears
 /// more than once (RFC 3396 long options) is concatenated by [`Message::option`].

@@ -7,7 +7,7 @@
 //! are case-insensitive; a trailing NUL-less byte run after the last option
 //! is ignored, as tftp-hpa and dnsmasq ignore it).
 
-use std::fmt;
+pub use crate::ParseError;
 
 pub const RRQ: u16 = 1;
 pub const WRQ: u16 = 2;
@@ -56,17 +56,6 @@ pub enum Packet<'a> {
         options: Vec<(&'a str, &'a str)>,
     },
 }
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError(pub &'static str);
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Split off one NUL-terminated printable-ASCII string.
 fn take_str(buf: &[u8]) -> Result<(&str, &[u8]), ParseError> {
