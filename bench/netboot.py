@@ -46,57 +46,6 @@ RAMP_S = float(os.environ.get("BENCH_RAMP_S", "2"))
 OUT = os.path.join(HERE, "out")
 
 
-def dhcp_msg(msgtype: int, xid: int, mac: bytes, ciaddr: str = "0.0.0.0", item: bytes | None = None) -> bytes:
-    hdr = struct.pack(">BBBBIHH", 1, 1, 6, 0, xid, 0, 0x8000) + socket.inet_aton(ciaddr) + b"\0" * 12
-    hdr += mac + b"\0" * 10 + b"\0" * 192 + bytes([99, 130, 83, 99])
-    vendor = b"PXEClient:Arch:00000:UNDI:002001"
-    opts = bytes([53, 1, msgtype, 60, len(vendor)]) + vendor + bytes([93, 2, 0, 0, 97, 17, 0]) + mac + b"\0" * 10
-    if item:
-        # The PXE boot item picked from the offer's menu (option 43, suboption 71), as BIOS PXE
-        # ROMs send it to a server that offered a menu (dnsmasq's --pxe-service does).
-        opts += bytes([43, 7, 71, 4]) + item + b"\0\0\xff"
-    return hdr + opts + b"\xff"
-
-
-def menu_item(data: bytes) -> bytes | None:
-    """The first boot item type of an offer's PXE menu (option 43, suboption 9), if any."""
-    i = 240
-    while i + 1 < len(data) and data[i] != 255:
-        if data[i] == 0:
-            i += 1
-            continue
-        code, ln = data[i], data[i + 1]
-        if code == 43:
-            v, j = data[i + 2:i + 2 + ln], 0
-            while j + 1 < len(v) and v[j] != 255:
-                if v[j] == 9 and v[j + 1] >= 2:
-                    return v[j + 2:j + 4]
-                j += 2 + v[j + 1]
-        i += 2 + ln
-    return None
-
-
-def dhcp_fields(data: bytes) -> tuple[int, int | None, str | None, str]:
-    """xid, message type, server id, boot file."""
-    xid = struct.unpack(">I", data[4:8])[0]
-    file = data[108:236].split(b"\0")[0].decode(errors="replace")
-    mtype, server, i = None, None, 240
-    while i + 1 < len(data) and data[i] != 255:
-        if data[i] == 0:
-            i += 1
-            continue
-        code, ln = data[i], data[i + 1]
-        v = data[i + 2:i + 2 + ln]
-        if code == 53 and ln == 1:
-            mtype = v[0]
-        elif code == 54 and ln == 4:
-            server = socket.inet_ntoa(v)
-        elif code == 67 and not file:
-            file = v.split(b"\0")[0].decode(errors="replace")
-        i += 2 + ln
-    return xid, mtype, server, file
-
-
 class Udp(asyncio.DatagramProtocol):
     def __init__(self):
         self.q: asyncio.Queue = asyncio.Queue()
@@ -150,15 +99,15 @@ class Storm:
         offer = None
         try:
             for attempt in range(4):
-                bcast.sendto(dhcp_msg(1, xid, mac), ("255.255.255.255", 67))
+                bcast.sendto(L2.dhcp_packet(1, xid, mac), ("255.255.255.255", 67))
                 end = time.monotonic() + 2 + attempt * 2
                 while offer is None and time.monotonic() < end:
                     try:
                         data = await asyncio.wait_for(mine.get(), max(0.01, end - time.monotonic()))
                     except asyncio.TimeoutError:
                         break
-                    _, mtype, server, _ = dhcp_fields(data)
-                    if mtype == 2 and server == SERVER:
+                    r = L2.dhcp_reply(data)
+                    if r and r["type"] == 2 and r["server"] == SERVER:
                         offer = data
                 if offer:
                     break
@@ -172,19 +121,20 @@ class Storm:
         try:
             ack = None
             for attempt in range(4):
-                t.sendto(dhcp_msg(3, xid, mac, CLIENT_IP, menu_item(offer)), (SERVER, 4011))
+                t.sendto(L2.dhcp_packet(3, xid, mac, ciaddr=CLIENT_IP, item=L2.menu_item(offer)), (SERVER, 4011))
                 try:
                     data, _ = await recv(p, 1 + attempt)
                 except asyncio.TimeoutError:
                     continue
-                if dhcp_fields(data)[1] == 5:
+                r = L2.dhcp_reply(data)
+                if r and r["type"] == 5:
                     ack = data
                     break
             if ack is None:
                 return self.fail("pxe4011")
             t2 = time.monotonic()
             self.phases["pxe4011"].append(t2 - t1)
-            file = dhcp_fields(ack)[3] or dhcp_fields(offer)[3]
+            file = L2.dhcp_reply(ack)["file"] or L2.dhcp_reply(offer)["file"]
             got = await self.tftp(t, p, file)
             if got != FILE_BYTES:
                 return self.fail("tftp")

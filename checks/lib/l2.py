@@ -152,6 +152,65 @@ class Segment:
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
+BIOS_PXE_VENDOR = b"PXEClient:Arch:00000:UNDI:002001"
+
+
+def dhcp_packet(msgtype: int, xid: int, mac: bytes, vendor: bytes = BIOS_PXE_VENDOR, arch: int = 0,
+                ciaddr: str = "0.0.0.0", item: bytes | None = None) -> bytes:
+    """A DHCP request as PXE firmware sends it: options 53, 60, 93 and 97 (a machine id made
+    from the MAC), broadcast flag set; `item`, the PXE boot item picked from an offer's menu
+    (option 43, suboption 71), as BIOS PXE ROMs send it to a server that offered one."""
+    hdr = struct.pack(">BBBBIHH", 1, 1, 6, 0, xid, 0, 0x8000) + socket.inet_aton(ciaddr) + b"\0" * 12
+    hdr += mac + b"\0" * 10 + b"\0" * 192 + bytes([99, 130, 83, 99])
+    opts = bytes([53, 1, msgtype, 60, len(vendor)]) + vendor + bytes([93, 2]) + struct.pack(">H", arch)
+    opts += bytes([97, 17, 0]) + mac + b"\0" * 10
+    if item:
+        opts += bytes([43, 7, 71, 4]) + item + b"\0\0\xff"
+    return hdr + opts + b"\xff"
+
+
+def dhcp_options(data: bytes) -> dict[int, bytes]:
+    """The options of a DHCP message (the first of each code)."""
+    out: dict[int, bytes] = {}
+    i = 240
+    while i + 1 < len(data) and data[i] != 255:
+        if data[i] == 0:
+            i += 1
+            continue
+        code, ln = data[i], data[i + 1]
+        out.setdefault(code, data[i + 2:i + 2 + ln])
+        i += 2 + ln
+    return out
+
+
+def dhcp_reply(data: bytes) -> dict | None:
+    """A reply's transaction, message type, server id, assigned address and boot file (the
+    `file` field, else option 67); None when it is too short to be one."""
+    if len(data) < 240:
+        return None
+    o = dhcp_options(data)
+    file = data[108:236].split(b"\0")[0].decode(errors="replace")
+    if not file and 67 in o:
+        file = o[67].split(b"\0")[0].decode(errors="replace")
+    return {
+        "xid": struct.unpack(">I", data[4:8])[0],
+        "type": o[53][0] if len(o.get(53, b"")) == 1 else None,
+        "server": socket.inet_ntoa(o[54]) if len(o.get(54, b"")) == 4 else None,
+        "yiaddr": socket.inet_ntoa(data[16:20]),
+        "file": file,
+    }
+
+
+def menu_item(data: bytes) -> bytes | None:
+    """The first boot item type of an offer's PXE menu (option 43, suboption 9), if any."""
+    v, j = dhcp_options(data).get(43, b""), 0
+    while j + 1 < len(v) and v[j] != 255:
+        if v[j] == 9 and v[j + 1] >= 2:
+            return v[j + 2:j + 4]
+        j += 2 + v[j + 1]
+    return None
+
+
 def dhcp_probe(seg: Segment, vendor: bytes, arch: int, mac: bytes, seconds: float = 2.0) -> list[dict]:
     """Broadcast one PXE DISCOVER from a throwaway namespace on the segment; every OFFER seen."""
     name = "probe"
@@ -171,30 +230,16 @@ def dhcp_probe(seg: Segment, vendor: bytes, arch: int, mac: bytes, seconds: floa
         s.bind(("0.0.0.0", 68))
         s.settimeout(0.2)
         xid = 0x5A5A0000 | arch
-        hdr = struct.pack(">BBBBIHH", 1, 1, 6, 0, xid, 0, 0x8000) + b"\0" * 16 + mac + b"\0" * 10 + b"\0" * 192
-        opts = bytes([53, 1, 1]) + bytes([60, len(vendor)]) + vendor + bytes([93, 2]) + struct.pack(">H", arch)
-        opts += bytes([97, 17, 0]) + bytes(range(16)) + b"\xff"
-        s.sendto(hdr + bytes([99, 130, 83, 99]) + opts, ("255.255.255.255", 67))
+        s.sendto(dhcp_packet(1, xid, mac, vendor, arch), ("255.255.255.255", 67))
         offers, until = [], time.monotonic() + seconds
         while time.monotonic() < until:
             try:
                 data, _ = s.recvfrom(1500)
             except socket.timeout:
                 continue
-            if len(data) < 240 or struct.unpack(">I", data[4:8])[0] != xid:
-                continue
-            yiaddr = socket.inet_ntoa(data[16:20])
-            file = data[108:236].split(b"\0")[0].decode(errors="replace")
-            server, i = None, 240
-            while i + 1 < len(data) and data[i] != 255:
-                if data[i] == 0:
-                    i += 1
-                    continue
-                code, ln = data[i], data[i + 1]
-                if code == 54 and ln == 4:
-                    server = socket.inet_ntoa(data[i + 2:i + 6])
-                i += 2 + ln
-            offers.append({"server": server, "yiaddr": yiaddr, "file": file})
+            r = dhcp_reply(data)
+            if r and r["xid"] == xid:
+                offers.append({k: r[k] for k in ("server", "yiaddr", "file")})
         s.close()
         return offers
 
