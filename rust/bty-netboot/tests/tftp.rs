@@ -240,15 +240,51 @@ async fn refusals_say_why() {
         assert_eq!(code, want_code, "{message}");
         assert!(message.contains(what), "{message}");
     }
-    // One transfer at a time here: a second client is told the server is busy.
+}
+
+#[tokio::test]
+async fn at_the_cap_a_request_waits_its_turn_instead_of_failing_the_boot() {
+    // A long retransmit timeout: any second block-1 seen below is a second
+    // transfer, not a repeat of the first.
+    let s = server(&[("ipxe.efi", pattern(2000))], |c| {
+        c.max_transfers = 1;
+        c.timeout = Duration::from_secs(5);
+    })
+    .await;
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     a.send_to(&packet::request(false, "ipxe.efi", "octet", &[]), s.addr).await.unwrap();
-    let _ = recv(&a).await;
-    sock.send_to(&packet::request(false, "ipxe.efi", "octet", &[]), s.addr).await.unwrap();
-    let (raw, _) = recv(&sock).await;
-    assert!(
-        matches!(packet::parse(&raw).unwrap(), Packet::Error { message, .. } if message.contains("busy"))
-    );
+    let (_, a_tid) = recv(&a).await;
+    // The second client hears nothing while the only slot is taken, not an
+    // error (firmware would give up the boot on one) ...
+    b.send_to(&packet::request(false, "ipxe.efi", "octet", &[]), s.addr).await.unwrap();
+    let mut buf = [0u8; 600];
+    let early = tokio::time::timeout(Duration::from_millis(300), b.recv_from(&mut buf)).await;
+    assert!(early.is_err(), "answered while the slot was taken: {early:?}");
+    // ... and its repeated request is not queued twice.
+    b.send_to(&packet::request(false, "ipxe.efi", "octet", &[]), s.addr).await.unwrap();
+    // When the first transfer ends, the waiting one starts.
+    a.send_to(&packet::error(code::NOT_DEFINED, "enough"), a_tid).await.unwrap();
+    let (raw, _) = recv(&b).await;
+    assert!(matches!(packet::parse(&raw).unwrap(), Packet::Data { block: 1, .. }));
+    let extra = tokio::time::timeout(Duration::from_millis(200), b.recv_from(&mut buf)).await;
+    assert!(extra.is_err(), "a second transfer for the repeated request: {extra:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_its_port_frees_the_slot_at_once() {
+    // Six tries with a doubling timeout would hold the slot for about 17 s;
+    // the ICMP port unreachable answering the first repeat ends it.
+    let s = server(&[("ipxe.efi", pattern(2000))], |c| c.timeout = Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&packet::request(false, "ipxe.efi", "octet", &[]), s.addr).await.unwrap();
+        let _ = recv(&sock).await;
+    }
+    let t = &s.finished(1).await[0];
+    assert!(matches!(&t.outcome, Outcome::Aborted(m) if m.contains("ICMP")), "{:?}", t.outcome);
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
 }
 
 #[tokio::test]

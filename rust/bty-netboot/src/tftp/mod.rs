@@ -18,6 +18,7 @@ pub mod packet;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,12 @@ const DEFAULT_BLKSIZE: usize = 512;
 const HEADERS: usize = 32;
 /// Larger windows gain nothing on a LAN and cost more on a loss.
 pub const MAX_WINDOW: u16 = 8;
+/// Requests that may wait for a transfer slot, per slot; more are dropped
+/// unanswered (the client repeats its request).
+const QUEUE_PER_SLOT: usize = 8;
+/// How long a request waits for a slot: PXE ROMs repeat a request for
+/// about this long before they give up on the server.
+const QUEUE_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
@@ -47,7 +54,8 @@ pub struct TftpConfig {
     /// IPv4 address the host has when the server starts.
     pub address: IpAddr,
     pub port: u16,
-    /// Transfers at once; more requests are answered "busy".
+    /// Transfers at once; more requests wait their turn (up to eight per
+    /// transfer, for up to 20 s) and beyond that go unanswered.
     pub max_transfers: usize,
     /// Sends of one window before the transfer is given up.
     pub attempts: u32,
@@ -60,7 +68,7 @@ impl Default for TftpConfig {
         TftpConfig {
             address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 69,
-            max_transfers: 1024,
+            max_transfers: 16384,
             attempts: 6,
             timeout: Duration::from_secs(1),
         }
@@ -234,6 +242,7 @@ impl TftpServer {
             host: self.host,
             status: self.status,
             permits: Arc::new(Semaphore::new(0)),
+            queued: AtomicUsize::new(0),
             active: Mutex::new(HashSet::new()),
         });
         shared.permits.add_permits(shared.config.max_transfers.max(1));
@@ -250,6 +259,8 @@ struct Shared {
     host: Arc<dyn Host>,
     status: Arc<ServiceStatus>,
     permits: Arc<Semaphore>,
+    /// Requests waiting for a permit.
+    queued: AtomicUsize,
     /// Clients (address and port) with a transfer running: a repeated
     /// request from one of them is dropped, not answered twice.
     active: Mutex<HashSet<SocketAddr>>,
@@ -313,15 +324,35 @@ async fn listen(shared: Arc<Shared>, local: IpAddr, sock: Arc<UdpSocket>) {
         if !shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(peer) {
             continue;
         }
-        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        // At the cap a request waits its turn (in order) instead of being
+        // refused: firmware fails the boot on an error packet but repeats a
+        // request that goes unanswered, and the repeats are dropped above.
+        let queued = shared.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= shared.config.max_transfers.max(1) * QUEUE_PER_SLOT {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
             shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
-            let _ = sock.send_to(&packet::error(code::NOT_DEFINED, "server busy, try again"), peer).await;
             shared.host.tftp_finished(&report(name, Outcome::Refused("busy")));
             continue;
-        };
+        }
         let negotiated = negotiate(&options, bytes.len() as u64, max_blksize);
         let shared = shared.clone();
         transfers.spawn(async move {
+            let permit = tokio::time::timeout(QUEUE_WAIT, shared.permits.clone().acquire_owned()).await;
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            let Ok(Ok(permit)) = permit else {
+                // The client has given up by now; it starts over with a new port.
+                shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                shared.host.tftp_finished(&Transfer {
+                    peer,
+                    local,
+                    file: name.to_string(),
+                    outcome: Outcome::Refused("busy"),
+                    bytes: 0,
+                    blksize: 0,
+                    elapsed: started.elapsed(),
+                });
+                return;
+            };
             let (outcome, sent) = send_file(&shared.config, local, peer, &bytes, &negotiated).await;
             drop(permit);
             shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
@@ -341,11 +372,16 @@ async fn listen(shared: Arc<Shared>, local: IpAddr, sock: Arc<UdpSocket>) {
     }
 }
 
+const GONE: &str = "the client closed its port (ICMP port unreachable)";
+
 /// What came back while waiting for an acknowledgement.
 enum Reply {
     Ack(u16),
     Error(u16, String),
     Timeout,
+    /// ICMP port unreachable: the client closed its port (it gave up, or
+    /// started over from another one).
+    Gone,
 }
 
 async fn wait_reply(sock: &UdpSocket, timeout: Duration, buf: &mut [u8]) -> Reply {
@@ -353,8 +389,9 @@ async fn wait_reply(sock: &UdpSocket, timeout: Duration, buf: &mut [u8]) -> Repl
     loop {
         match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
             Err(_) => return Reply::Timeout,
-            // ICMP port unreachable (the client is gone) shows up as an
-            // error on a connected socket: wait out the timeout instead.
+            // ICMP port unreachable shows up as an error on a connected
+            // socket; a transfer nobody listens to only holds a slot.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Reply::Gone,
             Ok(Err(_)) => tokio::time::sleep_until(deadline).await,
             Ok(Ok(n)) => match packet::parse(&buf[..n]) {
                 Ok(Packet::Ack { block }) => return Reply::Ack(block),
@@ -400,6 +437,7 @@ pub async fn send_file(
                 Reply::Ack(_) => continue,
                 Reply::Error(code::OPTION_REFUSED, _) => return (Outcome::Probe, 0),
                 Reply::Error(_, m) => return (Outcome::Aborted(m), 0),
+                Reply::Gone => return (Outcome::Aborted(GONE.into()), 0),
                 Reply::Timeout => timeout = (timeout * 2).min(Duration::from_secs(8)),
             }
         }
@@ -439,6 +477,7 @@ pub async fn send_file(
                     }
                 }
                 Reply::Error(_, m) => return (Outcome::Aborted(m), (base - 1) * bs as u64),
+                Reply::Gone => return (Outcome::Aborted(GONE.into()), (base - 1) * bs as u64),
                 Reply::Timeout => {
                     tries += 1;
                     if tries >= attempts {
