@@ -276,8 +276,8 @@ const KEYS: &[KeyDef] = &[
         section: "tftp",
         key: "max_transfers",
         kind: Kind::Int { min: 1, max: 100_000 },
-        default: Some("1024"),
-        help: "TFTP transfers at once; more requests are answered \"busy\" and the firmware retries",
+        default: Some("16384"),
+        help: "TFTP transfers at once (one socket each; at most half the open-file limit); more requests wait their turn",
     },
     KeyDef {
         section: "proxy_dhcp",
@@ -291,7 +291,7 @@ const KEYS: &[KeyDef] = &[
         key: "interface",
         kind: Kind::OptText,
         default: None,
-        help: "network interface to answer on, e.g. eth0 (required to enable ProxyDHCP)",
+        help: "network interface to answer on, e.g. eth0 (unset: the default route's interface, else the only one with an IPv4 address)",
     },
     KeyDef {
         section: "proxy_dhcp",

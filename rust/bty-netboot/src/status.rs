@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub last_request_from: Option<SocketAddr>,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// How the wiring set the service up, in words (the interface it
+    /// chose and why), shown next to where it listens.
+    pub setup: Option<String>,
 }
 
 /// Shared between a service and whoever shows its state; cheap to update
@@ -52,11 +55,16 @@ impl ServiceStatus {
         });
     }
 
+    pub fn set_up(&self, how: String) {
+        self.with(|s| s.setup = Some(how));
+    }
+
     /// The service could not start: it is off, and says why.
     pub fn failed(&self, why: String) {
         self.with(|s| {
             s.state = State::Failed;
             s.listening.clear();
+            s.setup = None;
             s.errors += 1;
             s.last_error = Some(why);
         });
@@ -66,6 +74,7 @@ impl ServiceStatus {
         self.with(|s| {
             s.state = State::Off;
             s.listening.clear();
+            s.setup = None;
         });
     }
 

@@ -7,6 +7,7 @@
 //! the machine records and the audit log, written after the reply.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use bty_netboot::dhcp::{ProxyConfig, ProxyServer, Sighting};
 use bty_netboot::status::{ServiceStatus, Snapshot, State};
 use bty_netboot::tftp::{self, Outcome, TftpServer, Transfer};
 use serde_json::json;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::audit::{self, Actor, NewEvent};
 use crate::config::Config;
@@ -28,8 +29,8 @@ use bty_control::metrics::Metrics;
 
 /// Boot files larger than this are not iPXE binaries.
 const MAX_BOOT_FILE: u64 = 16 << 20;
-/// A client repeats DISCOVER and REQUEST within seconds; one record of it
-/// per this long is enough.
+/// A client repeats DISCOVER and REQUEST within seconds; one record of each
+/// stage per this long is enough.
 const SIGHTING_EVERY: Duration = Duration::from_secs(30);
 const SIGHTINGS_TRACKED: usize = 50_000;
 
@@ -48,7 +49,11 @@ pub struct ServerHost {
     changes: tokio::sync::broadcast::Sender<MacAddr>,
     /// Boot files by name, re-read when the file changes.
     files: Mutex<HashMap<&'static str, CachedFile>>,
-    recent: Mutex<HashMap<[u8; 6], Instant>>,
+    /// The last sighting written per MAC: when, and of which kind of client.
+    recent: Mutex<HashMap<[u8; 6], (Instant, &'static str)>>,
+    /// The server's runtime: the services call back from threads of their
+    /// own, and database work belongs here, not on theirs.
+    runtime: tokio::runtime::Handle,
 }
 
 impl ServerHost {
@@ -58,7 +63,7 @@ impl ServerHost {
 
     fn record(&self, e: NewEvent) {
         let db = self.db.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             if let Err(err) = audit::record(&db, e).await {
                 tracing::warn!(error = %err, "cannot record a network boot event");
             }
@@ -136,17 +141,24 @@ impl bty_netboot::Host for ServerHost {
         self.metrics.dhcp(s.client.label(), s.boot_file.is_some());
         let now = Instant::now();
         {
+            // Repeats of one stage are coalesced; a new stage (the firmware's
+            // PXE, then iPXE's own DHCP) is always written, so the record
+            // shows how far the machine got.
+            let stage = s.client.label();
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.get(&s.mac).is_some_and(|t| now.duration_since(*t) < SIGHTING_EVERY) {
+            if recent
+                .get(&s.mac)
+                .is_some_and(|(t, seen)| *seen == stage && now.duration_since(*t) < SIGHTING_EVERY)
+            {
                 return;
             }
             if recent.len() >= SIGHTINGS_TRACKED {
-                recent.retain(|_, t| now.duration_since(*t) < SIGHTING_EVERY);
+                recent.retain(|_, (t, _)| now.duration_since(*t) < SIGHTING_EVERY);
                 if recent.len() >= SIGHTINGS_TRACKED {
                     recent.clear();
                 }
             }
-            recent.insert(s.mac, now);
+            recent.insert(s.mac, (now, stage));
         }
         let mac = MacAddr::new(s.mac);
         if !mac.is_unicast() {
@@ -164,7 +176,7 @@ impl bty_netboot::Host for ServerHost {
         };
         let db = self.db.clone();
         let changes = self.changes.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             match db.write(move |c| crate::pxe::record_dhcp_sighting(c, &sighting)).await {
                 Ok(_) => {
                     let _ = changes.send(mac);
@@ -177,8 +189,66 @@ impl bty_netboot::Host for ServerHost {
 
 #[derive(Default)]
 struct Running {
-    tftp: Option<JoinHandle<()>>,
-    proxy_dhcp: Option<JoinHandle<()>>,
+    tftp: Option<ServiceThread>,
+    proxy_dhcp: Option<ServiceThread>,
+}
+
+/// A service on a thread and a single-threaded runtime of its own: TFTP's
+/// thousands of packets a second and ProxyDHCP's deadline (PXE firmware
+/// waits about 2 s for an offer) never queue behind HTTP requests and
+/// database work, nor behind each other, and a packet's wake-up stays on
+/// one core instead of crossing the server's worker threads.
+struct ServiceThread {
+    stop: Option<oneshot::Sender<()>>,
+    ended: oneshot::Receiver<()>,
+}
+
+impl ServiceThread {
+    /// Start `service` on a new thread; it reports on `ready` whether it
+    /// bound its sockets (they belong to the thread's runtime, so binding
+    /// happens there too), then serves until stopped.
+    async fn start<F, Fut>(name: &'static str, service: F) -> Result<ServiceThread, String>
+    where
+        F: FnOnce(oneshot::Sender<Result<(), String>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let (ready_tx, ready) = oneshot::channel();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (ended_tx, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("bty-{name}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{name}: cannot start its runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = service(ready_tx) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime ends every transfer and closes its socket.
+                drop(runtime);
+                let _ = ended_tx.send(());
+            })
+            .map_err(|e| format!("{name}: cannot start its thread: {e}"))?;
+        match ready.await {
+            Ok(Ok(())) => Ok(ServiceThread { stop: Some(stop), ended }),
+            Ok(Err(why)) => Err(why),
+            Err(_) => Err(format!("{name}: its thread ended before it was ready")),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.ended).await;
+    }
 }
 
 /// The services, their switches and their state.
@@ -207,6 +277,7 @@ impl BootServices {
             changes,
             files: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         });
         BootServices {
             http_port: Mutex::new(config.server.port),
@@ -259,9 +330,8 @@ impl BootServices {
                     }
                 },
                 (false, true) => {
-                    if let Some(task) = slot.take() {
-                        task.abort();
-                        let _ = task.await;
+                    if let Some(service) = slot.take() {
+                        service.stop().await;
                     }
                     status.stopped();
                     tracing::info!(service = service.name(), "network boot service stopped");
@@ -275,9 +345,8 @@ impl BootServices {
     /// Stop everything (shutdown).
     pub async fn stop(&self) {
         let mut running = self.running.lock().await;
-        for task in [running.tftp.take(), running.proxy_dhcp.take()].into_iter().flatten() {
-            task.abort();
-            let _ = task.await;
+        for service in [running.tftp.take(), running.proxy_dhcp.take()].into_iter().flatten() {
+            service.stop().await;
         }
     }
 
@@ -288,13 +357,16 @@ impl BootServices {
         }
     }
 
-    /// The address ProxyDHCP tells clients to fetch from.
-    fn advertise(&self) -> Result<(String, Ipv4Addr), String> {
+    /// The interface ProxyDHCP answers on and the address it tells clients
+    /// to fetch from, with how they were chosen. Without `[proxy_dhcp]
+    /// interface` the appliance picks the interface of the default route,
+    /// else the only one with an IPv4 address, so that switching the
+    /// service on in Settings works on a machine nobody configured.
+    fn advertise(&self) -> Result<(String, Ipv4Addr, String), String> {
         let p = &self.config.proxy_dhcp;
-        let Some(interface) = p.interface.clone() else {
-            return Err("ProxyDHCP needs an interface to answer on: set [proxy_dhcp] interface \
-                        (BTY_PROXY_DHCP_INTERFACE), e.g. eth0"
-                .into());
+        let (interface, why) = match p.interface.clone() {
+            Some(i) => (i, "[proxy_dhcp] interface"),
+            None => pick_interface(&ipv4_interfaces(), default_route_interface().as_deref())?,
         };
         let address = match p.advertise_address {
             Some(a) => a,
@@ -305,25 +377,46 @@ impl BootServices {
                 )
             })?,
         };
-        Ok((interface, address))
+        Ok((interface.clone(), address, format!("on {interface} ({why}), sending clients to {address}")))
     }
 
-    async fn start(&self, service: Service) -> Result<JoinHandle<()>, String> {
+    async fn start(&self, service: Service) -> Result<ServiceThread, String> {
         let host: Arc<dyn bty_netboot::Host> = self.host.clone();
         match service {
             Service::Tftp => {
                 let t = &self.config.tftp;
+                // A transfer holds a socket: leave the other half of the
+                // descriptors to HTTP, the database and upstream fetches.
+                let fd_share = (crate::listener::fd_limit() / 2).max(1) as usize;
+                if t.max_transfers > fd_share {
+                    tracing::warn!(
+                        "[tftp] max_transfers = {} is more than half the open-file limit; running at most {fd_share} \
+                         transfers at once (raise LimitNOFILE / ulimit -n for more)",
+                        t.max_transfers
+                    );
+                }
                 let cfg = tftp::TftpConfig {
                     address: IpAddr::V4(t.address),
                     port: t.port,
-                    max_transfers: t.max_transfers,
+                    max_transfers: t.max_transfers.min(fd_share),
                     ..tftp::TftpConfig::default()
                 };
-                let server = TftpServer::bind(cfg, host, self.tftp.clone()).await?;
-                Ok(tokio::spawn(server.run()))
+                let status = self.tftp.clone();
+                ServiceThread::start("tftp", move |ready| async move {
+                    match TftpServer::bind(cfg, host, status).await {
+                        Ok(server) => {
+                            let _ = ready.send(Ok(()));
+                            server.run().await
+                        }
+                        Err(why) => {
+                            let _ = ready.send(Err(why));
+                        }
+                    }
+                })
+                .await
             }
             Service::ProxyDhcp => {
-                let (interface, address) = self.advertise()?;
+                let (interface, address, setup) = self.advertise()?;
                 let base = match &self.config.server.public_url {
                     Some(u) => u.clone(),
                     None => format!(
@@ -333,8 +426,20 @@ impl BootServices {
                 };
                 let mut cfg = ProxyConfig::new(Some(interface), address, base);
                 cfg.efi_boot_file = self.config.proxy_dhcp.efi_boot_file.clone();
-                let server = ProxyServer::bind(cfg, host, self.proxy_dhcp.clone()).await?;
-                Ok(tokio::spawn(server.run()))
+                let status = self.proxy_dhcp.clone();
+                self.proxy_dhcp.set_up(setup);
+                ServiceThread::start("proxydhcp", move |ready| async move {
+                    match ProxyServer::bind(cfg, host, status).await {
+                        Ok(server) => {
+                            let _ = ready.send(Ok(()));
+                            server.run().await
+                        }
+                        Err(why) => {
+                            let _ = ready.send(Err(why));
+                        }
+                    }
+                })
+                .await
             }
         }
     }
@@ -342,6 +447,49 @@ impl BootServices {
     /// Each service's state for the dashboard and `GET /netboot/services`.
     pub fn health(&self) -> Vec<ServiceHealth> {
         Service::ALL.iter().map(|s| service_health(*s, &self.status(*s).snapshot())).collect()
+    }
+}
+
+/// Up, non-loopback interfaces with an IPv4 address, by name.
+fn ipv4_interfaces() -> Vec<String> {
+    let mut v: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.ip().is_ipv4() && !i.is_loopback())
+        .map(|i| i.name)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The interface of the IPv4 default route (`/proc/net/route`).
+fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// The interface ProxyDHCP answers on when none is configured.
+fn pick_interface(
+    candidates: &[String],
+    default_route: Option<&str>,
+) -> Result<(String, &'static str), String> {
+    if let Some(d) = default_route.filter(|d| candidates.iter().any(|c| c == d)) {
+        return Ok((d.to_string(), "the default route's interface"));
+    }
+    match candidates {
+        [only] => Ok((only.clone(), "the only interface with an IPv4 address")),
+        [] => Err("ProxyDHCP: no interface has an IPv4 address yet; give the LAN interface one (the LAN's \
+                   DHCP server) or set [proxy_dhcp] interface (BTY_PROXY_DHCP_INTERFACE)"
+            .into()),
+        many => Err(format!(
+            "ProxyDHCP: several interfaces have IPv4 addresses ({}) and none holds the default route; set \
+             [proxy_dhcp] interface (BTY_PROXY_DHCP_INTERFACE) to the one PXE clients are on",
+            many.join(", ")
+        )),
     }
 }
 
@@ -379,7 +527,8 @@ pub fn service_health(service: Service, s: &Snapshot) -> ServiceHealth {
                 Some(e) => format!("; {} error(s), the last: {e}", s.errors),
                 None => String::new(),
             };
-            format!("listening on {}{last}{errors}", addrs(&s.listening))
+            let setup = s.setup.as_ref().map(|h| format!(" {h}")).unwrap_or_default();
+            format!("listening on {}{setup}{last}{errors}", addrs(&s.listening))
         }
         State::Failed => s.last_error.clone().unwrap_or_else(|| "failed to start".into()),
     };
@@ -392,5 +541,26 @@ pub fn service_health(service: Service, s: &Snapshot) -> ServiceHealth {
         errors: s.errors,
         last_error: s.last_error.clone(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_interface;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_unconfigured_appliance_answers_on_its_default_route_or_its_only_interface() {
+        let two = names(&["eth0", "eth1"]);
+        assert_eq!(pick_interface(&two, Some("eth1")).unwrap().0, "eth1");
+        assert_eq!(pick_interface(&names(&["enp1s0"]), None).unwrap().0, "enp1s0");
+        // A default route through an interface without IPv4 (a tunnel) does not count.
+        assert_eq!(pick_interface(&names(&["enp1s0"]), Some("wg0")).unwrap().0, "enp1s0");
+        let e = pick_interface(&two, None).unwrap_err();
+        assert!(e.contains("eth0, eth1") && e.contains("[proxy_dhcp] interface"), "{e}");
+        assert!(pick_interface(&[], None).unwrap_err().contains("no interface"));
     }
 }
