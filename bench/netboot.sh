@@ -10,4 +10,5 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/netboot.sh: run as root (network namespaces)" >&2; exit 3; }
 command -v dnsmasq >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dnsmasq-base >/dev/null; }
 cargo build --release --locked -q -p bty-web
-exec python3 bench/netboot.py target/release/bty-web "${1:-1000}"
+cargo build --release --locked -q -p bty-netboot --example boot_storm
+exec python3 bench/netboot.py target/release/bty-web target/release/examples/boot_storm "${1:-1000}"
