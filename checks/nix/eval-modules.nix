@@ -28,8 +28,21 @@ let
 
   failedAssertions = c: map (a: a.message) (lib.filter (a: !a.assertion) c.assertions);
 
+  # Options of mkRemovedOptionModule: their value throws by design (defining one is a failed
+  # assertion), so forcing the configuration leaves them out.
+  removedOptions = [
+    [ "services" "bty-web" "proxyDhcp" "subnet" ]
+    [ "services" "bty-web" "proxyDhcp" "interfaces" ]
+  ];
+  withoutRemoved =
+    c:
+    lib.updateManyAttrsByPath (map (p: {
+      path = lib.init p;
+      update = old: removeAttrs old [ (lib.last p) ];
+    }) removedOptions) c;
+
   # Forces the whole configuration, so type errors anywhere in it surface here.
-  evaluates = c: (builtins.tryEval (builtins.deepSeq (builtins.toJSON (lib.filterAttrs (n: _: n != "_module") c)) true)).success;
+  evaluates = c: (builtins.tryEval (builtins.deepSeq (builtins.toJSON (withoutRemoved (lib.filterAttrs (n: _: n != "_module") c))) true)).success;
 
   check = name: ok: detail: { inherit name ok detail; };
 
@@ -122,6 +135,64 @@ in
     in
     u.CapabilityBoundingSet == [ "CAP_NET_BIND_SERVICE" ] && u.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ]
   ) null)
+  (check "bty-web: ProxyDHCP alone implies TFTP (settings, advertise_address, CAP_NET_BIND_SERVICE, 67, 69, 4011/udp)" (
+    let
+      c = eval {
+        services.bty-web = {
+          enable = true;
+          openFirewall = true;
+          proxyDhcp = {
+            enable = true;
+            interface = "eth1";
+            advertiseAddress = "192.168.1.2";
+          };
+        };
+      };
+      r = rendered c;
+      u = c.systemd.services.bty-web.serviceConfig;
+    in
+    evaluates c
+    && failedAssertions c == [ ]
+    && r.tftp.enabled
+    && r.proxy_dhcp.enabled
+    && r.proxy_dhcp.interface == "eth1"
+    && r.proxy_dhcp.advertise_address == "192.168.1.2"
+    && u.AmbientCapabilities == [ "CAP_NET_BIND_SERVICE" ]
+    && lib.elem "AF_NETLINK" u.RestrictAddressFamilies
+    && lib.sort lib.lessThan (lib.flatten c.networking.firewall.allowedUDPPorts) == [
+      67
+      69
+      4011
+    ]
+  ) (rendered web80))
+  (check "bty-web: openFirewall without TFTP or ProxyDHCP opens the HTTP port only" (
+    let
+      f = (eval {
+        services.bty-web = {
+          enable = true;
+          openFirewall = true;
+        };
+      }).networking.firewall;
+    in
+    lib.flatten f.allowedTCPPorts == [ 8080 ] && lib.flatten (f.allowedUDPPorts or [ ]) == [ ]
+  ) null)
+  (check "bty-web: the removed proxyDhcp.subnet and proxyDhcp.interfaces are refused, pointing to proxyDhcp.interface" (
+    lib.all (
+      def:
+      let
+        failed = failedAssertions (eval {
+          services.bty-web = {
+            enable = true;
+            proxyDhcp = def;
+          };
+        });
+      in
+      failed != [ ] && lib.all (lib.hasInfix "proxyDhcp.interface") failed
+    ) [
+      { subnet = "192.168.1.0/24"; }
+      { interfaces = [ "eth0" ]; }
+    ]
+  ) null)
   (check "bty-web: openFirewall opens 80/tcp and 67, 69, 4011/udp" (
     lib.elem 80 (lib.flatten web80.networking.firewall.allowedTCPPorts)
     && lib.all (p: lib.elem p (lib.flatten web80.networking.firewall.allowedUDPPorts)) [
@@ -162,7 +233,7 @@ in
       };
     }))
   ) null)
-  (check "bty-web: liveEnvironment sets boot.initrd and extra_kernel_args from passthru.kernelParams" (
+  (check "bty-web: liveEnvironment sets boot.initrd and extra_kernel_args from passthru.kernelParams, copies its files" (
     let
       c = eval {
         services.bty-web = {
@@ -178,7 +249,9 @@ in
     in
     c.services.bty-web.settings.boot.initrd == "initrd"
     && c.services.bty-web.settings.boot.extra_kernel_args == "init=/nix/store/x/init loglevel=4"
-    && lib.hasInfix "ln -sfn" c.systemd.services.bty-web.preStart
+    # Copied into the boot directory (install_boot), not linked out of it.
+    && lib.hasInfix "install_boot ${stubs.fakeDrv "live"}/initrd /var/lib/bty/boot/initrd" c.systemd.services.bty-web.preStart
+    && !(lib.hasInfix "ln -s" c.systemd.services.bty-web.preStart)
   ) null)
   (check "bty-live: flash-on-boot unless bty.mode=interactive, TUI on tty1 only then" (
     let
@@ -211,7 +284,9 @@ in
     && (lib.head appliance.security.sudo.extraRules).users == [ "odus" ]
     && appliance.services.openssh.enable
     && appliance.services.bty-web.enable
-    && appliance.services.dnsmasq.enable
+    && appliance.services.bty-web.tftp.enable
+    && (rendered appliance).tftp.enabled
+    && !(appliance.services.dnsmasq.enable or false)
     && appliance.systemd.services ? bty-appliance-first-boot
   ) null)
   (check "modules that are not enabled add nothing" (
