@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The end-to-end suite: real bty-web, real iPXE, real `bty agent`, real QEMU.
 
-Each scenario starts its own bty-web (loopback, fresh state directory) and one client VM that
-PXE-boots through Debian's iPXE ROM into the test live environment. Assertions are made on
+Each scenario starts its own bty-web (fresh state directory) and one client VM that PXE-boots
+into the test live environment: the l2-* scenarios on a layer-2 segment in network namespaces
+(lib/l2.py) through bty-web's own ProxyDHCP and TFTP, the others through Debian's iPXE ROM over
+QEMU user networking with bty-web on loopback. Assertions are made on
 the serial log, on the server's records and events, and on the disk bytes. The marker disk
 that gets flashed prints BTY-MARKER-DISK-BOOTED and ends QEMU with status 33, so "boots the
 flashed disk" is observed.
 
     python3 checks/e2e.py                 # every scenario
-    python3 checks/e2e.py bios uefi       # some of them
+    python3 checks/e2e.py l2-bios l2-uefi # some of them
     python3 checks/e2e.py --list
 
 Normally run through checks/e2e.sh, which builds what this needs first:
@@ -287,36 +289,28 @@ def assert_flashed(srv: Server, mac: str, done: int):
     check(kinds.count("machine.flashed") == done, f"{done} machine.flashed event(s): {kinds}")
 
 
-def flash_once(name: str, work: str, firmware: str, same_size: bool):
-    img = f"marker-{firmware}.img"
-    srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}])
-    try:
-        mac = "52:54:00:12:34:56"
-        srv.bind(mac, policy="flash-once", image="marker", target_disk_serial="bty-disk-0")
-        n = os.path.getsize(image(img))
-        # BIOS: a disk exactly the image's size, so the whole disk's digest equals the image's.
-        # UEFI: a larger disk, so the GPT backup has to move to the disk's real end.
-        disk = disk_file(work, n if same_size else 64 << 20)
-        with V.VM(work, firmware=firmware, mac=mac, disks=[V.Disk(disk, "bty-disk-0")],
-                  server_port=srv.port) as m:
-            full_flash_boot(name, m)
-        assert_flashed(srv, mac, 1)
-        offers = [e["summary"] for e in srv.events(mac, "pxe.offered")]
-        check(any(": flash" in s for s in offers) and any(": local" in s for s in offers),
-              f"PXE decisions flash then local are in the audit log: {offers}")
-        if same_size:
-            check(sha256_file(disk) == published_sha(img), "the disk's SHA-256 equals the image's")
-        else:
-            raw = open(image(img), "rb").read()
-            got = open(disk, "rb").read(n)
-            # LBA 0-1 (protective MBR grown to the disk, primary header's backup LBA) and the
-            # image's old backup GPT legitimately differ.
-            check(got[1024:n - 33 * 512] == raw[1024:n - 33 * 512], "the disk holds the image")
-            v = subprocess.run(["sgdisk", "-v", disk], capture_output=True, text=True)
-            check(v.returncode == 0 and "No problems found" in v.stdout,
-                  f"sgdisk -v finds the GPT valid at the disk's end:\n{v.stdout}{v.stderr}")
-    finally:
-        srv.stop()
+def check_disk_holds(disk: str, img: str, same_size: bool):
+    """The flashed disk against the image: a disk exactly the image's size has the image's
+    SHA-256; on a larger one the GPT backup has moved to the disk's real end."""
+    n = os.path.getsize(image(img))
+    if same_size:
+        check(sha256_file(disk) == published_sha(img), "the disk's SHA-256 equals the image's")
+        return
+    raw = open(image(img), "rb").read()
+    got = open(disk, "rb").read(n)
+    # LBA 0-1 (protective MBR grown to the disk, primary header's backup LBA) and the
+    # image's old backup GPT legitimately differ.
+    check(got[1024:n - 33 * 512] == raw[1024:n - 33 * 512], "the disk holds the image")
+    if open(image(img), "rb").read(520)[512:520] == b"EFI PART":
+        v = subprocess.run(["sgdisk", "-v", disk], capture_output=True, text=True)
+        check(v.returncode == 0 and "No problems found" in v.stdout,
+              f"sgdisk -v finds the GPT valid at the disk's end:\n{v.stdout}{v.stderr}")
+
+
+def check_decisions(srv: "Server", mac: str):
+    offers = [e["summary"] for e in srv.events(mac, "pxe.offered")]
+    check(any(": flash" in s for s in offers) and any(": local" in s for s in offers),
+          f"PXE decisions flash then local are in the audit log: {offers}")
 
 
 def render_screen(raw: str, rows: int = 24, cols: int = 80) -> str:
@@ -453,18 +447,6 @@ def tui(name, work):
             expect_marker_exit(m, name)
     finally:
         srv.stop()
-
-
-@scenario("bios")
-def bios(name, work):
-    """flash-once on SeaBIOS: PXE, flash, done, reboot, local boot of the flashed disk."""
-    flash_once(name, work, "bios", same_size=True)
-
-
-@scenario("uefi")
-def uefi(name, work):
-    """flash-once on OVMF, onto a larger disk (GPT backup moved to the end)."""
-    flash_once(name, work, "uefi", same_size=False)
 
 
 @scenario("alternate")
@@ -627,17 +609,20 @@ def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
         seg.close()
 
 
-def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv, http_boot: bool = False):
+def l2_flash(name: str, work: str, firmware: str, own_pxe: bool, mac: str, seg, srv, http_boot: bool = False,
+             same_size: bool = False):
+    """flash-once over the segment: PXE, flash by disk serial, verify, done, reboot, the next
+    PXE contact is told to boot the local disk, which ends QEMU with the marker. `same_size`: a
+    disk exactly the image's size (its digest is the image's), else a larger one."""
     img = f"marker-{firmware}.img"
     srv.bind(mac, policy="flash-once", image="marker", target_disk_serial="bty-disk-0")
-    disk = disk_file(work, 64 << 20)
+    disk = disk_file(work, os.path.getsize(image(img)) if same_size else 64 << 20)
     with V.VM(work, firmware=firmware, mac=mac, disks=[V.Disk(disk, "bty-disk-0")],
               tap=seg.tap("tap0"), own_pxe=own_pxe, http_boot=http_boot) as m:
         full_flash_boot(name, m)
     assert_flashed(srv, mac, 1)
-    raw = open(image(img), "rb").read()
-    got = open(disk, "rb").read(len(raw))
-    check(got[1024:len(raw) - 33 * 512] == raw[1024:len(raw) - 33 * 512], "the disk holds the image")
+    check_disk_holds(disk, img, same_size)
+    check_decisions(srv, mac)
     mach = srv.machine(mac)
     check(mach.get("dhcp_seen_at"), f"the record shows the ProxyDHCP sighting: {mach}")
     return mach
@@ -688,7 +673,7 @@ def l2_bios(name, work):
               f"ProxyDHCP on: bty offers the boot file and no address: {offers}")
         check(any(o["server"] == L2.LAN_DHCP_IP and o["yiaddr"] != "0.0.0.0" for o in offers),
               f"the LAN's server still assigns the address: {offers}")
-        mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:02", seg, srv)
+        mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:02", seg, srv, same_size=True)
         check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked bty's ProxyDHCP: {mach['dhcp_client']}")
 
 

@@ -4,7 +4,7 @@
 # the marker disks and bty-web, then runs checks/e2e.py with the given scenarios (all if none).
 #
 #   checks/e2e.sh                  # every scenario (~4 min on TCG once built)
-#   checks/e2e.sh bios power-cut   # some of them; checks/e2e.py --list names them
+#   checks/e2e.sh l2-bios power-cut   # some of them; checks/e2e.py --list names them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

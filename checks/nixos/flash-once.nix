@@ -1,6 +1,6 @@
 # flash-once over PXE on one firmware (bios.nix, uefi.nix): the machine is bound to the marker
 # image; its first PXE boot flashes it, reports done and reboots; the next PXE contact is told
-# to boot the local disk, which prints the marker. Mirrors checks/e2e.py's bios/uefi scenarios.
+# to boot the local disk, which prints the marker. Mirrors checks/e2e.py's l2-bios/l2-uefi scenarios.
 {
   pkgs,
   common,
