@@ -51,6 +51,8 @@ declare -A want=(
   [atftp]=atftp
   [tftp-hpa]=/usr/bin/tftp
   [dnsmasq-base]=/usr/sbin/dnsmasq
+  # an OCI registry (distribution) on loopback for the oras:// source tests
+  [docker-registry]=/usr/bin/docker-registry
   [iproute2]=/usr/sbin/ip
   # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64

@@ -101,6 +101,7 @@ pub fn info<'a>(e: &'a CatalogEntry, base: &str) -> ImageInfo<'a> {
         src: redact_userinfo(&e.src),
         source: match e.src() {
             ImageSrc::Url(_) => "http",
+            ImageSrc::Oci(_) => "oci",
             ImageSrc::Local(_) => "local",
         },
         sha256: e.sha256.as_deref(),

@@ -73,20 +73,21 @@ pub fn check_name(name: &str) -> Result<(), EditError> {
     catalog::valid_image_name(name).map_err(|r| field("name", r))
 }
 
-/// An `http://` or `https://` URL with a host.
+/// An `http://` or `https://` URL with a host, or an `oras://` reference.
 pub fn check_url(url: &str) -> Result<(), EditError> {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     if url.is_empty() {
         return Err(field("url", "is required"));
     }
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+    if !(lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("oras://")) {
         return Err(field(
             "url",
-            "must be an http:// or https:// URL, e.g. https://example.org/disk.img.zst",
+            "must be an http:// or https:// URL (e.g. https://example.org/disk.img.zst) or an OCI reference \
+             (oras://REGISTRY/REPOSITORY:TAG)",
         ));
     }
     match Source::parse(url) {
-        Ok(Source::Http(_)) => Ok(()),
+        Ok(Source::Http(_) | Source::Oci(_)) => Ok(()),
         Ok(Source::File(_)) => Err(field("url", "must be an http:// or https:// URL")),
         Err(e) => Err(field("url", e.message().to_string())),
     }

@@ -43,6 +43,9 @@ enum Kind {
     Secret,
     /// `true`/`false` (environment: also 1/0, yes/no, on/off).
     Bool,
+    /// An array of strings (environment: comma-separated); kept joined by
+    /// commas, none of them empty or holding one.
+    List,
 }
 
 struct KeyDef {
@@ -307,6 +310,20 @@ const KEYS: &[KeyDef] = &[
         default: Some("snponly.efi"),
         help: "iPXE binary UEFI firmware gets over TFTP: snponly.efi (the firmware's own network driver) or ipxe.efi",
     },
+    KeyDef {
+        section: "oci",
+        key: "plain_http",
+        kind: Kind::List,
+        default: None,
+        help: "registries (host:port) spoken to over plain HTTP for oras:// sources; loopback ones always are",
+    },
+    KeyDef {
+        section: "oci",
+        key: "credentials_file",
+        kind: Kind::OptText,
+        default: None,
+        help: "registry credentials for oras:// sources, in docker's config.json format ({\"auths\": {\"REGISTRY\": {\"auth\": base64(user:password)}}}, as `docker login` writes); never in the catalog",
+    },
 ];
 
 impl KeyDef {
@@ -402,6 +419,13 @@ pub struct TftpConfig {
     pub max_transfers: usize,
 }
 
+/// `[oci]`: how `oras://` sources reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct OciConfig {
+    pub plain_http: Vec<String>,
+    pub credentials_file: Option<PathBuf>,
+}
+
 /// `[proxy_dhcp]`: answering PXE firmware next to the LAN's DHCP server.
 #[derive(Debug, Clone)]
 pub struct ProxyDhcpConfig {
@@ -470,6 +494,7 @@ pub struct Config {
     pub netboot: NetbootConfig,
     pub tftp: TftpConfig,
     pub proxy_dhcp: ProxyDhcpConfig,
+    pub oci: OciConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     values: BTreeMap<String, (Value, Origin)>,
@@ -508,8 +533,17 @@ fn parse_env_value(def: &KeyDef, raw: &str) -> Result<Value, String> {
             _ => Err(format!("`{raw}` is not true or false")),
         },
         Kind::OptText if raw.is_empty() => Ok(Value::Unset),
+        Kind::List => list(raw.split(',').map(str::trim).filter(|s| !s.is_empty())),
         _ => Ok(Value::Text(raw.to_string())),
     }
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> Result<Value, String> {
+    let items: Vec<&str> = items.collect();
+    if let Some(bad) = items.iter().find(|s| s.is_empty() || s.contains(',')) {
+        return Err(format!("{bad:?}: list items must be non-empty and hold no comma"));
+    }
+    Ok(if items.is_empty() { Value::Unset } else { Value::Text(items.join(",")) })
 }
 
 fn parse_file_value(def: &KeyDef, v: &toml::Value) -> Result<Value, String> {
@@ -520,6 +554,11 @@ fn parse_file_value(def: &KeyDef, v: &toml::Value) -> Result<Value, String> {
         (Kind::Bool, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
         (Kind::Bool, other) => Err(format!("must be true or false, not a {}", other.type_str())),
         (Kind::OptText, toml::Value::String(s)) if s.is_empty() => Ok(Value::Unset),
+        (Kind::List, toml::Value::Array(a)) => {
+            let items: Option<Vec<&str>> = a.iter().map(|v| v.as_str()).collect();
+            list(items.ok_or("must be an array of strings")?.into_iter())
+        }
+        (Kind::List, other) => Err(format!("must be an array of strings, not a {}", other.type_str())),
         (_, toml::Value::String(s)) => Ok(Value::Text(s.clone())),
         (_, other) => Err(format!("must be a string, not a {}", other.type_str())),
     }
@@ -733,6 +772,12 @@ impl Config {
                 advertise_address: ipv4("proxy_dhcp.advertise_address"),
                 efi_boot_file: text("proxy_dhcp.efi_boot_file").unwrap_or_default(),
             },
+            oci: OciConfig {
+                plain_http: text("oci.plain_http")
+                    .map(|s| s.split(',').map(|h| h.to_ascii_lowercase()).collect())
+                    .unwrap_or_default(),
+                credentials_file: text("oci.credentials_file").map(PathBuf::from),
+            },
             file,
             values,
         }
@@ -753,6 +798,9 @@ impl Config {
                 let value = match (v, def.kind) {
                     (Value::Unset, _) => None,
                     (_, Kind::Secret) => Some(serde_json::Value::from("<redacted>")),
+                    (Value::Text(s), Kind::List) => {
+                        Some(serde_json::Value::from(s.split(',').collect::<Vec<_>>()))
+                    }
                     (Value::Int(n), _) => Some(serde_json::Value::from(*n)),
                     (Value::Bool(b), _) => Some(serde_json::Value::from(*b)),
                     (Value::Text(s), _) => Some(serde_json::Value::from(s.as_str())),

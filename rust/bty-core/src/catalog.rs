@@ -5,7 +5,7 @@
 //!
 //! [[images]]
 //! name = "debian-13-amd64"            # unique; letters, digits, `.`, `_`, `-`
-//! src = "https://example.org/debian-13-amd64.img.xz"   # or a file in the images directory
+//! src = "https://example.org/debian-13-amd64.img.xz"   # or oras://REGISTRY/REPO:TAG, or a file in the images directory
 //! sha256 = "…64 hex…"                 # optional; verified by the flasher
 //! format = "xz"                       # optional; default from the file name
 //! size_bytes = 123456789              # optional
@@ -34,6 +34,8 @@ const MAX_ARCH_LEN: usize = 32;
 /// Where an entry's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSrc<'a> {
+    /// An `oras://` reference to an OCI artifact ([`crate::oci`]).
+    Oci(&'a str),
     /// An `http://` or `https://` origin.
     Url(&'a str),
     /// A path relative to the server's images directory (validated: no `..`,
@@ -62,6 +64,8 @@ impl CatalogEntry {
     pub fn src(&self) -> ImageSrc<'_> {
         if is_http_url(&self.src) {
             ImageSrc::Url(&self.src)
+        } else if is_oras(&self.src) {
+            ImageSrc::Oci(&self.src)
         } else {
             ImageSrc::Local(&self.src)
         }
@@ -129,6 +133,10 @@ fn is_http_url(s: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+fn is_oras(s: &str) -> bool {
+    s.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("oras://"))
+}
+
 fn file_problem(field: &str, reason: impl Into<String>) -> CatalogProblem {
     CatalogProblem { index: None, name: None, field: field.into(), reason: reason.into() }
 }
@@ -154,7 +162,7 @@ fn validate_src(src: &str) -> Result<(), String> {
     if src.is_empty() {
         return Err("must not be empty".into());
     }
-    if is_http_url(src) {
+    if is_http_url(src) || is_oras(src) {
         return Source::parse(src).map(|_| ()).map_err(|e| e.message().to_string());
     }
     if src.to_ascii_lowercase().starts_with("file://") {
@@ -163,7 +171,9 @@ fn validate_src(src: &str) -> Result<(), String> {
             .into());
     }
     if let Some((scheme, _)) = src.split_once("://") {
-        return Err(format!("unsupported scheme `{scheme}://`; use http://, https:// or a file name"));
+        return Err(format!(
+            "unsupported scheme `{scheme}://`; use http://, https://, oras:// or a file name"
+        ));
     }
     if src.contains('\0') || src.contains('\\') {
         return Err("must not contain NUL or backslashes".into());

@@ -580,7 +580,7 @@ pub fn decoder_with_padding(
         ImageFormat::Zip => {
             let expected = match src {
                 Source::File(_) => Some(crate::zip::single_entry(src)?),
-                Source::Http(_) => None,
+                Source::Http(_) | Source::Oci(_) => None,
             };
             Box::new(crate::zip::EntryReader::new(buffered(r), expected))
         }

@@ -35,6 +35,12 @@ pub struct ImageInfo {
     /// Why the partition table could not be read, when it could not.
     pub partition_table_error: Option<String>,
     pub sidecar_sha256: Option<String>,
+    /// Where `sidecar_sha256` came from: the `.sha256` sidecar, or the OCI
+    /// layer's digest.
+    pub sha256_from: &'static str,
+    /// For an `oras://` source: the layer read and the manifest it is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_layer: Option<String>,
     /// Anything else the operator should know (an unreadable sidecar, an
     /// image bty will refuse to flash).
     pub notes: Vec<String>,
@@ -80,7 +86,21 @@ pub fn inspect(src: &Source) -> Result<ImageInfo> {
         None
     });
 
+    let oci_layer = match src {
+        Source::Oci(o) => o.resolved().ok().map(|r| {
+            format!(
+                "{} ({}, {} bytes) in manifest {}",
+                r.file_name(),
+                r.layer.media_type,
+                r.layer.size,
+                r.manifest_digest
+            )
+        }),
+        _ => None,
+    };
     Ok(ImageInfo {
+        sha256_from: if oci_layer.is_some() { "OCI layer digest" } else { ".sha256 sidecar" },
+        oci_layer,
         source: src.display(),
         arch: format::arch_hint(&name).map(str::to_string),
         name,
@@ -375,7 +395,7 @@ fn decompressed_head(src: &Source, format: ImageFormat, name: &str) -> Result<Ve
             let f = std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             Box::new(qcow2::Qcow2Reader::open(f)?)
         }
-        (ImageFormat::Qcow2, Source::Http(_)) => {
+        (ImageFormat::Qcow2, Source::Http(_) | Source::Oci(_)) => {
             return Err(Error::failure(
                 "not read: qcow2 needs random access, which bty does only on local files; download the image first",
             ))
@@ -427,6 +447,9 @@ impl ImageInfo {
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<12}{v}\n"));
         line("source:", self.source.clone());
+        if let Some(l) = &self.oci_layer {
+            line("layer:", l.clone());
+        }
         line("format:", self.format.to_string());
         line("published:", self.compressed_size.map(bytes_and_human).unwrap_or_else(|| "unknown".into()));
         let disk = match (self.virtual_size, self.virtual_size_hint) {
@@ -441,7 +464,10 @@ impl ImageInfo {
         );
         line(
             "sha256:",
-            self.sidecar_sha256.clone().map(|d| format!("{d} (.sha256 sidecar)")).unwrap_or("none".into()),
+            self.sidecar_sha256
+                .clone()
+                .map(|d| format!("{d} ({})", self.sha256_from))
+                .unwrap_or("none".into()),
         );
         match (&self.partition_table, &self.partition_table_error) {
             (Some(t), _) => {

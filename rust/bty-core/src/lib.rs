@@ -17,6 +17,7 @@ pub mod hardware;
 pub mod inspect;
 mod lz4;
 pub mod mac;
+pub mod oci;
 pub mod partition;
 pub mod qcow2;
 pub mod simg;

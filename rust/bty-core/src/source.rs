@@ -1,4 +1,5 @@
-//! Where image bytes come from: a local file or an `http(s)://` URL.
+//! Where image bytes come from: a local file, an `http(s)://` URL, or an
+//! `oras://` reference to an OCI artifact in a registry ([`crate::oci`]).
 //!
 //! Every reader returned here enforces its declared length: a stream that ends
 //! before `Content-Length` (or the file size taken at open time) yields an
@@ -7,15 +8,19 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::oci::{OciSource, Reference};
 
 /// An image source as given on a command line or in a catalog entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File(PathBuf),
     Http(String),
+    /// Resolved once (manifest, layer) and shared by clones.
+    Oci(Arc<OciSource>),
 }
 
 /// An open byte stream plus what is known of its length.
@@ -40,9 +45,12 @@ impl Source {
         if lower.starts_with("file:") {
             return file_url(s);
         }
+        if lower.starts_with("oras://") {
+            return Ok(Source::Oci(Arc::new(OciSource::new(Reference::parse(s)?, None))));
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(Error::usage(format!(
-                "{s}: unsupported source scheme `{scheme}://`; use a local path, file://, http:// or https://"
+                "{s}: unsupported source scheme `{scheme}://`; use a local path, file://, http://, https:// or oras://"
             )));
         }
         if s.is_empty() {
@@ -59,6 +67,12 @@ impl Source {
                 let path = u.split(['?', '#']).next().unwrap_or(u);
                 path.rsplit('/').next().unwrap_or(path).to_string()
             }
+            // The layer's title annotation names the file (and so its format).
+            Source::Oci(o) => match (&o.title, o.resolved()) {
+                (Some(t), _) => t.clone(),
+                (None, Ok(r)) => r.file_name(),
+                (None, Err(_)) => o.reference.repository.rsplit('/').next().unwrap_or_default().to_string(),
+            },
         }
     }
 
@@ -66,6 +80,10 @@ impl Source {
         match self {
             Source::File(p) => p.display().to_string(),
             Source::Http(u) => u.clone(),
+            Source::Oci(o) => match &o.title {
+                None => o.reference.canonical(),
+                Some(t) => format!("{} (layer {t})", o.reference.canonical()),
+            },
         }
     }
 
@@ -86,6 +104,10 @@ impl Source {
                 })
             }
             Source::Http(url) => http_get(url, None),
+            Source::Oci(o) => {
+                let (reader, len) = o.open()?;
+                Ok(OpenedSource { reader: Box::new(reader), len: Some(len) })
+            }
         }
     }
 
@@ -106,6 +128,7 @@ impl Source {
                 let mut r = opened.reader;
                 read_up_to(&mut r, n).map_err(|e| Error::io(format!("cannot read {url}"), e))
             }
+            Source::Oci(o) => o.read_at(offset, n),
         }
     }
 
@@ -116,6 +139,7 @@ impl Source {
                 std::fs::metadata(p).map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?.len(),
             )),
             Source::Http(url) => http_len(url),
+            Source::Oci(o) => Ok(o.layer()?.map(|l| l.size)),
         }
     }
 
@@ -133,6 +157,11 @@ impl Source {
                     None => (u.as_str(), ""),
                 };
                 Source::Http(format!("{path}{suffix}{query}"))
+            }
+            // Sidecars travel as layers of the same manifest, titled after the image.
+            Source::Oci(o) => {
+                let title = format!("{}{suffix}", self.name());
+                Source::Oci(Arc::new(OciSource::new(o.reference.clone(), Some(title))))
             }
         }
     }
@@ -159,6 +188,7 @@ impl Source {
                 let cut = name.len() - dot;
                 Some(Source::Http(format!("{}{query}", &path[..path.len() - cut])))
             }
+            Source::Oci(_) => None,
         }
     }
 
@@ -167,6 +197,7 @@ impl Source {
     pub fn read_small(&self, max: u64) -> Result<Option<Vec<u8>>> {
         let opened = match self {
             Source::File(p) if !p.exists() => return Ok(None),
+            Source::Oci(o) if o.layer()?.is_none() => return Ok(None),
             Source::Http(url) => match http_get(url, None) {
                 Ok(o) => o,
                 Err(e) if e.message().contains("HTTP 404") => return Ok(None),
@@ -194,6 +225,12 @@ impl Source {
     /// The `.sha256` sidecar next to the image, if present: bare hex or a
     /// `sha256sum` line. Returns the lowercase hex digest.
     pub fn sidecar_sha256(&self) -> Result<Option<String>> {
+        if let Source::Oci(o) = self {
+            // The layer digest is the SHA-256 of the published bytes.
+            if o.title.is_none() {
+                return Ok(o.resolved()?.sha256());
+            }
+        }
         let side = self.sibling(".sha256");
         let Some(bytes) = side.read_small(64 * 1024)? else { return Ok(None) };
         let text = String::from_utf8_lossy(&bytes);

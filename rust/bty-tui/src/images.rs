@@ -97,7 +97,7 @@ pub fn local_images(root: &Path) -> Result<Vec<ImageItem>, String> {
 
 fn catalog_item(e: &CatalogEntry, root: &Path) -> ImageItem {
     let location = match e.src() {
-        ImageSrc::Url(u) => u.to_string(),
+        ImageSrc::Url(u) | ImageSrc::Oci(u) => u.to_string(),
         // Catalog paths are relative to the image directory, as on the server.
         ImageSrc::Local(rel) => root.join(rel).display().to_string(),
     };

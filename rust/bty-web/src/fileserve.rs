@@ -173,7 +173,7 @@ fn if_range_holds(headers: &HeaderMap, v: &Validators) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Ranged {
+pub(crate) enum Ranged {
     /// No range to honour: the whole file, 200.
     Whole,
     /// First and last byte, inclusive: 206.
@@ -191,7 +191,7 @@ fn position(s: &str) -> Option<u64> {
 }
 
 /// A `Range` value against a file of `len` bytes (RFC 9110 §14.1.2).
-fn range(value: &str, len: u64) -> Ranged {
+pub(crate) fn range(value: &str, len: u64) -> Ranged {
     let Some((unit, set)) = value.split_once('=') else {
         return Ranged::Whole;
     };

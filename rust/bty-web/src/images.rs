@@ -1,14 +1,19 @@
 //! The bytes behind `/images/{name}`: local files from the images directory
-//! (served by [`crate::fileserve`]), or an http(s) origin proxied as a
-//! stream (no temporary file; Range passed through). The catalog itself is
-//! [`bty_control::catalog`].
+//! (served by [`crate::fileserve`]), an http(s) origin proxied as a stream
+//! (no temporary file; Range passed through), or an OCI artifact's image
+//! layer read through the engine's registry client ([`bty_core::oci`]). The
+//! catalog itself is [`bty_control::catalog`].
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 
+use bty_core::oci::OciSource;
+use bty_core::source::Source;
+
 use crate::error::ApiError;
+use crate::fileserve::{range, Ranged};
 
 const PASSED_REQUEST_HEADERS: [header::HeaderName; 2] = [header::RANGE, header::IF_RANGE];
 const PASSED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
@@ -61,4 +66,136 @@ pub async fn proxy(client: &reqwest::Client, url: &str, method: Method, headers:
         )
     };
     resp.body(body).unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+/// The engine's registry settings from `[oci]`: a credentials file that
+/// cannot be read or parsed stops the start, so a typo is not found only
+/// when a machine fails to flash.
+pub fn oci_settings(c: &bty_control::config::OciConfig) -> anyhow::Result<bty_core::oci::Settings> {
+    let credentials = match &c.credentials_file {
+        None => Default::default(),
+        Some(p) => {
+            let raw = std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read [oci] credentials_file {}: {e}", p.display()))?;
+            bty_core::oci::parse_docker_config(&raw)
+                .map_err(|e| anyhow::anyhow!("[oci] credentials_file {}: {e}", p.display()))?
+        }
+    };
+    Ok(bty_core::oci::Settings { plain_http: c.plain_http.clone(), credentials })
+}
+
+/// Chunks handed from the blocking registry read to the response body.
+const OCI_CHUNK: usize = 256 << 10;
+
+/// Serve an `oras://` entry's image layer: HEAD and GET with one Range. The
+/// registry is spoken to by the engine's blocking client on the blocking
+/// pool; a whole-image GET is checked against the layer digest as it
+/// streams, and a mismatch or a registry that fails for good cuts the
+/// response short, so a reader never sees a complete-looking wrong image.
+pub async fn oci(src: &str, method: Method, headers: &HeaderMap) -> Response {
+    let source = match Source::parse(src) {
+        Ok(Source::Oci(o)) => o,
+        Ok(_) => return ApiError::internal("not an oras:// source").into_response(),
+        Err(e) => return ApiError::BadGateway(e.message().to_string()).into_response(),
+    };
+    let o = source.clone();
+    let layer = match tokio::task::spawn_blocking(move || o.layer()).await {
+        Ok(Ok(Some(l))) => l,
+        Ok(Ok(None)) => return ApiError::internal("no image layer").into_response(),
+        Ok(Err(e)) => return ApiError::BadGateway(e.message().to_string()).into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let len = layer.size;
+    let etag = format!("\"{}\"", layer.digest);
+    let wanted = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        // If-Range against anything but this layer's digest: the whole image.
+        Some(_) if headers.get(header::IF_RANGE).is_some_and(|v| v.as_bytes() != etag.as_bytes()) => {
+            Ranged::Whole
+        }
+        Some(v) => range(v, len),
+        None => Ranged::Whole,
+    };
+    let (status, first, last) = match wanted {
+        Ranged::Whole => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ranged::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Ranged::Unsatisfiable(why) => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::from(format!("{why}\n")))
+                .unwrap_or_else(|e| ApiError::internal(e).into_response());
+        }
+    };
+    let count = if len == 0 { 0 } else { last - first + 1 };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+    }
+    if method == Method::HEAD || count == 0 {
+        return resp.body(Body::empty()).unwrap_or_else(|e| ApiError::internal(e).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || stream_layer(&source, first, count, &tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    resp.body(Body::from_stream(body)).unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+fn stream_layer(
+    source: &OciSource,
+    first: u64,
+    count: u64,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
+    use std::io::Read;
+    let mut reader = match source.open_at(first) {
+        Ok(r) => r.take(count),
+        Err(e) => {
+            tracing::warn!(image = %source.reference.canonical(), "registry read failed: {e}");
+            let _ = tx.blocking_send(Err(e.into_io()));
+            return;
+        }
+    };
+    let mut sent = 0u64;
+    while sent < count {
+        let mut chunk = vec![0u8; OCI_CHUNK.min((count - sent) as usize)];
+        match read_full(&mut reader, &mut chunk) {
+            Ok(0) => {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the registry sent {sent} of {count} bytes"),
+                )));
+                return;
+            }
+            Ok(n) => {
+                chunk.truncate(n);
+                sent += n as u64;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return; // the client went away
+                }
+            }
+            Err(e) => {
+                tracing::warn!(image = %source.reference.canonical(), "registry read failed: {e}");
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }

@@ -79,6 +79,7 @@ impl App {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot create directory");
             }
         }
+        bty_core::oci::configure(images::oci_settings(&config.oci)?);
         let state_lock = backup::lock_state_dir(state_dir)?;
         let state_db = state_dir.join(backup::DB_FILE);
         if !state_db.exists() {

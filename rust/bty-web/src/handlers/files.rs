@@ -217,6 +217,7 @@ pub async fn image_get(
     };
     match entry.src() {
         ImageSrc::Url(url) => Ok(images::proxy(&app.http, url, method, &headers).await),
+        ImageSrc::Oci(src) => Ok(images::oci(src, method, &headers).await),
         ImageSrc::Local(rel) => {
             let dir = &app.config.paths.images_dir;
             match fileserve::serve(dir, FsPath::new(rel), &method, &headers).await {

@@ -2,6 +2,8 @@
 //! a loopback HTTP server that can misbehave, and loop devices.
 #![allow(dead_code)]
 
+pub mod oci_registry;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
