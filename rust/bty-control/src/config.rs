@@ -130,6 +130,13 @@ const KEYS: &[KeyDef] = &[
     },
     KeyDef {
         section: "paths",
+        key: "catalog_refresh_seconds",
+        kind: Kind::Int { min: 0, max: 7 * 86400 },
+        default: Some("600"),
+        help: "how often a catalog at an http(s) URL is fetched again (If-None-Match, so an unchanged one costs a 304); 0: only at start and from Settings",
+    },
+    KeyDef {
+        section: "paths",
         key: "backup_dir",
         kind: Kind::OptText,
         default: None,
@@ -400,6 +407,8 @@ pub struct PathsConfig {
     pub images_dir: PathBuf,
     /// A local path or an `http(s)://` URL.
     pub catalog: String,
+    /// A remote catalog's refresh period (`None`: never on its own).
+    pub catalog_refresh: Option<std::time::Duration>,
     pub backup_dir: PathBuf,
 }
 
@@ -722,6 +731,9 @@ impl Config {
                     .unwrap_or_else(|| state_dir.join("images")),
                 catalog: text("paths.catalog")
                     .unwrap_or_else(|| state_dir.join("catalog.toml").to_string_lossy().into_owned()),
+                catalog_refresh: Some(int("paths.catalog_refresh_seconds"))
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs),
                 backup_dir: text("paths.backup_dir")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| state_dir.join("backups")),

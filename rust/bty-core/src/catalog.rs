@@ -43,6 +43,19 @@ pub enum ImageSrc<'a> {
     Local(&'a str),
 }
 
+/// What [`Catalog::fetch`] found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// 304: the copy held is current.
+    Unchanged,
+    /// A catalog that parsed, with its text (to keep as the last good copy)
+    /// and the server's `ETag`.
+    Changed { catalog: Catalog, text: String, etag: Option<String> },
+}
+
+/// How long fetching a remote catalog may take, start to end.
+pub const CATALOG_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One validated `[[images]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CatalogEntry {
@@ -375,6 +388,50 @@ impl Catalog {
             e.location = location.to_string();
             e
         })
+    }
+
+    /// Fetch an `http(s)://` catalog, asking with `If-None-Match: etag` when
+    /// a copy is held: at most [`MAX_CATALOG_BYTES`], within
+    /// [`CATALOG_FETCH_TIMEOUT`] for the whole exchange. Blocking.
+    pub fn fetch(url: &str, etag: Option<&str>) -> Result<Fetched, CatalogError> {
+        let fail = |reason: String| CatalogError {
+            location: url.to_string(),
+            problems: vec![file_problem("source", reason)],
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(CATALOG_FETCH_TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(format!("bty/{}", crate::VERSION))
+            .build()
+            .into();
+        let mut req = agent.get(url);
+        if let Some(e) = etag {
+            req = req.header("If-None-Match", e);
+        }
+        let resp = req.call().map_err(|e| fail(format!("cannot fetch: {e}")))?;
+        let status = resp.status().as_u16();
+        if status == 304 && etag.is_some() {
+            return Ok(Fetched::Unchanged);
+        }
+        if status != 200 {
+            return Err(fail(format!("the server answered HTTP {status}")));
+        }
+        let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(resp.into_body().into_reader(), MAX_CATALOG_BYTES + 1),
+            &mut body,
+        )
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if body.len() as u64 > MAX_CATALOG_BYTES {
+            return Err(fail(format!("is larger than {MAX_CATALOG_BYTES} bytes")));
+        }
+        let text = String::from_utf8(body).map_err(|_| fail("is not UTF-8 text".into()))?;
+        let catalog = Catalog::parse(&text).map_err(|mut e| {
+            e.location = url.to_string();
+            e
+        })?;
+        Ok(Fetched::Changed { catalog, text, etag })
     }
 
     pub fn get(&self, name: &str) -> Option<&CatalogEntry> {

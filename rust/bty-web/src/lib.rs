@@ -130,7 +130,10 @@ impl App {
             changes.clone(),
         ));
         let state = AppState::new(AppParts {
-            catalog: Arc::new(catalog::CatalogStore::new(config.paths.catalog.clone())),
+            catalog: Arc::new(
+                catalog::CatalogStore::new(config.paths.catalog.clone())
+                    .keeping_copy_in(&config.paths.state_dir),
+            ),
             ipxe: Arc::new(ipxe::Templates::new(config.boot.clone())),
             metrics,
             logins: Arc::new(accounts::LoginLimiter::new(config.auth.login_attempts_per_minute)),
@@ -149,7 +152,7 @@ impl App {
         });
         if state.catalog.is_remote() {
             let s = state.clone();
-            tokio::spawn(async move { load_catalog(&s).await });
+            tokio::spawn(async move { refresh_remote_catalog(&s).await });
         } else {
             load_catalog(&state).await;
         }
@@ -231,14 +234,58 @@ async fn retention(state: AppState) {
     }
 }
 
+/// Fetch a remote catalog at start, then every `[paths]
+/// catalog_refresh_seconds` until the server stops. A failure is a tripwire
+/// once per distinct reason, not once per attempt; a catalog that changed is
+/// recorded, a 304 is not.
+async fn refresh_remote_catalog(state: &AppState) {
+    load_catalog(state).await;
+    let Some(every) = state.config.paths.catalog_refresh else { return };
+    let mut reported = state.catalog.last_error();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let before = state.catalog.remote_status().etag;
+        let location = state.catalog.location().to_string();
+        let event = match state.catalog.reload().await {
+            Ok(c) => {
+                let after = state.catalog.remote_status().etag;
+                reported = None;
+                if before == after && after.is_some() {
+                    continue;
+                }
+                let n = c.images.len();
+                NewEvent::new("catalog.reloaded", Actor::System, format!("catalog fetched: {n} image(s)"))
+                    .subject("catalog", location.clone())
+                    .details(json!({"images": n, "location": location, "etag": after}))
+            }
+            Err(e) => {
+                let why = state.catalog.last_error();
+                if why == reported {
+                    continue;
+                }
+                reported = why.clone();
+                tracing::warn!("{}", why.as_deref().unwrap_or_default());
+                NewEvent::new("catalog.failed", Actor::System, why.unwrap_or_else(|| e.to_string()))
+                    .subject("catalog", location.clone())
+                    .details(json!({"location": location, "problems": e.problems}))
+            }
+        };
+        let _ = state.db.write(move |c| audit::insert(c, &event)).await;
+    }
+}
+
 async fn load_catalog(state: &AppState) {
     let location = state.catalog.location().to_string();
     match state.catalog.reload().await {
         Ok(c) => tracing::info!(%location, images = c.images.len(), "catalog loaded"),
         Err(e) => {
-            tracing::error!("{e}");
+            // With a remote catalog this says whether a kept copy is in use.
+            let summary = state.catalog.last_error().unwrap_or_else(|| e.to_string());
+            tracing::error!("{summary}");
             let details = json!({"location": location, "problems": e.problems});
-            let summary = e.to_string();
             let _ = state
                 .db
                 .write(move |c| {

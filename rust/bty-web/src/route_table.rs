@@ -138,6 +138,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/ui/settings", Operator),
     route(Method::POST, "/ui/settings", Operator),
     route(Method::POST, "/ui/settings/services", Operator),
+    route(Method::POST, "/ui/settings/catalog", Operator),
 ];
 
 /// Access of a matched route; unknown combinations are operator-only.

@@ -95,6 +95,7 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/ui/settings") => get(ui::settings::page),
         ("POST", "/ui/settings") => post(ui::settings::save),
         ("POST", "/ui/settings/services") => post(ui::settings::switch_service),
+        ("POST", "/ui/settings/catalog") => post(ui::settings::fetch_catalog),
         (m, p) => panic!("route {m} {p} is listed in ROUTES but has no handler"),
     }
 }

@@ -278,9 +278,11 @@ pub async fn reload_catalog(
                 .subject("catalog", location.clone())
                 .details(json!({"images": n, "location": location}))
         }
-        Err(e) => NewEvent::new("catalog.failed", actor, e.to_string())
-            .subject("catalog", location.clone())
-            .details(json!({"location": location, "problems": e.problems})),
+        Err(e) => {
+            NewEvent::new("catalog.failed", actor, app.catalog.last_error().unwrap_or_else(|| e.to_string()))
+                .subject("catalog", location.clone())
+                .details(json!({"location": location, "problems": e.problems}))
+        }
     };
     let event = event.ip(ip.string());
     app.db.write(move |db| audit::insert(db, &event)).await?;

@@ -67,6 +67,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
         "services" => "Network boot services switched; their state is below.",
+        "catalog-fetched" => "Catalog fetched; it is in use now.",
+        "catalog-failed" => "The catalog could not be fetched; the reason is below, and the previous catalog stays in use.",
         "backup-created" => "Backup made.",
         "backup-deleted" => "Backup deleted.",
         "acked" => "Acknowledged.",

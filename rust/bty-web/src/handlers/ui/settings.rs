@@ -68,7 +68,21 @@ async fn settings_page(
                    "failed": h.state == crate::health::ServiceState::Failed})
         })
         .collect();
+    let catalog = &ctx.app.catalog;
+    let remote = catalog.remote_status();
+    let catalog = json!({
+        "location": catalog.location(),
+        "remote": catalog.is_remote(),
+        "images": catalog.get().images.len(),
+        "error": catalog.last_error(),
+        "etag": remote.etag,
+        "fetched_at": remote.fetched_at.as_deref().map(|t| ctx.zone.format(t)),
+        "checked_at": remote.checked_at.as_deref().map(|t| ctx.zone.format(t)),
+        "from_copy": remote.from_copy,
+        "refresh_minutes": ctx.app.config.paths.catalog_refresh.map(|d| d.as_secs().div_ceil(60)),
+    });
     let data = json!({
+        "catalog": catalog,
         "services": services,
         "form": {"display_timezone": v.zone, "cadences": cadences, "backup_keep": v.keep},
         "errors": errors,
@@ -148,4 +162,14 @@ pub async fn switch_service(
     };
     crate::handlers::netboot::switch_service(&ctx.app, &ctx.who, ip.string(), service, on).await?;
     Ok(Redirect::to("/ui/settings?notice=services").into_response())
+}
+
+/// "Fetch latest catalog": the same reload as the Images page and
+/// `POST /catalog/reload`, back to Settings with the outcome.
+pub async fn fetch_catalog(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {
+    let code = match crate::handlers::files::reload_catalog(&ctx.app, &ctx.who, ip).await? {
+        Ok(_) => "catalog-fetched",
+        Err(_) => "catalog-failed",
+    };
+    Ok(Redirect::to(&format!("/ui/settings?notice={code}")).into_response())
 }
