@@ -130,6 +130,34 @@ const KEYS: &[KeyDef] = &[
     },
     KeyDef {
         section: "paths",
+        key: "cache_dir",
+        kind: Kind::OptText,
+        default: None,
+        help: "the image cache: one download per image for the whole fleet (default <state_dir>/cache)",
+    },
+    KeyDef {
+        section: "cache",
+        key: "enabled",
+        kind: Kind::Bool,
+        default: Some("true"),
+        help: "keep http(s) and oras:// images with a known SHA-256 in the cache (false: every download goes to the origin)",
+    },
+    KeyDef {
+        section: "cache",
+        key: "max_bytes",
+        kind: Kind::Int { min: 1 << 20, max: 1 << 50 },
+        default: Some("34359738368"),
+        help: "the cache's size; least recently used images are evicted beyond it (never ones being read or bound to machines with a flash policy)",
+    },
+    KeyDef {
+        section: "cache",
+        key: "min_free_bytes",
+        kind: Kind::Int { min: 0, max: 1 << 50 },
+        default: Some("1073741824"),
+        help: "free space kept on the cache's filesystem; images are evicted (or not cached) to keep it",
+    },
+    KeyDef {
+        section: "paths",
         key: "catalog_refresh_seconds",
         kind: Kind::Int { min: 0, max: 7 * 86400 },
         default: Some("600"),
@@ -410,6 +438,15 @@ pub struct PathsConfig {
     /// A remote catalog's refresh period (`None`: never on its own).
     pub catalog_refresh: Option<std::time::Duration>,
     pub backup_dir: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+/// `[cache]`: the image cache under `[paths] cache_dir`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -504,6 +541,7 @@ pub struct Config {
     pub tftp: TftpConfig,
     pub proxy_dhcp: ProxyDhcpConfig,
     pub oci: OciConfig,
+    pub cache: CacheConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     values: BTreeMap<String, (Value, Origin)>,
@@ -737,7 +775,15 @@ impl Config {
                 backup_dir: text("paths.backup_dir")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| state_dir.join("backups")),
+                cache_dir: text("paths.cache_dir")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| state_dir.join("cache")),
                 state_dir,
+            },
+            cache: CacheConfig {
+                enabled: flag("cache.enabled"),
+                max_bytes: int("cache.max_bytes"),
+                min_free_bytes: int("cache.min_free_bytes"),
             },
             admin: AdminConfig {
                 username: text("admin.username").unwrap_or_default(),

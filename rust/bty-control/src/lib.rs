@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod audit;
 pub mod backup;
 pub mod bundle;
+pub mod cache;
 pub mod catalog;
 pub mod catalog_edit;
 pub mod clock;

@@ -9,11 +9,16 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 
+use std::collections::HashSet;
+
+use bty_control::cache::{CacheError, Upstream, Wanted};
+use bty_core::catalog::{CatalogEntry, ImageSrc};
 use bty_core::oci::OciSource;
 use bty_core::source::Source;
 
 use crate::error::ApiError;
 use crate::fileserve::{range, Ranged};
+use crate::state::AppState;
 
 const PASSED_REQUEST_HEADERS: [header::HeaderName; 2] = [header::RANGE, header::IF_RANGE];
 const PASSED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
@@ -198,4 +203,152 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
         }
     }
     Ok(got)
+}
+
+/// What the cache needs to hold a catalog entry: `None` for local files and
+/// for http(s) entries without a SHA-256 (the cache never keeps bytes it
+/// cannot check; those are proxied as before). For `oras://` the layer's
+/// digest is the SHA-256, and must agree with the catalog's when both exist.
+pub async fn wanted(entry: &CatalogEntry) -> Result<Option<Wanted>, String> {
+    match entry.src() {
+        ImageSrc::Local(_) => Ok(None),
+        ImageSrc::Url(url) => Ok(entry.sha256.clone().map(|sha256| Wanted {
+            name: entry.name.clone(),
+            src: url.to_string(),
+            upstream: Upstream::Http(url.to_string()),
+            sha256,
+            size: entry.size_bytes,
+        })),
+        ImageSrc::Oci(src) => {
+            let Ok(Source::Oci(o)) = Source::parse(src) else {
+                return Err(format!("{src}: not an oras:// reference"));
+            };
+            let resolved = o.clone();
+            let layer = tokio::task::spawn_blocking(move || resolved.layer())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.message().to_string())?
+                .ok_or_else(|| format!("{src}: no image layer"))?;
+            let digest = bty_core::source::parse_sha256_hex(&layer.digest)
+                .ok_or_else(|| format!("{src}: the layer digest {} is not sha256", layer.digest))?;
+            if let Some(want) = &entry.sha256 {
+                if *want != digest {
+                    return Err(format!(
+                        "{src}: the registry's layer is sha256:{digest}, the catalog entry says {want}; fix the \
+                         entry's sha256 or pin the reference by digest"
+                    ));
+                }
+            }
+            Ok(Some(Wanted {
+                name: entry.name.clone(),
+                src: o.reference.canonical(),
+                upstream: Upstream::Oci(o),
+                sha256: digest,
+                size: Some(layer.size),
+            }))
+        }
+    }
+}
+
+/// Digests eviction must keep: images bound to machines whose policy will
+/// flash them.
+pub async fn pinned(app: &AppState) -> HashSet<String> {
+    let names: Vec<String> = app
+        .db
+        .read(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT image FROM machines WHERE image IS NOT NULL AND policy IN ('flash', 'flash-once')",
+            )?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>();
+            rows
+        })
+        .await
+        .unwrap_or_default();
+    let catalog = app.catalog.get();
+    names.iter().filter_map(|n| catalog.get(n)?.sha256.clone()).collect()
+}
+
+/// Serve a remote entry through the cache; `None` when the cache does not
+/// hold this kind of entry (or has no room), so the caller proxies it.
+pub async fn cached(
+    app: &AppState,
+    entry: &CatalogEntry,
+    method: Method,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let cache = app.cache.as_ref()?;
+    let w = match wanted(entry).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return None,
+        Err(e) => return Some(ApiError::BadGateway(e).into_response()),
+    };
+    let opened = match cache.open(&w, &pinned(app).await).await {
+        Ok(o) => o,
+        Err(e @ CacheError::NoRoom { .. }) => {
+            tracing::warn!(image = %entry.name, "{e}; serving it from the origin uncached");
+            return None;
+        }
+        Err(CacheError::Failed(e)) => {
+            return Some(ApiError::BadGateway(format!("image {}: {e}", entry.name)).into_response())
+        }
+    };
+    let len = opened.size;
+    let etag = format!("\"sha256:{}\"", w.sha256);
+    let wanted_range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(_) if headers.get(header::IF_RANGE).is_some_and(|v| v.as_bytes() != etag.as_bytes()) => {
+            Ranged::Whole
+        }
+        Some(v) => range(v, len),
+        None => Ranged::Whole,
+    };
+    let (status, first, last) = match wanted_range {
+        Ranged::Whole => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ranged::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Ranged::Unsatisfiable(why) => {
+            return Some(
+                Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .body(Body::from(format!("{why}\n")))
+                    .unwrap_or_else(|e| ApiError::internal(e).into_response()),
+            )
+        }
+    };
+    let count = if len == 0 { 0 } else { last - first + 1 };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("x-bty-cache", if opened.hit { "hit" } else { "miss" });
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+    }
+    if method == Method::HEAD || count == 0 {
+        return Some(resp.body(Body::empty()).unwrap_or_else(|e| ApiError::internal(e).into_response()));
+    }
+    let body = opened.range(first, last).map_err(std::io::Error::other);
+    Some(resp.body(Body::from_stream(body)).unwrap_or_else(|e| ApiError::internal(e).into_response()))
+}
+
+/// Start filling the cache with a catalog image (a machine was bound to
+/// it), in the background; what happens is in the cache's entry and, on a
+/// failure, its tripwire.
+pub fn prefetch(app: &AppState, name: &str) {
+    let (Some(cache), Some(entry)) = (app.cache.clone(), app.catalog.get().get(name).cloned()) else {
+        return;
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        match wanted(&entry).await {
+            Ok(Some(w)) => {
+                if let Err(e) = cache.prefetch(&w, &pinned(&app).await).await {
+                    tracing::warn!(image = %entry.name, "prefetch not started: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(image = %entry.name, "prefetch not started: {e}"),
+        }
+    });
 }

@@ -122,6 +122,33 @@ impl App {
             .build()
             .context("cannot build the HTTP client")?;
         let metrics = Arc::new(metrics::Metrics::default());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let cache = if config.cache.enabled {
+            // A stalled origin must not hold a fill (and its readers) forever.
+            let upstream = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(15))
+                .read_timeout(std::time::Duration::from_secs(60))
+                .user_agent(format!("bty-web/{VERSION}"))
+                .build()
+                .context("cannot build the HTTP client")?;
+            let c = bty_control::cache::ImageCache::new(
+                bty_control::cache::CacheConfig {
+                    dir: config.paths.cache_dir.clone(),
+                    max_bytes: config.cache.max_bytes,
+                    min_free_bytes: config.cache.min_free_bytes,
+                },
+                db.clone(),
+                upstream,
+                shutdown.clone(),
+            )
+            .with_context(|| {
+                format!("cannot create the image cache in {}", config.paths.cache_dir.display())
+            })?;
+            c.reconcile().await;
+            Some(c)
+        } else {
+            None
+        };
         let changes = tokio::sync::broadcast::channel(256).0;
         let boot_services = Arc::new(boot_services::BootServices::new(
             config.clone(),
@@ -146,9 +173,10 @@ impl App {
             config: config.clone(),
             started,
             changes,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shutdown,
             ui: Arc::new(views::Views::new()),
             boot_services,
+            cache,
         });
         if state.catalog.is_remote() {
             let s = state.clone();

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::error::BodyLimit;
-use crate::handlers::{auth, backups, events, files, machines, netboot, pxe, system, ui};
+use crate::handlers::{auth, backups, cache, events, files, machines, netboot, pxe, system, ui};
 use crate::route_table::{BodyRule, Route, ROUTES};
 use crate::state::AppState;
 
@@ -33,6 +33,9 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/images") => get(files::images_list),
         ("GET", "/images/{name}") => get(files::image_get),
         ("PUT", "/images/{name}") => put(files::image_put),
+        ("POST", "/images/{name}/prefetch") => post(cache::prefetch),
+        ("GET", "/cache") => get(cache::list),
+        ("DELETE", "/cache/{digest}") => delete(cache::evict),
         ("GET", "/catalog.toml") => get(files::catalog_toml),
         ("POST", "/catalog/reload") => post(files::catalog_reload),
         ("POST", "/catalog/images") => post(files::catalog_add),

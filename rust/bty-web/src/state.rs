@@ -67,6 +67,8 @@ pub struct AppParts {
     pub ui: Arc<crate::views::Views>,
     /// TFTP and ProxyDHCP, started and stopped by their switches.
     pub boot_services: Arc<crate::boot_services::BootServices>,
+    /// Remote images kept on disk (`None`: `[cache] enabled = false`).
+    pub cache: Option<bty_control::cache::ImageCache>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

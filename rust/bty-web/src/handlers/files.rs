@@ -215,6 +215,9 @@ pub async fn image_get(
             "no image named {name:?} in the catalog (GET /images lists them)"
         )));
     };
+    if let Some(r) = images::cached(&app, entry, method.clone(), &headers).await {
+        return Ok(r);
+    }
     match entry.src() {
         ImageSrc::Url(url) => Ok(images::proxy(&app.http, url, method, &headers).await),
         ImageSrc::Oci(src) => Ok(images::oci(src, method, &headers).await),

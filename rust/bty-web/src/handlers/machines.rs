@@ -140,6 +140,10 @@ pub async fn save(
     input: MachineInput,
 ) -> Result<(Machine, bool), ApiError> {
     let actor = who.actor();
+    // A machine that will flash its image: fill the cache now, so its first
+    // flash does not wait on the origin.
+    let prefetch =
+        matches!(input.policy, Policy::Flash | Policy::FlashOnce).then(|| input.image.clone()).flatten();
     let saved = app
         .db
         .write(move |c| {
@@ -164,6 +168,9 @@ pub async fn save(
         })
         .await?;
     app.machine_changed(mac);
+    if let Some(image) = prefetch {
+        crate::images::prefetch(app, &image);
+    }
     Ok(saved)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod backups;
+pub mod cache;
 pub mod events;
 pub mod files;
 pub mod machines;

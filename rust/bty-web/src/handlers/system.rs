@@ -42,7 +42,30 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         .db
         .read(|c| Ok::<_, rusqlite::Error>((machines::count_by_policy(c)?, audit::unacknowledged_count(c)?)))
         .await?;
-    let text = app.metrics.render(&by_policy, unacked);
+    let mut text = app.metrics.render(&by_policy, unacked);
+    if let Some(cache) = &app.cache {
+        let c = cache.counters();
+        for (name, help, v) in [
+            (
+                "bty_cache_hits_total",
+                "Image downloads served from a complete or filling cache entry.",
+                c.hits,
+            ),
+            ("bty_cache_misses_total", "Image downloads that started a cache fill.", c.misses),
+            (
+                "bty_cache_upstream_bytes_total",
+                "Bytes the cache fetched from image origins.",
+                c.upstream_bytes,
+            ),
+            (
+                "bty_cache_evictions_total",
+                "Cache entries evicted (least recently used, or by hand).",
+                c.evictions,
+            ),
+        ] {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        }
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
