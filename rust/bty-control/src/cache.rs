@@ -192,6 +192,18 @@ impl ImageCache {
         }
     }
 
+    /// Bytes on disk: complete entries and partial files.
+    pub fn held_bytes(&self) -> u64 {
+        ["sha256", "partial"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(self.inner.config.dir.join(d)).ok())
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+
     fn blob(&self, sha: &str) -> PathBuf {
         self.inner.config.dir.join("sha256").join(sha)
     }

@@ -130,6 +130,8 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/ui/images", Operator),
     route(Method::POST, "/ui/images/reload", Operator),
     route(Method::POST, "/ui/images/url", Operator),
+    route(Method::POST, "/ui/images/{name}/prefetch", Operator),
+    route(Method::POST, "/ui/cache/{digest}/evict", Operator),
     route(Method::GET, "/ui/netboot", Operator),
     route(Method::POST, "/ui/netboot/fetch", Operator),
     route(Method::POST, "/ui/netboot/cancel", Operator),

@@ -87,6 +87,8 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/ui/images") => get(ui::catalog::images),
         ("POST", "/ui/images/reload") => post(ui::catalog::reload),
         ("POST", "/ui/images/url") => post(ui::catalog::add_url),
+        ("POST", "/ui/images/{name}/prefetch") => post(ui::catalog::prefetch),
+        ("POST", "/ui/cache/{digest}/evict") => post(ui::catalog::evict),
         ("GET", "/ui/netboot") => get(ui::catalog::netboot),
         ("POST", "/ui/netboot/fetch") => post(ui::catalog::fetch),
         ("POST", "/ui/netboot/cancel") => post(ui::catalog::cancel_fetch),

@@ -423,8 +423,11 @@ async fn a_server_killed_mid_fill_resumes_the_partial_after_a_restart() {
     let o = origin(vec![("disk.img", image.clone())]).await;
     o.knobs.pace_ms.store(30, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("catalog.toml"), catalog(&[("disk", format!("{}/disk.img", o.base), &image)]))
-        .unwrap();
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        catalog(&[("disk", format!("{}/disk.img", o.base), &image)]),
+    )
+    .unwrap();
     let (mut child, port) = {
         let d = dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || spawn_binary(&d)).await.unwrap()
@@ -456,9 +459,59 @@ async fn a_server_killed_mid_fill_resumes_the_partial_after_a_restart() {
     let _ = child.wait();
     assert!(body == image, "the image after the restart is whole and right");
     let ranges = o.knobs.ranges.lock().unwrap().clone();
-    let resumed_at: Vec<u64> =
-        ranges.iter().map(|r| r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap()).collect();
+    let resumed_at: Vec<u64> = ranges
+        .iter()
+        .map(|r| r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap())
+        .collect();
     assert!(resumed_at.iter().any(|&a| a > 0 && a <= had), "resumed after the partial ({had}): {ranges:?}");
     assert_eq!(o.knobs.gets.load(Ordering::SeqCst), 2, "one request before the kill, one resume after");
     assert!(dir.path().join("cache/sha256").join(sha(&image)).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_page_shows_the_cache_and_evicts_and_prefetches() {
+    let image = pattern(1 << 20);
+    let o = origin(vec![("disk.img", image.clone())]).await;
+    let s = server(&[("disk", format!("{}/disk.img", o.base), &image)], |_| {}).await;
+    let (c, csrf) = s.login().await;
+    let page = |c: reqwest::Client| {
+        let url = s.url("/ui/images");
+        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(page(c.clone()).await.contains("not cached yet"));
+    assert!(fetch(&s, "disk").await.unwrap() == image);
+    let html = page(c.clone()).await;
+    assert!(html.contains("cached, 1.0 MiB") || html.contains("cached, 1 MiB"), "{html}");
+    assert!(html.contains("1 filled from the origin"), "{html}");
+    let digest = sha(&image);
+    let form = |c: &reqwest::Client, path: String| {
+        c.post(s.url(&path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf_token={csrf}"))
+    };
+    // Without the CSRF token: refused.
+    let r = c
+        .post(s.url(&format!("/ui/cache/{digest}/evict")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf_token=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = form(&c, format!("/ui/cache/{digest}/evict")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "followed to the page");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Evicted from the cache") && html.contains("not cached yet"), "{html}");
+    let token = s.token().await;
+    assert_eq!(s.events(&token, "cache.evicted").await.len(), 1);
+    let r = form(&c, "/ui/images/disk/prefetch".into()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..100 {
+        if s.authed_json(&token, "/cache").await[0]["state"] == "complete" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page(c).await.contains("cached, "), "prefetched");
+    assert_eq!(o.knobs.gets.load(Ordering::SeqCst), 2);
 }

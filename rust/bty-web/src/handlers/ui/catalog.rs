@@ -21,12 +21,12 @@ pub struct NoticeQuery {
 }
 
 pub async fn images(ctx: Ctx, Query(q): Query<NoticeQuery>) -> Result<Response, UiError> {
-    images_page(&ctx, StatusCode::OK, q.notice.as_deref(), json!({}), json!({}), None)
+    images_page(&ctx, StatusCode::OK, q.notice.as_deref(), json!({}), json!({}), None).await
 }
 
 /// The Images page; after a refused addition, with the submitted `form`, the
 /// reasons next to their fields (`errors`) or one for the whole form.
-fn images_page(
+async fn images_page(
     ctx: &Ctx,
     status: StatusCode,
     notice: Option<&str>,
@@ -35,13 +35,26 @@ fn images_page(
     add_error: Option<String>,
 ) -> Result<Response, UiError> {
     let catalog = ctx.app.catalog.get();
+    let mut cached = match &ctx.app.cache {
+        Some(c) => c.entries().await,
+        None => Vec::new(),
+    };
     let rows: Vec<Value> = catalog
         .images
         .iter()
         .map(|e| {
             let i = catalog::info(e, "");
             let digest = i.sha256.map(|d| format!("{}…", &d[..d.len().min(12)]));
+            // By digest; an oras:// entry without one in the catalog by name.
+            let at = cached
+                .iter()
+                .position(|c| i.sha256 == Some(c.digest.as_str()))
+                .or_else(|| cached.iter().position(|c| i.sha256.is_none() && c.name == i.name));
+            let entry = at.map(|n| cached.remove(n));
+            let cacheable =
+                ctx.app.cache.is_some() && (i.source == "oci" || (i.source != "local" && i.sha256.is_some()));
             json!({
+                "cache": cache_cell(ctx, entry.as_ref(), cacheable, i.source),
                 "name": i.name,
                 "description": i.description,
                 "format": i.format,
@@ -54,10 +67,29 @@ fn images_page(
             })
         })
         .collect();
+    // What the cache holds for images no longer in the catalog (or changed).
+    let stale: Vec<Value> = cached
+        .iter()
+        .map(|e| json!({"name": e.name, "cache": cache_cell(ctx, Some(e), false, "")}))
+        .collect();
+    let cache_summary = ctx.app.cache.as_ref().map(|c| {
+        let k = c.counters();
+        let held: u64 = c.held_bytes();
+        json!({
+            "held": human_bytes(held),
+            "max": human_bytes(ctx.app.config.cache.max_bytes),
+            "dir": ctx.app.config.paths.cache_dir.display().to_string(),
+            "hits": k.hits,
+            "misses": k.misses,
+            "upstream": human_bytes(k.upstream_bytes),
+        })
+    });
     let data = json!({
         "location": ctx.app.catalog.location(),
         "count": rows.len(),
         "images": rows,
+        "stale": stale,
+        "cache": cache_summary,
         "error": ctx.app.catalog.last_error(),
         "missing": ctx.app.catalog.is_missing(),
         "editable": !ctx.app.catalog.is_remote(),
@@ -69,6 +101,72 @@ fn images_page(
     });
     let meta = PageMeta { name: "images", title: "Images".into(), nav: "images", notice };
     ctx.page(status, meta, data)
+}
+
+/// The Cache column of one image: its state, use and the buttons that apply.
+fn cache_cell(ctx: &Ctx, e: Option<&bty_control::cache::EntryInfo>, cacheable: bool, source: &str) -> Value {
+    let Some(e) = e else {
+        let why = match source {
+            "local" => "served from the images directory",
+            _ if ctx.app.cache.is_none() => "the cache is off",
+            _ if !cacheable => "not cached: the catalog entry has no sha256",
+            _ => "not cached yet",
+        };
+        return json!({"state": why, "class": "muted", "prefetch": cacheable});
+    };
+    let size = e.size.map(human_bytes);
+    let (state, class) = match e.state.as_str() {
+        "complete" => (format!("cached, {}", size.clone().unwrap_or_default()), "ok"),
+        "filling" => (
+            match (e.filled, e.size) {
+                (Some(f), Some(t)) if t > 0 => {
+                    format!("filling: {} of {} ({}%)", human_bytes(f), human_bytes(t), f * 100 / t)
+                }
+                (Some(f), _) => format!("filling: {}", human_bytes(f)),
+                _ => "filling".to_string(),
+            },
+            "warn",
+        ),
+        "partial" => (
+            format!(
+                "partial: {} kept, resumed by the next download or Prefetch",
+                human_bytes(e.filled.unwrap_or(0))
+            ),
+            "warn",
+        ),
+        "failed" => (format!("failed: {}", e.error.clone().unwrap_or_default()), "error"),
+        "missing" => ("its file is gone; filled again by the next download".to_string(), "warn"),
+        other => (other.to_string(), "muted"),
+    };
+    json!({
+        "state": state,
+        "class": class,
+        "hits": e.hits,
+        "readers": e.readers,
+        "last_use": e.last_access.as_ref().map(|t| ctx.zone.format(t)),
+        "digest": e.digest,
+        "prefetch": cacheable && matches!(e.state.as_str(), "failed" | "partial" | "missing"),
+        "evict": e.state != "filling" && e.readers == 0,
+    })
+}
+
+/// `POST /ui/images/{name}/prefetch`.
+pub async fn prefetch(
+    ctx: Ctx,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, UiError> {
+    handlers::cache::start_prefetch(&ctx.app, &name).await?;
+    Ok(Redirect::to("/ui/images?notice=prefetching").into_response())
+}
+
+/// `POST /ui/cache/{digest}/evict`.
+pub async fn evict(
+    ctx: Ctx,
+    ip: ClientIp,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+) -> Result<Response, UiError> {
+    handlers::cache::evict_entry(&ctx.app, &ctx.who, ip, &digest).await?;
+    Ok(Redirect::to("/ui/images?notice=evicted").into_response())
 }
 
 /// `POST /ui/images/url`: register an image at an http(s) URL with its SHA-256.
@@ -101,7 +199,7 @@ pub async fn add_url(
             (StatusCode::INTERNAL_SERVER_ERROR, json!({}), Some(m))
         }
     };
-    images_page(&ctx, status, None, form, errors, whole)
+    images_page(&ctx, status, None, form, errors, whole).await
 }
 
 pub async fn reload(ctx: Ctx, ip: ClientIp) -> Result<Response, UiError> {

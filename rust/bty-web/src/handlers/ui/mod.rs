@@ -63,6 +63,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "reloaded" => "Catalog reloaded.",
         "reload-failed" => "The catalog did not load; the previous one stays in use.",
         "image-added" => "Image added to the catalog. Machines can be assigned it now.",
+        "prefetching" => "Filling the cache with the image; its progress is below.",
+        "evicted" => "Evicted from the cache; the next download fills it again.",
         "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
         "settings" => "Settings saved.",
