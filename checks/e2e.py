@@ -110,7 +110,7 @@ class Server:
         lines = ["version = 1"]
         for e in catalog:
             src = e["src"]
-            if not src.startswith("http"):
+            if not src.startswith(("http", "oras://")):
                 shutil.copy(image(src), os.path.join(self.state, "images", src))
             lines += ["[[images]]", f'name = "{e["name"]}"', f'src = "{src}"', f'sha256 = "{e["sha256"]}"']
         open(os.path.join(self.state, "catalog.toml"), "w").write("\n".join(lines) + "\n")
@@ -225,6 +225,71 @@ class SlowOrigin:
 
     def stop(self):
         self.httpd.shutdown()
+
+
+class Registry:
+    """Debian's docker-registry (the CNCF distribution) on loopback, storage in `work`; images
+    pushed as `oras push` pushes them: an empty config blob and the file as the one layer."""
+
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+    def __init__(self, work: str):
+        port = free_port()
+        self.addr = f"127.0.0.1:{port}"
+        cfg = os.path.join(work, "registry.yml")
+        open(cfg, "w").write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                             f"    rootdirectory: {work}/registry\nhttp:\n  addr: {self.addr}\n")
+        self.proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", cfg],
+                                     stdout=open(os.path.join(work, "registry.log"), "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{self.addr}/v2/", timeout=2)
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise Failed("docker-registry did not start (checks/deps.sh installs it)")
+                time.sleep(0.05)
+
+    def blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = urllib.request.urlopen(urllib.request.Request(
+            f"http://{self.addr}/v2/{repo}/blobs/uploads/", method="POST", data=b""), timeout=10)
+        loc = r.headers["Location"]
+        loc = f"http://{self.addr}{loc}" if loc.startswith("/") else loc
+        sep = "&" if "?" in loc else "?"
+        urllib.request.urlopen(urllib.request.Request(
+            f"{loc}{sep}digest={digest}", method="PUT", data=data,
+            headers={"Content-Type": "application/octet-stream"}), timeout=30)
+        return digest
+
+    def push(self, repo: str, tag: str, path: str) -> str:
+        """`path` as the image layer of `repo:tag`; its oras:// reference."""
+        data = open(path, "rb").read()
+        config = self.blob(repo, b"{}")
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": self.OCI_MANIFEST,
+            "artifactType": "application/vnd.bty.disk-image",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": self.blob(repo, data),
+                        "size": len(data), "annotations": {"org.opencontainers.image.title": os.path.basename(path)}}],
+        }).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://{self.addr}/v2/{repo}/manifests/{tag}", method="PUT", data=manifest,
+            headers={"Content-Type": self.OCI_MANIFEST}), timeout=10)
+        return f"oras://{self.addr}/{repo}:{tag}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def metric(srv: "Server", name: str) -> int:
+    m = re.search(rf"^{name} (\d+)$", srv.metrics(), re.M)
+    return int(m.group(1)) if m else 0
 
 
 # --- scenarios ----------------------------------------------------------------------------------
@@ -451,9 +516,12 @@ def tui(name, work):
 
 @scenario("alternate")
 def alternate(name, work):
-    """policy flash: flash, boot the disk once, flash again on the next PXE contact."""
+    """policy flash: flash, boot the disk once, flash again on the next PXE contact; the image is
+    an oras:// artifact in a real registry, downloaded once into the cache for both flashes."""
     img = "marker-bios.img"
-    srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}])
+    registry = Registry(work)
+    ref = registry.push("lab/marker", "v1", image(img + ".zst"))
+    srv = Server(work, [{"name": "marker", "src": ref, "sha256": published_sha(img + ".zst")}])
     try:
         mac = "52:54:00:12:34:57"
         srv.bind(mac, policy="flash", image="marker", target_disk_serial="bty-disk-0")
@@ -475,8 +543,19 @@ def alternate(name, work):
         offers = [e["summary"].split(": ", 1)[1].split(" ")[0] for e in
                   sorted(srv.events(mac, "pxe.offered"), key=lambda e: e["id"])]
         check(offers == ["flash", "local", "flash", "local"], f"PXE decisions alternate: {offers}")
+        # Through the cache: one fill from the registry (prefetched when the machine was bound,
+        # or started by the first flash), the second flash served from disk.
+        size = os.path.getsize(image(img + ".zst"))
+        up, misses, hits = (metric(srv, f"bty_cache_{k}_total") for k in ("upstream_bytes", "misses", "hits"))
+        check(up == size, f"the registry sent the image once: {up} bytes upstream for a {size}-byte image")
+        check(misses <= 1 and hits >= 1, f"cache misses {misses}, hits {hits}")
+        entries = srv.req("GET", "/cache")
+        check(len(entries) == 1 and entries[0]["state"] == "complete" and entries[0]["hits"] >= 1,
+              f"one complete cache entry, read by the flashes: {entries}")
+        FIGURES.setdefault(name, {})["cache"] = {"upstream_bytes": up, "hits": hits, "misses": misses}
     finally:
         srv.stop()
+        registry.stop()
 
 
 @scenario("inventory")

@@ -656,6 +656,54 @@ impl ImageCache {
         self.entries().await.into_iter().find(|e| e.digest == sha)
     }
 
+    /// Digests eviction must keep: the images of machines whose policy will
+    /// flash them. An `oras://` entry without a digest in the catalog (its
+    /// tag decides) is found by name among the entries.
+    pub async fn pinned(&self, catalog: &bty_core::catalog::Catalog) -> HashSet<String> {
+        let names: Vec<String> = self
+            .inner
+            .db
+            .read(|c| {
+                let mut st = c.prepare(
+                    "SELECT DISTINCT image FROM machines WHERE image IS NOT NULL AND policy IN ('flash', 'flash-once')",
+                )?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>();
+                rows
+            })
+            .await
+            .unwrap_or_else(|e: rusqlite::Error| {
+                tracing::warn!(error = %e, "cache: cannot read the bound images");
+                Vec::new()
+            });
+        let mut pinned: HashSet<String> =
+            names.iter().filter_map(|n| catalog.get(n)?.sha256.clone()).collect();
+        let by_name: Vec<String> =
+            names.into_iter().filter(|n| catalog.get(n).is_some_and(|e| e.sha256.is_none())).collect();
+        if !by_name.is_empty() {
+            let found = self
+                .inner
+                .db
+                .read(move |c| {
+                    let mut st = c.prepare("SELECT digest FROM cache_entries WHERE name = ?1")?;
+                    let mut out = Vec::new();
+                    for n in &by_name {
+                        out.extend(
+                            st.query_map([n], |r| r.get::<_, String>(0))?
+                                .collect::<rusqlite::Result<Vec<_>>>()?,
+                        );
+                    }
+                    Ok(out)
+                })
+                .await
+                .unwrap_or_else(|e: rusqlite::Error| {
+                    tracing::warn!(error = %e, "cache: cannot read pinned entries");
+                    Vec::new()
+                });
+            pinned.extend(found);
+        }
+        pinned
+    }
+
     /// Forget rows whose files are gone (deleted by hand) and mark complete
     /// rows without a blob; run at start.
     pub async fn reconcile(&self) {

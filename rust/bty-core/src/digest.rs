@@ -5,6 +5,13 @@ use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 
+/// Validate and normalise a hex SHA-256 (optionally `sha256:`-prefixed).
+pub fn parse_sha256_hex(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
+}
+
 /// Running SHA-256 + BLAKE3 of one stream.
 pub struct StreamDigests {
     sha256: sha2::Sha256,

@@ -319,7 +319,7 @@ impl Resolved {
 
     /// The layer's digest as lowercase hex (the SHA-256 of its bytes).
     pub fn sha256(&self) -> Option<String> {
-        crate::source::parse_sha256_hex(&self.layer.digest)
+        crate::digest::parse_sha256_hex(&self.layer.digest)
     }
 
     /// A layer of the same manifest titled `name` (a sidecar such as
@@ -453,7 +453,7 @@ impl Client {
                 ))
             })?
             .clone();
-        if crate::source::parse_sha256_hex(&layer.digest).is_none() {
+        if crate::digest::parse_sha256_hex(&layer.digest).is_none() {
             return Err(Error::failure(format!(
                 "{}: the image layer's digest {} is not sha256; bty verifies sha256 only",
                 self.what(),

@@ -327,12 +327,7 @@ fn http_len(url: &str) -> Result<Option<u64>> {
     })
 }
 
-/// Validate and normalise a hex SHA-256 (optionally `sha256:`-prefixed).
-pub fn parse_sha256_hex(s: &str) -> Option<String> {
-    let s = s.trim();
-    let s = s.strip_prefix("sha256:").unwrap_or(s);
-    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
-}
+pub use crate::digest::parse_sha256_hex;
 
 fn open_file(p: &Path) -> Result<File> {
     File::open(p).map_err(|e| {

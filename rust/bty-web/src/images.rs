@@ -253,19 +253,10 @@ pub async fn wanted(entry: &CatalogEntry) -> Result<Option<Wanted>, String> {
 /// Digests eviction must keep: images bound to machines whose policy will
 /// flash them.
 pub async fn pinned(app: &AppState) -> HashSet<String> {
-    let names: Vec<String> = app
-        .db
-        .read(|c| {
-            let mut st = c.prepare(
-                "SELECT DISTINCT image FROM machines WHERE image IS NOT NULL AND policy IN ('flash', 'flash-once')",
-            )?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>();
-            rows
-        })
-        .await
-        .unwrap_or_default();
-    let catalog = app.catalog.get();
-    names.iter().filter_map(|n| catalog.get(n)?.sha256.clone()).collect()
+    match &app.cache {
+        Some(c) => c.pinned(&app.catalog.get()).await,
+        None => HashSet::new(),
+    }
 }
 
 /// Serve a remote entry through the cache; `None` when the cache does not
