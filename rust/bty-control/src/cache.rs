@@ -44,6 +44,9 @@ const ATTEMPTS: u32 = 5;
 const STALL: Duration = Duration::from_secs(60);
 /// Bytes a reader reads from the file at a time.
 const CHUNK: usize = 256 << 10;
+/// File reads in flight at once, over all readers (page-cache reads of a
+/// chunk take tens of microseconds; more would only grow the blocking pool).
+const PARALLEL_READS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -113,6 +116,8 @@ struct Inner {
     counters: Counters,
     /// Cancelled when the server stops: fills end, readers' streams with them.
     stop: CancellationToken,
+    /// File reads of all readers in flight at once.
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone)]
@@ -178,6 +183,7 @@ impl ImageCache {
                 readers: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 stop,
+                reads: Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS)),
             }),
         })
     }
@@ -868,8 +874,10 @@ impl Opened {
         let guard = self.guard;
         let end = last + 1;
         let state = (self.progress, None::<std::fs::File>, first, guard);
+        let reads = self.inner.reads.clone();
         futures_util::stream::unfold(state, move |(mut rx, mut file, pos, guard)| {
             let (done_p, partial_p) = (path_done.clone(), path_partial.clone());
+            let reads = reads.clone();
             async move {
                 if pos >= end {
                     return None;
@@ -880,17 +888,22 @@ impl Opened {
                     if pos < ready.min(end) {
                         let want = (ready.min(end) - pos).min(CHUNK as u64) as usize;
                         let f = file.take();
+                        // A few reads at a time, whatever the number of
+                        // readers: each one holds a blocking-pool thread, and
+                        // every thread the pool grows keeps allocator memory.
+                        let Ok(_permit) = reads.acquire().await else { return None };
+                        // Allocated here, on the runtime's threads, where
+                        // hyper frees it once sent.
+                        let mut buf = vec![0u8; want];
                         let read = tokio::task::spawn_blocking(move || {
-                            let mut f = match f {
+                            let f = match f {
                                 Some(f) => f,
                                 // The partial is renamed when complete; the
                                 // handle follows it, a fresh open may not.
                                 None => std::fs::File::open(&partial_p)
                                     .or_else(|_| std::fs::File::open(&done_p))?,
                             };
-                            let mut buf = vec![0u8; want];
                             std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, pos)?;
-                            let _ = f.flush();
                             Ok::<_, std::io::Error>((f, buf))
                         })
                         .await;
