@@ -7,7 +7,9 @@
 #   - for the VM suite: QEMU (from bookworm-backports on Debian 12, so the newer qemu-utils is
 #     kept), iPXE ROMs and binaries, OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI
 #     modules, kmod (depmod), binutils;
-#   - the Debian kernel package, downloaded (not installed) into checks/out/cache/.
+#   - the Debian kernel package, downloaded (not installed) into checks/out/cache/;
+#   - cijoe from PyPI, pinned, in a virtual environment at checks/out/cijoe/ (the CIJOE tests
+#     run the real one).
 # As root it installs what is missing; otherwise it prints the one apt-get line that would and
 # exits 1. Nothing is installed into the host's /boot.
 set -euo pipefail
@@ -45,6 +47,7 @@ declare -A want=(
   [afl++]=afl-fuzz
   [nix-bin]=nix-instantiate
   [python3]=python3
+  [python3-venv]=/usr/share/doc/python3-venv
   [curl]=curl
   # TFTP clients the TFTP server is tested against; dnsmasq (binary only, no service) is the
   # LAN's DHCP server in the network-boot tests and the boot-storm benchmark's anchor
@@ -171,3 +174,13 @@ fi
 deb="$(ls "$cache/${pkg}_"*.deb 2>/dev/null | tail -1)"
 [ -n "$deb" ] || deb="$(ls -t "$cache/"linux-image-*-amd64_*.deb | head -1)"
 echo "$deb" > "$cache/kernel-deb.path"
+
+# cijoe, pinned: the provisioning tests run the real one (checks/out/cijoe/bin/cijoe).
+CIJOE_VERSION=0.9.61
+venv="$here/out/cijoe"
+if ! "$venv/bin/cijoe" --version 2>/dev/null | grep -qx "cijoe $CIJOE_VERSION"; then
+  log "installing cijoe $CIJOE_VERSION into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "cijoe==$CIJOE_VERSION"
+fi

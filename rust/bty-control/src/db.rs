@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_offers_and_bounds.sql"),
     include_str!("../migrations/0004_dhcp_sightings.sql"),
     include_str!("../migrations/0005_image_cache.sql"),
+    include_str!("../migrations/0006_provisioning.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod cache;
 pub mod catalog;
 pub mod catalog_edit;
+pub mod cijoe;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -28,5 +29,6 @@ pub mod policy;
 pub mod pxe;
 pub mod secret;
 pub mod settings;
+pub mod workflows;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::clock;
 use crate::policy::{BootState, Policy};
+use crate::workflows::WorkflowStore;
 
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 64;
@@ -28,6 +29,13 @@ pub struct Machine {
     pub target_disk_serial: Option<String>,
     pub sanboot_drive: Option<String>,
     pub provisioning_mode: String,
+    /// The CIJOE workflow a cijoe provisioning mode runs.
+    pub workflow: Option<String>,
+    /// Where an online run reaches the machine; unset: its last-seen IP,
+    /// port 22, user root.
+    pub ssh_host: Option<String>,
+    pub ssh_port: Option<u16>,
+    pub ssh_user: Option<String>,
     pub discovered_at: Option<String>,
     pub last_seen_at: Option<String>,
     pub last_seen_ip: Option<String>,
@@ -61,7 +69,7 @@ const SELECT: &str = "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_se
     m.created_at, m.updated_at,
     (SELECT group_concat(label, char(10)) FROM
         (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)),
-    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
+    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file, m.workflow, m.ssh_host, m.ssh_port, m.ssh_user
     FROM machines m";
 
 /// [`SELECT`] without the inventory document and the labels, for the PXE
@@ -71,7 +79,8 @@ const SELECT_FOR_BOOT: &str =
     "SELECT m.mac, m.policy, m.state, m.image, m.target_disk_serial, m.sanboot_drive,
     m.provisioning_mode, m.discovered_at, m.last_seen_at, m.last_seen_ip, m.last_flashed_at,
     m.last_flash_status, m.last_flash_reason, NULL, m.inventory_at, m.lshw IS NOT NULL,
-    m.created_at, m.updated_at, NULL, m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
+    m.created_at, m.updated_at, NULL, m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file,
+    m.workflow, m.ssh_host, m.ssh_port, m.ssh_user
     FROM machines m";
 
 /// A [`Machine`] from a row of [`SELECT`]'s columns.
@@ -101,6 +110,10 @@ pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Machine> {
         dhcp_seen_at: r.get(19)?,
         dhcp_client: r.get(20)?,
         dhcp_boot_file: r.get(21)?,
+        workflow: r.get(22)?,
+        ssh_host: r.get(23)?,
+        ssh_port: r.get(24)?,
+        ssh_user: r.get(25)?,
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
         labels: labels.map(|s| s.split('\n').map(str::to_string).collect()).unwrap_or_default(),
@@ -164,7 +177,7 @@ const SELECT_WITHOUT_INVENTORY: &str = "SELECT m.mac, m.policy, m.state, m.image
     m.created_at, m.updated_at,
     (SELECT group_concat(label, char(10)) FROM
         (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)),
-    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file
+    m.dhcp_seen_at, m.dhcp_client, m.dhcp_boot_file, m.workflow, m.ssh_host, m.ssh_port, m.ssh_user
     FROM machines m";
 
 /// One page of `GET /machines`, in MAC order: at most `limit` machines
@@ -266,11 +279,25 @@ pub struct MachineInput {
     pub target_disk_serial: Option<String>,
     pub sanboot_drive: Option<String>,
     pub provisioning_mode: String,
+    pub workflow: Option<String>,
+    pub ssh_host: Option<String>,
+    pub ssh_port: Option<u16>,
+    pub ssh_user: Option<String>,
     pub labels: Vec<String>,
 }
 
-const INPUT_FIELDS: [&str; 6] =
-    ["policy", "image", "target_disk_serial", "sanboot_drive", "provisioning_mode", "labels"];
+const INPUT_FIELDS: [&str; 10] = [
+    "policy",
+    "image",
+    "target_disk_serial",
+    "sanboot_drive",
+    "provisioning_mode",
+    "workflow",
+    "ssh_host",
+    "ssh_port",
+    "ssh_user",
+    "labels",
+];
 
 fn opt_string(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
@@ -290,7 +317,12 @@ fn valid_label(l: &str) -> bool {
 impl MachineInput {
     /// Validate a PUT body against the current catalog. The first problem wins,
     /// named by its field.
-    pub fn from_json(body: &Value, catalog: &Catalog) -> Result<MachineInput, FieldError> {
+    /// `workflows`: where the named workflow must exist.
+    pub fn from_json(
+        body: &Value,
+        catalog: &Catalog,
+        workflows: &WorkflowStore,
+    ) -> Result<MachineInput, FieldError> {
         let Some(obj) = body.as_object() else {
             return Err(field_err("", "the body must be a JSON object"));
         };
@@ -357,6 +389,53 @@ impl MachineInput {
                 format!("use one of {}", PROVISIONING_MODES.join(", ")),
             ));
         }
+        let workflow = opt_string(obj, "workflow")?;
+        if let Some(w) = &workflow {
+            if let Err(e) = crate::workflows::check_name(w) {
+                return Err(field_err("workflow", e.to_string()));
+            }
+            if !workflows.exists(w) {
+                return Err(field_err(
+                    "workflow",
+                    format!("no workflow named {w:?}; GET /workflows lists them"),
+                ));
+            }
+        }
+        if provisioning_mode != "none" && workflow.is_none() {
+            return Err(field_err(
+                "workflow",
+                format!("provisioning mode {provisioning_mode} needs a workflow to run (PUT /workflows/NAME adds one)"),
+            ));
+        }
+        let ssh_host = opt_string(obj, "ssh_host")?;
+        if ssh_host.as_ref().is_some_and(|h| {
+            h.len() > 253 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        }) {
+            return Err(field_err("ssh_host", "must be a host name or an IP address"));
+        }
+        let ssh_port = match obj.get("ssh_port") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(v) => {
+                let n = v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+                match n {
+                    Some(n @ 1..=65535) => Some(n as u16),
+                    _ => return Err(field_err("ssh_port", "must be a port number, 1 to 65535")),
+                }
+            }
+        };
+        let ssh_user = opt_string(obj, "ssh_user")?;
+        if ssh_user.as_ref().is_some_and(|u| {
+            let mut b = u.bytes();
+            u.len() > 32
+                || !b.next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+                || !b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+        }) {
+            return Err(field_err(
+                "ssh_user",
+                "must be a Unix user name (lowercase letters, digits, `_`, `-`)",
+            ));
+        }
         // Count and length first, then a set: anything else lets a client
         // make the server do work that grows faster than what it sent (a
         // 1.9 MB list once took 39 s to de-duplicate, every request waiting).
@@ -387,7 +466,18 @@ impl MachineInput {
             }
             Some(_) => return Err(field_err("labels", "must be an array of strings")),
         };
-        Ok(MachineInput { policy, image, target_disk_serial, sanboot_drive, provisioning_mode, labels })
+        Ok(MachineInput {
+            policy,
+            image,
+            target_disk_serial,
+            sanboot_drive,
+            provisioning_mode,
+            workflow,
+            ssh_host,
+            ssh_port,
+            ssh_user,
+            labels,
+        })
     }
 }
 
@@ -402,10 +492,11 @@ pub fn put(conn: &Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::R
         })? > 0;
     conn.execute(
         "INSERT INTO machines (mac, policy, image, target_disk_serial, sanboot_drive, provisioning_mode, state,
-                               created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                               created_at, updated_at, workflow, ssh_host, ssh_port, ssh_user)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (mac) DO UPDATE SET policy = ?2, image = ?3, target_disk_serial = ?4, sanboot_drive = ?5,
              provisioning_mode = ?6, state = ?7, updated_at = ?8,
+             workflow = ?9, ssh_host = ?10, ssh_port = ?11, ssh_user = ?12,
              offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL",
         params![
             mac.to_string(),
@@ -416,6 +507,10 @@ pub fn put(conn: &Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::R
             input.provisioning_mode,
             input.policy.armed_state().as_str(),
             now,
+            input.workflow,
+            input.ssh_host,
+            input.ssh_port,
+            input.ssh_user,
         ],
     )?;
     conn.execute("DELETE FROM machine_labels WHERE mac = ?", [mac.to_string()])?;
@@ -424,6 +519,13 @@ pub fn put(conn: &Connection, mac: MacAddr, input: &MachineInput) -> rusqlite::R
     }
     let m = get(conn, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok((m, !existed))
+}
+
+/// Machines bound to workflow `name` (at most `limit`).
+pub fn using_workflow(conn: &Connection, name: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare_cached("SELECT mac FROM machines WHERE workflow = ?1 ORDER BY mac LIMIT ?2")?;
+    let rows = st.query_map(params![name, limit as i64], |r| r.get::<_, String>(0))?;
+    rows.collect()
 }
 
 pub fn delete(conn: &Connection, mac: MacAddr) -> rusqlite::Result<bool> {
@@ -501,7 +603,10 @@ mod tests {
     }
 
     fn check(body: Value) -> Result<MachineInput, FieldError> {
-        MachineInput::from_json(&body, &catalog())
+        let dir = tempfile::tempdir().unwrap();
+        let store = WorkflowStore::new(dir.path());
+        store.put("hostname", "doc: x\nsteps:\n- name: a\n  run: echo a\n", None).unwrap();
+        MachineInput::from_json(&body, &catalog(), &store)
     }
 
     #[test]
@@ -520,6 +625,16 @@ mod tests {
             (json!({"policy": "tui", "provisioning_mode": "cloud-init"}), "provisioning_mode"),
             (json!({"policy": "tui", "hostname": "x"}), "hostname"),
             (json!({"policy": "tui", "image": 3}), "image"),
+            (
+                json!({"policy": "flash", "image": "deb", "target_disk_serial": "S", "provisioning_mode": "cijoe-offline"}),
+                "workflow",
+            ),
+            (json!({"policy": "tui", "provisioning_mode": "cijoe-online", "workflow": "nope"}), "workflow"),
+            (json!({"policy": "tui", "workflow": "../x"}), "workflow"),
+            (json!({"policy": "tui", "ssh_port": 0}), "ssh_port"),
+            (json!({"policy": "tui", "ssh_port": "ssh"}), "ssh_port"),
+            (json!({"policy": "tui", "ssh_host": "a b"}), "ssh_host"),
+            (json!({"policy": "tui", "ssh_user": "Root"}), "ssh_user"),
         ];
         for (body, field) in cases {
             let err = check(body.clone()).unwrap_err();
@@ -536,5 +651,12 @@ mod tests {
         assert_eq!(i.labels, ["a", "b", "rack=2"]);
         assert_eq!(i.target_disk_serial.as_deref(), Some("S1"));
         assert_eq!(i.provisioning_mode, "none");
+        let i = check(json!({"policy": "tui", "provisioning_mode": "cijoe-online", "workflow": "hostname",
+            "ssh_host": "10.0.0.5", "ssh_port": "2222", "ssh_user": "bty"}))
+        .unwrap();
+        assert_eq!(
+            (i.workflow.as_deref(), i.ssh_port, i.ssh_user.as_deref()),
+            (Some("hostname"), Some(2222), Some("bty"))
+        );
     }
 }

@@ -244,7 +244,7 @@ fn first_contact(
              RETURNING mac, policy, state, image, target_disk_serial, sanboot_drive, provisioning_mode,
                  discovered_at, last_seen_at, last_seen_ip, last_flashed_at, last_flash_status,
                  last_flash_reason, NULL, inventory_at, lshw IS NOT NULL, created_at, updated_at, NULL,
-                 dhcp_seen_at, dhcp_client, dhcp_boot_file",
+                 dhcp_seen_at, dhcp_client, dhcp_boot_file, workflow, ssh_host, ssh_port, ssh_user",
         )?
         .query_row(
             params![mac.to_string(), policy.as_str(), d.next_state.as_str(), now, ip, offer_kind, token_hash],

@@ -147,7 +147,7 @@ pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
     })
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -38,6 +38,7 @@ pub use bty_control::secret;
 pub use bty_control::settings;
 pub mod state;
 pub mod views;
+pub use bty_control::workflows;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::error::BodyLimit;
-use crate::handlers::{auth, backups, cache, events, files, machines, netboot, pxe, system, ui};
+use crate::handlers::{auth, backups, cache, events, files, machines, netboot, pxe, system, ui, workflows};
 use crate::route_table::{BodyRule, Route, ROUTES};
 use crate::state::AppState;
 
@@ -35,6 +35,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("PUT", "/images/{name}") => put(files::image_put),
         ("POST", "/images/{name}/prefetch") => post(cache::prefetch),
         ("GET", "/cache") => get(cache::list),
+        ("GET", "/workflows") => get(workflows::list),
+        ("GET", "/workflows/{name}") => get(workflows::get),
+        ("PUT", "/workflows/{name}") => put(workflows::put),
+        ("DELETE", "/workflows/{name}") => delete(workflows::delete),
         ("DELETE", "/cache/{digest}") => delete(cache::evict),
         ("GET", "/catalog.toml") => get(files::catalog_toml),
         ("POST", "/catalog/reload") => post(files::catalog_reload),

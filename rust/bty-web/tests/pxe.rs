@@ -90,11 +90,19 @@ async fn every_policy_script_and_plan() {
         (
             "02:00:00:00:00:03",
             json!({"policy": "flash-once", "image": "local-img", "target_disk_serial": "SER1",
-                                     "provisioning_mode": "cijoe-offline"}),
+                                     "provisioning_mode": "cijoe-offline", "workflow": "w1"}),
         ),
         ("02:00:00:00:00:04", json!({"policy": "inventory"})),
         ("02:00:00:00:00:05", json!({"policy": "local", "sanboot_drive": "0x81"})),
     ];
+    let r = reqwest::Client::new()
+        .put(s.url("/workflows/w1"))
+        .bearer_auth(&token)
+        .body("doc: x\nsteps:\n- name: a\n  run: echo a\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     for (mac, body) in &cases {
         let (code, v) = s.put_machine(&token, mac, body.clone()).await;
         assert_eq!(code, 201, "{v}");
@@ -461,8 +469,12 @@ async fn group_and_zero_macs_are_refused_where_a_mac_enters() {
     // A record stored under a group address before they were refused can
     // still be read and removed.
     let legacy: bty_core::mac::MacAddr = "01:00:5e:00:00:01".parse().unwrap();
-    let input = bty_web::machines::MachineInput::from_json(&json!({"policy": "local"}), &s.app.catalog.get())
-        .unwrap();
+    let input = bty_web::machines::MachineInput::from_json(
+        &json!({"policy": "local"}),
+        &s.app.catalog.get(),
+        &bty_web::workflows::WorkflowStore::new(&s.app.config.paths.state_dir),
+    )
+    .unwrap();
     s.app.db.write(move |c| bty_web::machines::put(c, legacy, &input)).await.unwrap();
     s.authed_json(&token, &format!("/machines/{legacy}")).await;
     let r = c.delete(s.url(&format!("/machines/{legacy}"))).bearer_auth(&token).send().await.unwrap();

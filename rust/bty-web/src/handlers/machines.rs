@@ -160,6 +160,10 @@ pub async fn save(
                         "target_disk_serial": input.target_disk_serial,
                         "sanboot_drive": input.sanboot_drive,
                         "provisioning_mode": input.provisioning_mode,
+                        "workflow": input.workflow,
+                        "ssh_host": input.ssh_host,
+                        "ssh_port": input.ssh_port,
+                        "ssh_user": input.ssh_user,
                         "labels": input.labels,
                         "state": m.state,
                     })),
@@ -214,7 +218,8 @@ pub async fn replace(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let value: serde_json::Value = decode_json(&headers, &body)?;
-    let input = MachineInput::from_json(&value, &app.catalog.get())?;
+    let input =
+        MachineInput::from_json(&value, &app.catalog.get(), &crate::handlers::workflows::store(&app))?;
     let (m, created) = save(&app, &who, ip, mac, input).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view(&app, m))).into_response())

@@ -11,6 +11,7 @@ pub mod netboot;
 pub mod pxe;
 pub mod system;
 pub mod ui;
+pub mod workflows;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;

@@ -216,7 +216,11 @@ pub async fn add(ctx: Ctx, ip: ClientIp, Form(f): Form<Vec<(String, String)>>) -
     if ctx.app.db.read(move |c| machines::get(c, mac)).await?.is_some() {
         return Ok(Redirect::to(&format!("/ui/machines/{mac}")).into_response());
     }
-    let input = MachineInput::from_json(&json!({"policy": "tui"}), &ctx.app.catalog.get())?;
+    let input = MachineInput::from_json(
+        &json!({"policy": "tui"}),
+        &ctx.app.catalog.get(),
+        &crate::handlers::workflows::store(&ctx.app),
+    )?;
     api::save(&ctx.app, &ctx.who, ip, mac, input).await?;
     Ok(Redirect::to(&format!("/ui/machines/{mac}?notice=added")).into_response())
 }
@@ -298,6 +302,10 @@ struct FormValues {
     mode: String,
     labels: String,
     sanboot: String,
+    workflow: String,
+    ssh_host: String,
+    ssh_port: String,
+    ssh_user: String,
 }
 
 async fn machine_page(
@@ -371,6 +379,10 @@ async fn machine_page(
         mode: m.provisioning_mode.clone(),
         labels: m.labels.join(" "),
         sanboot: m.sanboot_drive.clone().unwrap_or_default(),
+        workflow: m.workflow.clone().unwrap_or_default(),
+        ssh_host: m.ssh_host.clone().unwrap_or_default(),
+        ssh_port: m.ssh_port.map(|p| p.to_string()).unwrap_or_default(),
+        ssh_user: m.ssh_user.clone().unwrap_or_default(),
     });
     let policies: Vec<Value> = Policy::ALL
         .iter()
@@ -408,6 +420,15 @@ async fn machine_page(
     }
     let modes: Vec<Value> =
         PROVISIONING_MODES.iter().map(|md| option(md, md.to_string(), *md == v.mode)).collect();
+    let store = crate::handlers::workflows::store(&ctx.app);
+    let known = tokio::task::spawn_blocking(move || store.list()).await.unwrap_or_default();
+    let mut workflows = vec![option("", "(none)".into(), v.workflow.is_empty())];
+    for w in &known {
+        workflows.push(option(&w.name, format!("{}: {}", w.name, w.doc), w.name == v.workflow));
+    }
+    if !v.workflow.is_empty() && !known.iter().any(|w| w.name == v.workflow) {
+        workflows.push(option(&v.workflow, format!("{} (not among the workflows)", v.workflow), true));
+    }
 
     let flash_rows: Vec<Value> = flashes
         .iter()
@@ -449,6 +470,10 @@ async fn machine_page(
             "modes": modes,
             "labels": v.labels,
             "sanboot_drive": v.sanboot,
+            "workflows": workflows,
+            "ssh_host": v.ssh_host,
+            "ssh_port": v.ssh_port,
+            "ssh_user": v.ssh_user,
         },
         "errors": errors,
         "flashes": flash_rows,
@@ -474,9 +499,14 @@ pub async fn assign(
         "target_disk_serial": f.get("target_disk_serial"),
         "sanboot_drive": f.get("sanboot_drive"),
         "provisioning_mode": f.get("provisioning_mode"),
+        "workflow": f.get("workflow"),
+        "ssh_host": f.get("ssh_host"),
+        "ssh_port": f.get("ssh_port"),
+        "ssh_user": f.get("ssh_user"),
         "labels": labels,
     });
-    match MachineInput::from_json(&body, &ctx.app.catalog.get()) {
+    let workflows = crate::handlers::workflows::store(&ctx.app);
+    match MachineInput::from_json(&body, &ctx.app.catalog.get(), &workflows) {
         Ok(input) => {
             if ctx.app.db.read(move |c| machines::get(c, mac)).await?.is_none() {
                 return Err(ApiError::not_found(format!("no machine {mac}")).into());
@@ -492,6 +522,10 @@ pub async fn assign(
                 mode: f.get("provisioning_mode").into(),
                 labels: f.get("labels").into(),
                 sanboot: f.get("sanboot_drive").into(),
+                workflow: f.get("workflow").into(),
+                ssh_host: f.get("ssh_host").into(),
+                ssh_port: f.get("ssh_port").into(),
+                ssh_user: f.get("ssh_user").into(),
             };
             let errors = field_errors(&e.field, &e.reason);
             machine_page(&ctx, mac, StatusCode::UNPROCESSABLE_ENTITY, None, Some(submitted), errors).await

@@ -1,0 +1,252 @@
+//! Running a CIJOE workflow and reading what it did.
+//!
+//! cijoe (0.9) is run as `cijoe TASK -c CONFIG… -o OUT --monitor`: exit 0
+//! when every step passed, 5 when a step failed, 22 when the task is
+//! invalid. Its `OUT/task.state` (YAML) has each step's `status` counters
+//! and elapsed time; each step's commands leave `OUT/NNN_<step>/cmd_NN.output`.
+//! A run is judged from both: the exit status says whether it passed, the
+//! state file which step did what. A run that cannot start (no cijoe), dies,
+//! or outlives its timeout is a failed run with that reason, never a pass.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_yaml_ng::Value as Yaml;
+
+/// Output kept per step in a run's record (the whole output stays in the
+/// run's directory and its archive).
+pub const STEP_OUTPUT_BYTES: usize = 64 << 10;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The cijoe executable (`[cijoe] command`).
+    pub command: String,
+    pub task: PathBuf,
+    /// Configs in order; later ones override earlier ones.
+    pub configs: Vec<PathBuf>,
+    /// cijoe's output directory; it must not exist yet.
+    pub output: PathBuf,
+    pub timeout: Duration,
+}
+
+/// A run's result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunOutcome {
+    /// `passed` or `failed`.
+    pub status: String,
+    /// Why it failed, in words (the first failed step, a timeout, …).
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub elapsed_s: f64,
+    pub steps: Vec<StepResult>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepResult {
+    pub name: String,
+    /// `passed`, `failed`, or `skipped` (not run: an earlier step failed).
+    pub status: String,
+    pub elapsed_s: f64,
+    /// The step's command output, at most [`STEP_OUTPUT_BYTES`].
+    pub output: String,
+}
+
+/// The `[bty]` table bty hands a workflow (`{{ config.bty.… }}`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BtyValues {
+    pub mac: String,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+    /// Offline: where the written root filesystem is mounted.
+    pub target_root: Option<String>,
+    /// Offline: the disk that was flashed.
+    pub target_disk: Option<String>,
+    /// Online: the address the machine is reached at.
+    pub host: Option<String>,
+}
+
+/// The config file bty writes for a run: `[bty]`, and (online) the SSH
+/// transport with the server's key.
+pub fn bty_config(values: &BtyValues, ssh: Option<&SshTransport>) -> String {
+    let mut t = toml::Table::new();
+    t.insert("bty".into(), toml::Value::try_from(values).unwrap_or(toml::Value::Table(Default::default())));
+    if let Some(s) = ssh {
+        let mut tr = toml::Table::new();
+        tr.insert("hostname".into(), s.host.clone().into());
+        tr.insert("port".into(), i64::from(s.port).into());
+        tr.insert("username".into(), s.user.clone().into());
+        tr.insert("key_filename".into(), s.key_file.display().to_string().into());
+        // Never ask for or fall back to passwords or an agent's keys.
+        tr.insert("look_for_keys".into(), false.into());
+        tr.insert("allow_agent".into(), false.into());
+        let mut transports = toml::Table::new();
+        transports.insert("ssh".into(), tr.into());
+        let mut cijoe = toml::Table::new();
+        cijoe.insert("transport".into(), transports.into());
+        t.insert("cijoe".into(), cijoe.into());
+    }
+    toml::to_string(&t).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct SshTransport {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub key_file: PathBuf,
+}
+
+/// Run cijoe and judge the run. The process (and anything it started, in
+/// its own process group) is killed at the timeout or when this future is
+/// dropped (a cancelled run).
+pub async fn run(spec: &RunSpec) -> RunOutcome {
+    let started = Instant::now();
+    let fail = |reason: String, exit_code: Option<i32>, steps: Vec<StepResult>| RunOutcome {
+        status: "failed".into(),
+        reason: Some(reason),
+        exit_code,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        steps,
+    };
+    let log = match std::fs::create_dir_all(spec.output.parent().unwrap_or(Path::new(".")))
+        .and_then(|_| std::fs::File::create(spec.output.with_extension("log")))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create the run's directory: {e}"), None, vec![]),
+    };
+    let mut cmd = tokio::process::Command::new(&spec.command);
+    cmd.arg(&spec.task);
+    for c in &spec.configs {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.arg("-o").arg(&spec.output).arg("--monitor");
+    cmd.current_dir(spec.output.parent().unwrap_or(Path::new(".")));
+    let err_log = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open the run's log: {e}"), None, vec![]),
+    };
+    cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(err_log);
+    cmd.process_group(0).kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail(
+                format!("cijoe is not installed: {:?} was not found (set [cijoe] command)", spec.command),
+                None,
+                vec![],
+            )
+        }
+        Err(e) => return fail(format!("cannot start {}: {e}", spec.command), None, vec![]),
+    };
+    let pid = child.id();
+    let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
+    let status = match waited {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail(format!("cannot wait for cijoe: {e}"), None, read_steps(&spec.output)),
+        Err(_) => {
+            kill_group(pid);
+            let _ = child.wait().await;
+            return fail(
+                format!("timed out after {} s; the workflow was stopped", spec.timeout.as_secs()),
+                None,
+                read_steps(&spec.output),
+            );
+        }
+    };
+    // A step may have left children behind in the group.
+    kill_group(pid);
+    let steps = read_steps(&spec.output);
+    let code = status.code();
+    let first_failed = steps.iter().find(|s| s.status == "failed").map(|s| s.name.clone());
+    match code {
+        Some(0) if first_failed.is_none() && !steps.is_empty() => RunOutcome {
+            status: "passed".into(),
+            reason: None,
+            exit_code: code,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            steps,
+        },
+        Some(0) if steps.is_empty() => {
+            fail("cijoe ended without a state file (no step ran)".into(), code, steps)
+        }
+        Some(22) => fail(format!("cijoe refused the task (exit 22); see {}", log_name(spec)), code, steps),
+        Some(c) => {
+            let why = match first_failed {
+                Some(s) => format!("step `{s}` failed (cijoe exit {c})"),
+                None => format!("cijoe exited with {c}; see {}", log_name(spec)),
+            };
+            fail(why, code, steps)
+        }
+        None => fail(format!("cijoe was killed ({status})"), None, steps),
+    }
+}
+
+fn log_name(spec: &RunSpec) -> String {
+    spec.output
+        .with_extension("log")
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        // SAFETY: a signal to the process group this run started.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+}
+
+/// The steps of a run from its output directory (empty without a state file).
+pub fn read_steps(output: &Path) -> Vec<StepResult> {
+    let Ok(text) = std::fs::read_to_string(output.join("task.state")) else { return vec![] };
+    let Ok(state) = serde_yaml_ng::from_str::<Yaml>(&text) else { return vec![] };
+    let Some(steps) = state.get("steps").and_then(Yaml::as_sequence) else { return vec![] };
+    steps
+        .iter()
+        .map(|s| {
+            let name = s.get("name").and_then(Yaml::as_str).unwrap_or("?").to_string();
+            let id = s.get("id").and_then(Yaml::as_str).unwrap_or("").to_string();
+            let st = s.get("status");
+            let count = |k: &str| st.and_then(|v| v.get(k)).and_then(Yaml::as_u64).unwrap_or(0);
+            let status = if count("failed") > 0 {
+                "failed"
+            } else if count("passed") > 0 {
+                "passed"
+            } else {
+                "skipped"
+            };
+            let elapsed_s = st.and_then(|v| v.get("elapsed")).and_then(Yaml::as_f64).unwrap_or(0.0);
+            StepResult { name, status: status.into(), elapsed_s, output: step_output(&output.join(&id)) }
+        })
+        .collect()
+}
+
+/// A step's `cmd_NN.output` files in order, capped.
+fn step_output(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "output"))
+        .collect();
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        if out.len() > STEP_OUTPUT_BYTES {
+            let mut cut = STEP_OUTPUT_BYTES;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push_str("\n… (cut; the whole output is in the run's archive)\n");
+            break;
+        }
+    }
+    out
+}
