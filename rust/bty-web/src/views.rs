@@ -19,6 +19,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("events_table", include_str!("../templates/ui/events_table.hbs")),
     ("machine_row", include_str!("../templates/ui/machine_row.hbs")),
     ("cache_cell", include_str!("../templates/ui/cache_cell.hbs")),
+    ("workflows", include_str!("../templates/ui/workflows.hbs")),
     ("login", include_str!("../templates/ui/login.hbs")),
     ("account", include_str!("../templates/ui/account.hbs")),
     ("dashboard", include_str!("../templates/ui/dashboard.hbs")),

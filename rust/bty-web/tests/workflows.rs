@@ -139,3 +139,63 @@ async fn workflows_are_checked_stored_listed_and_held_while_bound() {
     let r = reqwest::get(s.url("/workflows")).await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflows_page_adds_shows_refuses_and_deletes() {
+    let s = TestServer::start().await;
+    let (c, csrf) = s.login().await;
+    let post = |path: &str, pairs: &[(&str, &str)]| {
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.bytes()
+                        .map(|b| if b.is_ascii_alphanumeric() {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        })
+                        .collect::<String>()
+                )
+            })
+            .collect();
+        c.post(s.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+            .send()
+    };
+    let r =
+        post("/ui/workflows", &[("csrf_token", &csrf), ("name", "hostname"), ("task", TASK), ("config", "")])
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200, "followed to the page");
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Workflow saved")
+            && html.contains("Set the hostname")
+            && html.contains("<code>hostname</code>"),
+        "{html}"
+    );
+    assert!(html.contains("config.bty.target_root"), "the task is shown in full");
+    // Refused, the reason next to the field and the text kept.
+    let r = post(
+        "/ui/workflows",
+        &[("csrf_token", &csrf), ("name", "broken"), ("task", "doc: x\nsteps:\n- name: a\n"), ("config", "")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("id=\"task-error\"") && html.contains("give <code>uses</code> or <code>run</code>"),
+        "{html}"
+    );
+    assert!(html.contains("- name: a"), "the submitted task is kept");
+    // Without the CSRF token: refused.
+    let r = post("/ui/workflows/hostname/delete", &[("csrf_token", "x")]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post("/ui/workflows/hostname/delete", &[("csrf_token", &csrf)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("No workflows yet"));
+}

@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod events;
 pub mod machines;
 pub mod settings;
+pub mod workflows;
 
 use std::sync::atomic::Ordering;
 
@@ -64,6 +65,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "reload-failed" => "The catalog did not load; the previous one stays in use.",
         "image-added" => "Image added to the catalog. Machines can be assigned it now.",
         "prefetching" => "Filling the cache with the image; its progress is below.",
+        "workflow-saved" => "Workflow saved. Machines bound to it run the new version from their next run.",
+        "workflow-deleted" => "Workflow deleted.",
         "evicted" => "Evicted from the cache; the next download fills it again.",
         "password" => "Password changed. Other sessions were logged out and every API token was revoked: create new tokens for your scripts.",
         "revoked" => "Token revoked.",
