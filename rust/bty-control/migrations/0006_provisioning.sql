@@ -6,3 +6,19 @@ ALTER TABLE machines ADD COLUMN ssh_host TEXT;
 ALTER TABLE machines ADD COLUMN ssh_port INTEGER CHECK (ssh_port BETWEEN 1 AND 65535);
 ALTER TABLE machines ADD COLUMN ssh_user TEXT;
 CREATE INDEX machines_workflow ON machines (workflow) WHERE workflow IS NOT NULL;
+
+-- Every CIJOE run, offline (reported by the live environment) and online;
+-- its output directory and archive are <state>/cijoe/<mac>/<id>/.
+CREATE TABLE cijoe_runs (
+    id          INTEGER PRIMARY KEY,
+    mac         TEXT NOT NULL REFERENCES machines (mac) ON DELETE CASCADE,
+    workflow    TEXT NOT NULL,
+    mode        TEXT NOT NULL CHECK (mode IN ('offline', 'online')),
+    status      TEXT NOT NULL CHECK (status IN ('queued', 'running', 'passed', 'failed', 'cancelled')),
+    reason      TEXT,
+    image       TEXT,
+    steps       TEXT NOT NULL DEFAULT '[]',
+    created_at  TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX cijoe_runs_by_mac ON cijoe_runs (mac, id);

@@ -43,7 +43,7 @@ pub struct RunOutcome {
     pub steps: Vec<StepResult>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StepResult {
     pub name: String,
     /// `passed`, `failed`, or `skipped` (not run: an earlier step failed).

@@ -27,6 +27,7 @@ pub mod netboot;
 pub mod password;
 pub mod policy;
 pub mod pxe;
+pub mod runs;
 pub mod secret;
 pub mod settings;
 pub mod workflows;

@@ -256,6 +256,8 @@ pub enum Report {
     Done,
     Failed,
     Inventory,
+    /// The offline provisioning report (cijoe's output), before `done`.
+    Provisioning,
 }
 
 impl Report {
@@ -271,6 +273,7 @@ impl Report {
             Report::Done => "done",
             Report::Failed => "failed",
             Report::Inventory => "inventory",
+            Report::Provisioning => "provisioning",
         }
     }
 }
@@ -320,6 +323,8 @@ pub fn on_report(policy: Policy, state: BootState, offer: Offer, report: Report)
         (Offer::Local, _) => {
             Refuse("the machine was told to boot its local disk; no live environment was offered")
         }
+        // Judged by `pxe::admit_provisioning`; it never moves the state.
+        (_, Report::Provisioning) => Accept { next_state: state, ends_offer: false },
     }
 }
 

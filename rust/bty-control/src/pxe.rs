@@ -493,6 +493,40 @@ fn admit(
     }
 }
 
+/// Check an offline provisioning report (`POST /pxe/{mac}/cijoe`): only the
+/// live environment of the current flash offer, of a machine whose mode is
+/// `cijoe-offline` with a workflow, may send one. The offer stays open: the
+/// `done` that follows ends it. The machine, or the refusal recorded.
+pub fn admit_provisioning(
+    conn: &Connection,
+    mac: MacAddr,
+    ip: Option<&str>,
+    token: Option<&str>,
+) -> rusqlite::Result<Result<Machine, ReportOutcome>> {
+    let report = Report::Provisioning;
+    let Some(m) = machines::get_for_boot(conn, mac)? else {
+        let why = format!("unknown machine {mac}: it must PXE-boot from this server first");
+        return refuse(conn, mac, ip, report, false, why).map(Err);
+    };
+    match current_offer(conn, mac, token)? {
+        Ok(Offer::Flash) => {}
+        Ok(other) => {
+            let why = format!(
+                "a provisioning report belongs to a flash; the live environment was offered {}",
+                other.as_str()
+            );
+            return refuse(conn, mac, ip, report, true, why).map(Err);
+        }
+        Err(why) => return refuse(conn, mac, ip, report, true, why).map(Err),
+    }
+    if m.provisioning_mode != "cijoe-offline" || m.workflow.is_none() {
+        let why =
+            format!("{mac} is not bound to an offline workflow (provisioning mode {})", m.provisioning_mode);
+        return refuse(conn, mac, ip, report, true, why).map(Err);
+    }
+    Ok(Ok(m))
+}
+
 /// `POST /pxe/{mac}/status` and `/done`.
 pub fn status(
     conn: &Connection,

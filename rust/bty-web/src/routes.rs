@@ -10,7 +10,9 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::error::BodyLimit;
-use crate::handlers::{auth, backups, cache, events, files, machines, netboot, pxe, system, ui, workflows};
+use crate::handlers::{
+    auth, backups, cache, events, files, machines, netboot, pxe, runs, system, ui, workflows,
+};
 use crate::route_table::{BodyRule, Route, ROUTES};
 use crate::state::AppState;
 
@@ -35,6 +37,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("PUT", "/images/{name}") => put(files::image_put),
         ("POST", "/images/{name}/prefetch") => post(cache::prefetch),
         ("GET", "/cache") => get(cache::list),
+        ("POST", "/pxe/{mac}/cijoe") => post(runs::pxe_report),
+        ("GET", "/machines/{mac}/runs") => get(runs::list),
+        ("GET", "/runs/{id}") => get(runs::get),
+        ("GET", "/runs/{id}/report") => get(runs::report),
         ("GET", "/workflows") => get(workflows::list),
         ("GET", "/workflows/{name}") => get(workflows::get),
         ("PUT", "/workflows/{name}") => put(workflows::put),

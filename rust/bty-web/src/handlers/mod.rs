@@ -9,6 +9,7 @@ pub mod files;
 pub mod machines;
 pub mod netboot;
 pub mod pxe;
+pub mod runs;
 pub mod system;
 pub mod ui;
 pub mod workflows;

@@ -90,7 +90,7 @@ pub async fn plan(
 }
 
 /// The offer token a report carries, if any.
-fn offer_token(headers: &HeaderMap) -> Option<String> {
+pub fn offer_token(headers: &HeaderMap) -> Option<String> {
     headers.get(OFFER_TOKEN_HEADER).and_then(|v| v.to_str().ok()).map(|t| t.trim().to_string())
 }
 

@@ -1,0 +1,160 @@
+//! CIJOE runs: the live environment's offline report (`POST
+//! /pxe/{mac}/cijoe`, open like every `/pxe` route but only with the current
+//! flash offer's token), and the operator's view of runs.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ApiError;
+use crate::handlers::pxe::offer_token;
+use crate::handlers::MacParam;
+use crate::runs::{self, OfflineReport, MAX_REPORT_BYTES};
+use crate::state::{AppState, ClientIp};
+
+#[derive(Deserialize, Default)]
+pub struct ReportQuery {
+    /// cijoe's exit status as the agent saw it.
+    exit: Option<i32>,
+    /// Why cijoe could not run, when it could not.
+    reason: Option<String>,
+}
+
+/// `POST /pxe/{mac}/cijoe`: the body is a `tar.gz` of cijoe's output
+/// directory. 201 with the run's id and status.
+pub async fn pxe_report(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    MacParam(mac): MacParam,
+    Query(q): Query<ReportQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let token = offer_token(req.headers());
+    let ip_s = ip.string();
+    let admitted = app
+        .db
+        .write(move |c| crate::pxe::admit_provisioning(c, mac, ip_s.as_deref(), token.as_deref()))
+        .await?;
+    let m = match admitted {
+        Ok(m) => m,
+        Err(crate::pxe::ReportOutcome::Refused(why)) => return Err(ApiError::Forbidden(why)),
+        Err(crate::pxe::ReportOutcome::Accepted) => return Err(ApiError::internal("unexpected outcome")),
+    };
+    let base = app.config.paths.state_dir.join("cijoe").join(mac.to_string().replace(':', "-"));
+    let incoming = base.join(format!(".incoming-{}", crate::secret::random_secret()));
+    tokio::fs::create_dir_all(&incoming).await.map_err(ApiError::internal)?;
+    let result = receive(req.into_body(), &incoming).await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_dir_all(&incoming).await;
+        return Err(e);
+    }
+    let (arch, out) = (incoming.join("report.tar.gz"), incoming.join("out"));
+    let unpacked = {
+        let (a, o) = (arch.clone(), out.clone());
+        tokio::task::spawn_blocking(move || runs::unpack_report(&a, &o)).await.map_err(ApiError::internal)?
+    };
+    if let Err(why) = unpacked {
+        let _ = tokio::fs::remove_dir_all(&incoming).await;
+        return Err(ApiError::field("report", why));
+    }
+    let workflow = m.workflow.clone().unwrap_or_default();
+    let (image, reason) = (m.image.clone(), q.reason.clone());
+    let (status, why, steps) = {
+        let o = out.clone();
+        let (w, i, r) = (workflow.clone(), image.clone(), reason.clone());
+        let exit = q.exit;
+        tokio::task::spawn_blocking(move || {
+            let rep = OfflineReport {
+                mac,
+                workflow: &w,
+                image: i.as_deref(),
+                exit_code: exit,
+                reason: r.as_deref(),
+            };
+            runs::judge_offline(&o, &rep)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    let (st, wh, sp) = (status.clone(), why.clone(), steps.clone());
+    let exit = q.exit;
+    let (id, pruned) = app
+        .db
+        .write(move |c| {
+            let rep = OfflineReport {
+                mac,
+                workflow: &workflow,
+                image: image.as_deref(),
+                exit_code: exit,
+                reason: reason.as_deref(),
+            };
+            runs::record(c, &rep, &st, wh.as_deref(), &sp)
+        })
+        .await?;
+    let dir = runs::dir(&app.config.paths.state_dir, mac, id);
+    if let Err(e) = tokio::fs::rename(&incoming, &dir).await {
+        tracing::warn!(run = id, "cannot keep the run's files in {}: {e}", dir.display());
+    }
+    for old in pruned {
+        let _ = tokio::fs::remove_dir_all(runs::dir(&app.config.paths.state_dir, mac, old)).await;
+    }
+    app.machine_changed(mac);
+    Ok((StatusCode::CREATED, Json(json!({"run": id, "status": status, "reason": why}))).into_response())
+}
+
+/// The body into `dir/report.tar.gz`, at most [`MAX_REPORT_BYTES`].
+async fn receive(body: Body, dir: &std::path::Path) -> Result<(), ApiError> {
+    let mut f = tokio::fs::File::create(dir.join("report.tar.gz")).await.map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the report was cut off: {e}")))?;
+        n += chunk.len() as u64;
+        if n > MAX_REPORT_BYTES {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "a report may be at most {MAX_REPORT_BYTES} bytes"
+            )));
+        }
+        f.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    f.flush().await.map_err(ApiError::internal)?;
+    Ok(())
+}
+
+pub async fn list(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
+    let runs = app.db.read(move |c| runs::list(c, mac, runs::KEEP_PER_MACHINE)).await?;
+    Ok(Json(runs).into_response())
+}
+
+pub async fn get(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let run = app.db.read(move |c| runs::get(c, id)).await?;
+    run.map(|r| Json(r).into_response()).ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+}
+
+/// The run's whole output as it was reported, `tar.gz`.
+pub async fn report(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let Some(run) = app.db.read(move |c| runs::get(c, id)).await? else {
+        return Err(ApiError::not_found(format!("no run {id}")));
+    };
+    let mac: bty_core::mac::MacAddr = run.mac.parse().map_err(ApiError::internal)?;
+    let path = runs::dir(&app.config.paths.state_dir, mac, id).join("report.tar.gz");
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found(format!("run {id} has no report archive")))?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .header(header::CONTENT_LENGTH, len)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"bty-run-{id}-{}.tar.gz\"", run.mac.replace(':', "-")),
+        )
+        .body(Body::from_stream(tokio_util::io::ReaderStream::new(file)))
+        .map_err(ApiError::internal)
+}
