@@ -140,6 +140,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/ui/images/url", Operator),
     route(Method::POST, "/ui/images/{name}/prefetch", Operator),
     route(Method::POST, "/ui/cache/{digest}/evict", Operator),
+    route(Method::GET, "/ui/runs/{id}", Operator),
     route(Method::GET, "/ui/workflows", Operator),
     route(Method::POST, "/ui/workflows", Operator),
     route(Method::POST, "/ui/workflows/{name}/delete", Operator),

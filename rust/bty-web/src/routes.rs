@@ -99,6 +99,7 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("POST", "/ui/images/url") => post(ui::catalog::add_url),
         ("POST", "/ui/images/{name}/prefetch") => post(ui::catalog::prefetch),
         ("POST", "/ui/cache/{digest}/evict") => post(ui::catalog::evict),
+        ("GET", "/ui/runs/{id}") => get(ui::machines::run_page),
         ("GET", "/ui/workflows") => get(ui::workflows::page),
         ("POST", "/ui/workflows") => post(ui::workflows::save),
         ("POST", "/ui/workflows/{name}/delete") => post(ui::workflows::delete),

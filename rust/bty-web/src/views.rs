@@ -20,6 +20,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("machine_row", include_str!("../templates/ui/machine_row.hbs")),
     ("cache_cell", include_str!("../templates/ui/cache_cell.hbs")),
     ("workflows", include_str!("../templates/ui/workflows.hbs")),
+    ("run", include_str!("../templates/ui/run.hbs")),
     ("login", include_str!("../templates/ui/login.hbs")),
     ("account", include_str!("../templates/ui/account.hbs")),
     ("dashboard", include_str!("../templates/ui/dashboard.hbs")),

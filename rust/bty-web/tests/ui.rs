@@ -298,3 +298,97 @@ async fn adding_images_from_the_images_page() {
     let health = b.wait_text(".checks", "Catalog", 5).await;
     assert!(health.contains("2 image(s)"), "{health}");
 }
+
+/// A workflow added on the Workflows page, an offline run reported for a
+/// machine bound to it (the real cijoe's output), the run on the machine
+/// page, its steps and output on the run page, its archive downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_runs_and_their_reports_in_the_browser() {
+    let s = TestServer::start().await;
+    let b = Browser::start().await;
+    b.goto(&s.url("/ui/workflows")).await;
+    b.click(&b.find("#username").await).await;
+    b.keys(&format!("bty{TAB}bty{ENTER}")).await;
+    b.wait_text("main", "No workflows yet", 10).await;
+    check_page(&b, "workflows-empty").await;
+    b.type_into(&b.find("#name").await, "motd").await;
+    b.type_into(&b.find("#task").await, "doc: Write the motd\nsteps:\n- name: motd\n  run: echo hello\n- name: broken\n  run: sh -c 'echo disk full >&2; exit 1'\n").await;
+    b.click(&b.find("#workflow-form button[type=submit]").await).await;
+    b.wait_text("main .callout.ok", "Workflow saved", 10).await;
+    let page = b.wait_text("main", "Write the motd", 5).await;
+    assert!(page.contains("motd") && page.contains("broken"), "{page}");
+    check_page(&b, "workflows").await;
+
+    // A machine bound to it flashes and reports the run (as the live environment does).
+    let t = s.token().await;
+    let (code, v) = s
+        .put_machine(
+            &t,
+            MAC,
+            json!({"policy": "flash-once", "image": "local-img", "target_disk_serial": SERIAL,
+            "provisioning_mode": "cijoe-offline", "workflow": "motd"}),
+        )
+        .await;
+    assert!(code == 200 || code == 201, "{v}");
+    let (_, token) = s.pxe_boot(MAC).await;
+    let work = tempfile::tempdir().unwrap();
+    let cijoe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../checks/out/cijoe/bin/cijoe");
+    assert!(cijoe.exists(), "checks/deps.sh installs cijoe into checks/out/cijoe/");
+    std::fs::write(
+        work.path().join("task.yaml"),
+        std::fs::read(s.state_dir().join("workflows/motd.yaml")).unwrap(),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    std::fs::write(work.path().join("bty.toml"), "[bty]\nmac = \"x\"\n").unwrap();
+    let st = std::process::Command::new(&cijoe)
+        .arg(work.path().join("task.yaml"))
+        .arg("-c")
+        .arg(work.path().join("bty.toml"))
+        .arg("-o")
+        .arg(&out)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(5), "{}", String::from_utf8_lossy(&st.stderr));
+    let tar = work.path().join("r.tar.gz");
+    assert!(std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&out)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let r = reqwest::Client::new()
+        .post(s.url(&format!("/pxe/{MAC}/cijoe?exit=5")))
+        .header("x-bty-offer-token", token.unwrap())
+        .body(std::fs::read(&tar).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["run"].as_i64().unwrap();
+
+    b.goto(&s.url(&format!("/ui/machines/{MAC}"))).await;
+    let runs = b.wait_text("section[aria-labelledby=runs-h]", "failed", 5).await;
+    assert!(
+        runs.contains("motd") && runs.contains("step broken failed") && runs.contains("1 of 2"),
+        "{runs}"
+    );
+    b.click(&b.find(&format!("a[href='/ui/runs/{id}']")).await).await;
+    let page = b.wait_text("main", "Download the whole report", 5).await;
+    assert!(page.contains("disk full"), "the failed step's output is open: {page}");
+    check_page(&b, "run").await;
+    let got = b
+        .run(
+            "const x = new XMLHttpRequest(); x.open('GET', arguments[0], false); x.send(); \
+             return [x.status, x.getResponseHeader('content-type'), x.getResponseHeader('content-disposition')];",
+            json!([format!("/runs/{id}/report")]),
+        )
+        .await;
+    assert_eq!(got[0], 200, "{got}");
+    assert_eq!(got[1], "application/gzip", "{got}");
+    assert!(got[2].as_str().unwrap().contains(&format!("bty-run-{id}")), "{got}");
+}

@@ -326,10 +326,11 @@ async fn machine_page(
                 c,
                 &EventQuery { subject: Some(mac.to_string()), limit: 20, ..Default::default() },
             )?;
-            Ok::<_, rusqlite::Error>(Some((m, flashes, events)))
+            let runs = crate::runs::list(c, mac, crate::runs::KEEP_PER_MACHINE)?;
+            Ok::<_, rusqlite::Error>(Some((m, flashes, events, runs)))
         })
         .await?;
-    let Some((m, flashes, events)) = found else {
+    let Some((m, flashes, events, runs)) = found else {
         return Err(ApiError::not_found(format!("no machine {mac}")).into());
     };
     let catalog = ctx.app.catalog.get();
@@ -477,10 +478,57 @@ async fn machine_page(
         },
         "errors": errors,
         "flashes": flash_rows,
+        "runs": runs.iter().map(|r| run_row(ctx, r)).collect::<Vec<_>>(),
         "events": events.iter().map(|e| ctx.event_row(e)).collect::<Vec<_>>(),
     });
     let meta = PageMeta { name: "machine", title: format!("Machine {mac}"), nav: "machines", notice };
     ctx.page(status, meta, data)
+}
+
+/// A run as the machine page and the run page show it.
+pub fn run_row(ctx: &Ctx, r: &crate::runs::Run) -> Value {
+    let class = match r.status.as_str() {
+        "passed" => "ok",
+        "failed" | "cancelled" => "fail",
+        _ => "info",
+    };
+    json!({
+        "id": r.id,
+        "workflow": r.workflow,
+        "mode": r.mode,
+        "status": r.status,
+        "class": class,
+        "reason": r.reason,
+        "finished": ctx.time(r.finished_at.as_deref().or(Some(&r.created_at))),
+        "passed": r.steps.iter().filter(|s| s.status == "passed").count(),
+        "steps": r.steps.len(),
+    })
+}
+
+/// `GET /ui/runs/{id}`: one run's steps with their output, and its archive.
+pub async fn run_page(
+    ctx: Ctx,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<Response, UiError> {
+    let Some(run) = ctx.app.db.read(move |c| crate::runs::get(c, id)).await? else {
+        return Err(ApiError::not_found(format!("no run {id}")).into());
+    };
+    let steps: Vec<Value> = run
+        .steps
+        .iter()
+        .map(|s| {
+            let class = match s.status.as_str() {
+                "passed" => "ok",
+                "failed" => "fail",
+                _ => "info",
+            };
+            json!({"name": s.name, "status": s.status, "class": class,
+                   "elapsed": format!("{:.1} s", s.elapsed_s), "output": s.output})
+        })
+        .collect();
+    let data = json!({"run": run_row(&ctx, &run), "mac": run.mac, "image": run.image, "steps": steps});
+    let meta = PageMeta { name: "run", title: format!("Run {id}"), nav: "machines", notice: None };
+    ctx.page(StatusCode::OK, meta, data)
 }
 
 /// `POST /ui/machines/{mac}`: the assignment form, validated exactly as
