@@ -41,6 +41,7 @@ async fn every_protected_route_requires_login() {
             "GET /ui/login",
             "GET /version",
             "POST /auth/login",
+            "POST /pxe/{mac}/cijoe",
             "POST /pxe/{mac}/done",
             "POST /pxe/{mac}/inventory",
             "POST /pxe/{mac}/status",
