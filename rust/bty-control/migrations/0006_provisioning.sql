@@ -10,7 +10,8 @@ CREATE INDEX machines_workflow ON machines (workflow) WHERE workflow IS NOT NULL
 -- Every CIJOE run, offline (reported by the live environment) and online;
 -- its output directory and archive are <state>/cijoe/<mac>/<id>/.
 CREATE TABLE cijoe_runs (
-    id          INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: an id is never reused, nor so its directory.
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     mac         TEXT NOT NULL REFERENCES machines (mac) ON DELETE CASCADE,
     workflow    TEXT NOT NULL,
     mode        TEXT NOT NULL CHECK (mode IN ('offline', 'online')),

@@ -366,6 +366,11 @@ impl ImageCache {
             tracing::info!(image = %w.name, bytes = have, "cache: resuming a partial fill");
         }
         let mut size = w.size;
+        // Readers learn the size at once when the catalog has it (a partial
+        // already whole ends the loop before any upstream answer).
+        if size.is_some() {
+            tx.send_modify(|p| p.size = size);
+        }
         let mut validator: Option<String> = None;
         let mut attempt = 0;
         loop {
@@ -378,6 +383,12 @@ impl ImageCache {
             let opened = open_upstream(&self.inner.http, &w.upstream, have, validator.as_deref()).await;
             let (total, mut body, v) = match opened {
                 Ok(o) => o,
+                Err(Upstream_::Whole(t)) if t == have => {
+                    size = Some(t);
+                    tx.send_modify(|p| p.size = size);
+                    break;
+                }
+                Err(Upstream_::Whole(t)) => return Err(format!("the origin has {t} bytes, {have} are held")),
                 Err(Upstream_::Fatal(e)) => return Err(e),
                 Err(Upstream_::Retry(e)) if attempt < ATTEMPTS => {
                     tracing::warn!(image = %w.name, attempt, "cache: upstream failed, retrying: {e}");
@@ -464,22 +475,11 @@ impl ImageCache {
         Ok(())
     }
 
+    /// End a fill: the record first, then the readers' last word, then the
+    /// fill's slot. In that order, whoever has read a whole image finds its
+    /// entry complete in `GET /cache` and on the Images page.
     async fn finish(&self, w: &Wanted, tx: &watch::Sender<Progress>, result: Result<(), String>) {
-        match &result {
-            Ok(()) => {
-                tx.send_modify(|p| {
-                    p.visible = p.size.unwrap_or(p.visible);
-                    p.outcome = Some(Ok(()));
-                });
-                tracing::info!(image = %w.name, "cache: filled");
-            }
-            Err(e) => {
-                tx.send_modify(|p| p.outcome = Some(Err(e.clone())));
-                tracing::warn!(image = %w.name, "cache: fill failed: {e}");
-            }
-        }
-        self.inner.fills.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.sha256);
-        let (sha, name, err) = (w.sha256.clone(), w.name.clone(), result.err());
+        let (sha, name, err) = (w.sha256.clone(), w.name.clone(), result.as_ref().err().cloned());
         let size = tx.borrow().size;
         let _ = self
             .inner
@@ -488,8 +488,8 @@ impl ImageCache {
                 let now = clock::now_rfc3339();
                 match &err {
                     None => c.execute(
-                        "UPDATE cache_entries SET state = 'complete', error = NULL, size = ?2, completed_at = ?3,
-                           upstream_bytes = upstream_bytes + ?2 WHERE digest = ?1",
+                        "UPDATE cache_entries SET state = 'complete', error = NULL, size = coalesce(?2, size),
+                           completed_at = ?3, upstream_bytes = upstream_bytes + coalesce(?2, 0) WHERE digest = ?1",
                         params![sha, size.map(|s| s as i64), now],
                     )?,
                     Some(e) => {
@@ -509,6 +509,20 @@ impl ImageCache {
             })
             .await
             .map_err(|e: rusqlite::Error| tracing::warn!(error = %e, "cache: cannot record a fill's end"));
+        match &result {
+            Ok(()) => {
+                tx.send_modify(|p| {
+                    p.visible = p.size.unwrap_or(p.visible);
+                    p.outcome = Some(Ok(()));
+                });
+                tracing::info!(image = %w.name, "cache: filled");
+            }
+            Err(e) => {
+                tx.send_modify(|p| p.outcome = Some(Err(e.clone())));
+                tracing::warn!(image = %w.name, "cache: fill failed: {e}");
+            }
+        }
+        self.inner.fills.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.sha256);
     }
 
     /// Evict least recently used complete entries until `need` more bytes
@@ -639,9 +653,11 @@ impl ImageCache {
         rows.into_iter()
             .map(|mut e| {
                 e.readers = readers.get(&e.digest).copied().unwrap_or(0);
-                if let Some(f) = fills.get(&e.digest) {
+                if let Some(f) = fills.get(&e.digest).filter(|f| f.progress.borrow().outcome.is_none()) {
                     e.state = "filling".into();
                     e.filled = Some(f.progress.borrow().visible);
+                } else if fills.contains_key(&e.digest) {
+                    // Ended a moment ago: the row says how.
                 } else if e.state == "filling" {
                     // Not running: a fill interrupted by a restart (or one that
                     // gave up); its partial is resumed by the next request.
@@ -771,6 +787,9 @@ enum Upstream_ {
     Retry(String),
     /// Another attempt would not help (404, a changed origin, no Range).
     Fatal(String),
+    /// A resume answered 416 with this total: nothing is left to fetch when
+    /// it is what is held.
+    Whole(u64),
 }
 
 type ByteStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
@@ -805,6 +824,13 @@ async fn open_upstream(
                     }))
                 }
                 200 => resp.content_length(),
+                416 if offset > 0 => {
+                    let t = header("content-range").and_then(|r| r.strip_prefix("bytes */")?.parse().ok());
+                    return Err(match t {
+                        Some(t) => Upstream_::Whole(t),
+                        None => Upstream_::Fatal(format!("{url} answered HTTP 416 to a resume at {offset}")),
+                    });
+                }
                 206 => {
                     header("content-range").and_then(|r| r.rsplit_once('/').and_then(|(_, t)| t.parse().ok()))
                 }
@@ -884,6 +910,10 @@ impl Opened {
                 }
                 loop {
                     let p = rx.borrow_and_update().clone();
+                    // A failed fill serves nothing more, not even bytes it had.
+                    if let Some(Err(e)) = p.outcome {
+                        return Some((Err(e), (rx, None, end, guard)));
+                    }
                     let ready = if p.outcome == Some(Ok(())) { p.size.unwrap_or(0) } else { p.visible };
                     if pos < ready.min(end) {
                         let want = (ready.min(end) - pos).min(CHUNK as u64) as usize;

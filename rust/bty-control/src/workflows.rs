@@ -314,9 +314,13 @@ impl WorkflowStore {
     }
 }
 
+/// Saves and deletions one at a time (a save reads the config it keeps).
+pub static EDITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("workflow");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

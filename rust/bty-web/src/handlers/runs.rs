@@ -49,18 +49,16 @@ pub async fn pxe_report(
     let base = app.config.paths.state_dir.join("cijoe").join(mac.to_string().replace(':', "-"));
     let incoming = base.join(format!(".incoming-{}", crate::secret::random_secret()));
     tokio::fs::create_dir_all(&incoming).await.map_err(ApiError::internal)?;
-    let result = receive(req.into_body(), &incoming).await;
-    if let Err(e) = result {
-        let _ = tokio::fs::remove_dir_all(&incoming).await;
-        return Err(e);
-    }
+    // Removed on every way out but the one that keeps it (a client gone
+    // mid-upload drops this handler).
+    let mut guard = Incoming(Some(incoming.clone()));
+    receive(req.into_body(), &incoming).await?;
     let (arch, out) = (incoming.join("report.tar.gz"), incoming.join("out"));
     let unpacked = {
         let (a, o) = (arch.clone(), out.clone());
         tokio::task::spawn_blocking(move || runs::unpack_report(&a, &o)).await.map_err(ApiError::internal)?
     };
     if let Err(why) = unpacked {
-        let _ = tokio::fs::remove_dir_all(&incoming).await;
         return Err(ApiError::field("report", why));
     }
     let workflow = m.workflow.clone().unwrap_or_default();
@@ -98,14 +96,26 @@ pub async fn pxe_report(
         })
         .await?;
     let dir = runs::dir(&app.config.paths.state_dir, mac, id);
-    if let Err(e) = tokio::fs::rename(&incoming, &dir).await {
-        tracing::warn!(run = id, "cannot keep the run's files in {}: {e}", dir.display());
+    match tokio::fs::rename(&incoming, &dir).await {
+        Ok(()) => guard.0 = None,
+        Err(e) => tracing::warn!(run = id, "cannot keep the run's files in {}: {e}", dir.display()),
     }
     for old in pruned {
         let _ = tokio::fs::remove_dir_all(runs::dir(&app.config.paths.state_dir, mac, old)).await;
     }
     app.machine_changed(mac);
     Ok((StatusCode::CREATED, Json(json!({"run": id, "status": status, "reason": why}))).into_response())
+}
+
+/// An upload's directory until it becomes a run's.
+struct Incoming(Option<std::path::PathBuf>);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// The body into `dir/report.tar.gz`, at most [`MAX_REPORT_BYTES`].

@@ -63,6 +63,7 @@ pub async fn save(
     let s = store(app);
     let n = name.clone();
     let created = tokio::task::spawn_blocking(move || {
+        let _edit = crate::workflows::EDITS.lock().unwrap_or_else(|e| e.into_inner());
         // `None`: keep the config there is.
         let config = match config {
             Some(c) => c,
@@ -118,7 +119,12 @@ pub async fn remove(app: &AppState, who: &Principal, ip: ClientIp, name: String)
     }
     let s = store(app);
     let n = name.clone();
-    tokio::task::spawn_blocking(move || s.delete(&n)).await.map_err(ApiError::internal)??;
+    tokio::task::spawn_blocking(move || {
+        let _edit = crate::workflows::EDITS.lock().unwrap_or_else(|e| e.into_inner());
+        s.delete(&n)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let event = NewEvent::new("workflow.deleted", who.actor(), format!("workflow {name} deleted"))
         .subject("workflow", name)
         .details(json!({}))
