@@ -97,7 +97,7 @@ class Server:
     """bty-web on loopback with a fresh state directory, the live environment in /boot and the
     marker images in the catalog. The guest reaches it as http://10.0.2.100 (see lib/vm.py)."""
 
-    def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True):
+    def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True, extra_env=None):
         """`seg`: run on that layer-2 segment (lib/l2.py) instead, at 192.168.77.2:8080 in its
         server namespace, with bty-web's own TFTP and (unless `proxy_dhcp` is False) ProxyDHCP."""
         self.work = work
@@ -118,7 +118,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, BTY_PATHS_STATE_DIR=self.state, BTY_SERVER_HOST="127.0.0.1",
                    BTY_SERVER_PORT=str(self.port), BTY_SERVER_PUBLIC_URL=f"http://{V.SERVER_IP}",
-                   BTY_ADMIN_PASSWORD="e2e-password", NO_COLOR="1")
+                   BTY_ADMIN_PASSWORD="e2e-password", NO_COLOR="1", **(extra_env or {}))
         argv = [BTY_WEB]
         if seg is not None:
             for f in ("snponly.efi", "ipxe.efi", "undionly.kpxe"):
@@ -635,7 +635,10 @@ def power_cut(name, work):
     """The plug is pulled mid-flash; the next PXE boot flashes again and the disk boots."""
     img = "marker-bios.img"
     origin = SlowOrigin(image(img + ".zst"), bytes_per_s=24 << 10)  # ~6 s for the image
-    srv = Server(work, [{"name": "marker", "src": origin.url, "sha256": published_sha(img + ".zst")}])
+    # Straight from the origin, uncached: the cache would prefetch the image when the machine is
+    # bound, and the flash would be over before the plug is pulled.
+    srv = Server(work, [{"name": "marker", "src": origin.url, "sha256": published_sha(img + ".zst")}],
+                 extra_env={"BTY_CACHE_ENABLED": "false"})
     try:
         mac = "52:54:00:12:34:5a"
         srv.bind(mac, policy="flash-once", image="marker", target_disk_serial="bty-disk-0")
