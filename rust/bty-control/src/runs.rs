@@ -80,17 +80,12 @@ pub fn dir(state_dir: &Path, mac: MacAddr, id: i64) -> PathBuf {
     state_dir.join("cijoe").join(mac.to_string().replace(':', "-")).join(id.to_string())
 }
 
-/// A run as the live environment reports it: the machine, the token check
-/// already passed (see `pxe::admit_provisioning`), the archive on disk.
+/// A run as the live environment reports it: the machine (the token check
+/// already passed, see `pxe::admit_provisioning`), its workflow and image.
 pub struct OfflineReport<'a> {
     pub mac: MacAddr,
     pub workflow: &'a str,
     pub image: Option<&'a str>,
-    /// cijoe's exit status as the agent saw it, when it ran at all.
-    pub exit_code: Option<i32>,
-    /// The agent's reason when cijoe could not run (not installed, no root
-    /// filesystem found, timed out).
-    pub reason: Option<&'a str>,
 }
 
 /// Unpack a report archive (`tar.gz` of cijoe's output directory) into
@@ -135,18 +130,24 @@ pub fn unpack_report(archive: &Path, dest: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Judge an offline report from what was unpacked and what the agent said.
-pub fn judge_offline(out: &Path, r: &OfflineReport<'_>) -> (String, Option<String>, Vec<StepResult>) {
+/// Judge an offline report from what was unpacked and what the agent said:
+/// cijoe's exit status as it saw it (when cijoe ran at all), and its reason
+/// when cijoe could not run (not installed, no root filesystem, timed out).
+pub fn judge_offline(
+    out: &Path,
+    exit_code: Option<i32>,
+    agent_reason: Option<&str>,
+) -> (String, Option<String>, Vec<StepResult>) {
     let steps = cijoe::read_steps(out);
     let failed = steps.iter().find(|s| s.status == "failed").map(|s| s.name.clone());
-    let reason = if let Some(why) = r.reason.filter(|w| !w.trim().is_empty()) {
+    let reason = if let Some(why) = agent_reason.filter(|w| !w.trim().is_empty()) {
         Some(why.trim().to_string())
     } else if let Some(step) = failed {
         Some(format!("step `{step}` failed"))
     } else if steps.is_empty() {
         Some("the report holds no cijoe state (task.state): no step ran".to_string())
     } else {
-        match r.exit_code {
+        match exit_code {
             Some(0) | None => None,
             Some(c) => Some(format!("cijoe exited with {c}")),
         }

@@ -243,6 +243,11 @@ impl WorkflowStore {
     }
 
     pub fn list(&self) -> Vec<WorkflowInfo> {
+        self.all().into_iter().map(|w| w.info).collect()
+    }
+
+    /// Every workflow in full, by name.
+    pub fn all(&self) -> Vec<Workflow> {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -251,7 +256,7 @@ impl WorkflowStore {
             .filter(|n| check_name(n).is_ok())
             .collect();
         names.sort();
-        names.into_iter().filter_map(|n| self.get(&n).ok().map(|w| w.info)).collect()
+        names.into_iter().filter_map(|n| self.get(&n).ok()).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<Workflow, WorkflowError> {

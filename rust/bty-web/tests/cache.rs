@@ -394,24 +394,7 @@ async fn a_restart_mid_fill_resumes_and_never_serves_the_partial_as_complete() {
 
 /// Start the real binary on `dir`; its port once it listens.
 fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .env("BTY_PATHS_STATE_DIR", dir)
-        .env("BTY_SERVER_HOST", "127.0.0.1")
-        .env("BTY_SERVER_PORT", "0")
-        .env("NO_COLOR", "1")
-        .env("BTY_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("bty-web started").unwrap();
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
-        }
-    };
+    let (child, port, lines) = common::spawn_binary(dir);
     // Keep draining its log so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (child, port)

@@ -314,24 +314,7 @@ fn a_boot_link_out_of_the_directory_is_logged() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("boot")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.path().join("boot/vmlinuz")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .env("BTY_PATHS_STATE_DIR", dir.path())
-        .env("BTY_SERVER_HOST", "127.0.0.1")
-        .env("BTY_SERVER_PORT", "0")
-        .env("NO_COLOR", "1")
-        .env("BTY_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("bty-web started").unwrap();
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest.chars().take_while(char::is_ascii_digit).collect::<String>();
-        }
-    };
+    let (mut child, port, lines) = common::spawn_binary(dir.path());
     let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}/boot/vmlinuz")).unwrap();
     assert_eq!(r.status(), 404);
     let logged = lines.map_while(Result::ok).find(|l| l.contains("symlink out of the boot directory"));

@@ -61,36 +61,20 @@ pub async fn pxe_report(
     if let Err(why) = unpacked {
         return Err(ApiError::field("report", why));
     }
-    let workflow = m.workflow.clone().unwrap_or_default();
-    let (image, reason) = (m.image.clone(), q.reason.clone());
     let (status, why, steps) = {
-        let o = out.clone();
-        let (w, i, r) = (workflow.clone(), image.clone(), reason.clone());
-        let exit = q.exit;
-        tokio::task::spawn_blocking(move || {
-            let rep = OfflineReport {
-                mac,
-                workflow: &w,
-                image: i.as_deref(),
-                exit_code: exit,
-                reason: r.as_deref(),
-            };
-            runs::judge_offline(&o, &rep)
-        })
-        .await
-        .map_err(ApiError::internal)?
+        let (exit, reason) = (q.exit, q.reason.clone());
+        tokio::task::spawn_blocking(move || runs::judge_offline(&out, exit, reason.as_deref()))
+            .await
+            .map_err(ApiError::internal)?
     };
-    let (st, wh, sp) = (status.clone(), why.clone(), steps.clone());
-    let exit = q.exit;
+    let (st, wh, sp) = (status.clone(), why.clone(), steps);
     let (id, pruned) = app
         .db
         .write(move |c| {
             let rep = OfflineReport {
                 mac,
-                workflow: &workflow,
-                image: image.as_deref(),
-                exit_code: exit,
-                reason: reason.as_deref(),
+                workflow: m.workflow.as_deref().unwrap_or_default(),
+                image: m.image.as_deref(),
             };
             runs::record(c, &rep, &st, wh.as_deref(), &sp)
         })

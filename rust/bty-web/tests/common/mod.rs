@@ -210,3 +210,29 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// The real `bty-web` binary on state directory `dir` (loopback, a free
+/// port, its log on stdout): the child, its port, and the rest of its log.
+pub fn spawn_binary(
+    dir: &std::path::Path,
+) -> (std::process::Child, u16, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .env("BTY_PATHS_STATE_DIR", dir)
+        .env("BTY_SERVER_HOST", "127.0.0.1")
+        .env("BTY_SERVER_PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("BTY_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("bty-web started").unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
+        }
+    };
+    (child, port, lines)
+}

@@ -32,11 +32,8 @@ async fn render(
 ) -> Result<Response, UiError> {
     let store = workflows::store(&ctx.app);
     let dir = store.dir().display().to_string();
-    let all = tokio::task::spawn_blocking(move || {
-        store.list().into_iter().filter_map(|i| store.get(&i.name).ok()).collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| UiError(ApiError::internal(e)))?;
+    let all =
+        tokio::task::spawn_blocking(move || store.all()).await.map_err(|e| UiError(ApiError::internal(e)))?;
     let rows: Vec<Value> = all
         .iter()
         .map(|w| {
