@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_yaml_ng::Value as Yaml;
 
+pub use bty_core::cijoe::{bty_config, BtyValues, SshTransport};
+
 /// Output kept per step in a run's record (the whole output stays in the
 /// run's directory and its archive).
 pub const STEP_OUTPUT_BYTES: usize = 64 << 10;
@@ -54,51 +56,6 @@ pub struct StepResult {
     pub elapsed_s: f64,
     /// The step's command output, at most [`STEP_OUTPUT_BYTES`].
     pub output: String,
-}
-
-/// The `[bty]` table bty hands a workflow (`{{ config.bty.… }}`).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BtyValues {
-    pub mac: String,
-    pub image: Option<String>,
-    pub digest: Option<String>,
-    /// Offline: where the written root filesystem is mounted.
-    pub target_root: Option<String>,
-    /// Offline: the disk that was flashed.
-    pub target_disk: Option<String>,
-    /// Online: the address the machine is reached at.
-    pub host: Option<String>,
-}
-
-/// The config file bty writes for a run: `[bty]`, and (online) the SSH
-/// transport with the server's key.
-pub fn bty_config(values: &BtyValues, ssh: Option<&SshTransport>) -> String {
-    let mut t = toml::Table::new();
-    t.insert("bty".into(), toml::Value::try_from(values).unwrap_or(toml::Value::Table(Default::default())));
-    if let Some(s) = ssh {
-        let mut tr = toml::Table::new();
-        tr.insert("hostname".into(), s.host.clone().into());
-        tr.insert("port".into(), i64::from(s.port).into());
-        tr.insert("username".into(), s.user.clone().into());
-        tr.insert("key_filename".into(), s.key_file.display().to_string().into());
-        // Never ask for or fall back to passwords or an agent's keys.
-        tr.insert("look_for_keys".into(), false.into());
-        tr.insert("allow_agent".into(), false.into());
-        let mut transports = toml::Table::new();
-        transports.insert("ssh".into(), tr.into());
-        let mut cijoe = toml::Table::new();
-        cijoe.insert("transport".into(), transports.into());
-        t.insert("cijoe".into(), cijoe.into());
-    }
-    toml::to_string(&t).unwrap_or_default()
-}
-
-#[derive(Debug, Clone)]
-pub struct SshTransport {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub key_file: PathBuf,
 }
 
 /// Run cijoe and judge the run. The process (and anything it started, in

@@ -157,6 +157,41 @@ const KEYS: &[KeyDef] = &[
         help: "free space kept on the cache's filesystem; images are evicted (or not cached) to keep it",
     },
     KeyDef {
+        section: "cijoe",
+        key: "command",
+        kind: Kind::Text,
+        default: Some("cijoe"),
+        help: "the cijoe executable provisioning workflows run with (a name on PATH or a path)",
+    },
+    KeyDef {
+        section: "cijoe",
+        key: "timeout_seconds",
+        kind: Kind::Int { min: 10, max: 86400 },
+        default: Some("1800"),
+        help: "longest a workflow may run, offline in the live environment or online; it is stopped and the run fails after it",
+    },
+    KeyDef {
+        section: "cijoe",
+        key: "keep_runs",
+        kind: Kind::Int { min: 1, max: 10000 },
+        default: Some("20"),
+        help: "runs kept per machine (records and files); older ones are removed",
+    },
+    KeyDef {
+        section: "cijoe",
+        key: "max_parallel",
+        kind: Kind::Int { min: 1, max: 256 },
+        default: Some("4"),
+        help: "online runs at once across all machines (one at a time per machine)",
+    },
+    KeyDef {
+        section: "cijoe",
+        key: "ssh_wait_seconds",
+        kind: Kind::Int { min: 1, max: 86400 },
+        default: Some("600"),
+        help: "how long an online run waits for the booted machine's SSH port before it fails",
+    },
+    KeyDef {
         section: "paths",
         key: "catalog_refresh_seconds",
         kind: Kind::Int { min: 0, max: 7 * 86400 },
@@ -449,6 +484,16 @@ pub struct CacheConfig {
     pub min_free_bytes: u64,
 }
 
+/// `[cijoe]`: how provisioning workflows run.
+#[derive(Debug, Clone)]
+pub struct CijoeConfig {
+    pub command: String,
+    pub timeout: std::time::Duration,
+    pub keep_runs: usize,
+    pub max_parallel: usize,
+    pub ssh_wait: std::time::Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct TuningConfig {
     pub backup_max_parallel: usize,
@@ -542,6 +587,7 @@ pub struct Config {
     pub proxy_dhcp: ProxyDhcpConfig,
     pub oci: OciConfig,
     pub cache: CacheConfig,
+    pub cijoe: CijoeConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     values: BTreeMap<String, (Value, Origin)>,
@@ -784,6 +830,13 @@ impl Config {
                 enabled: flag("cache.enabled"),
                 max_bytes: int("cache.max_bytes"),
                 min_free_bytes: int("cache.min_free_bytes"),
+            },
+            cijoe: CijoeConfig {
+                command: text("cijoe.command").unwrap_or_else(|| "cijoe".into()),
+                timeout: std::time::Duration::from_secs(int("cijoe.timeout_seconds")),
+                keep_runs: int("cijoe.keep_runs") as usize,
+                max_parallel: int("cijoe.max_parallel") as usize,
+                ssh_wait: std::time::Duration::from_secs(int("cijoe.ssh_wait_seconds")),
             },
             admin: AdminConfig {
                 username: text("admin.username").unwrap_or_default(),

@@ -388,13 +388,13 @@ pub enum ReportOutcome {
     Refused(String),
 }
 
-/// The stored offer of a known machine, checked against the report's token:
-/// the offer that sent it, or why the report is not the current offer's.
-fn current_offer(
+/// The stored offer kind of a known machine, once the report's token is
+/// its token; else why the report is not the current offer's.
+fn stored_offer(
     conn: &Connection,
     mac: MacAddr,
     token: Option<&str>,
-) -> rusqlite::Result<Result<Offer, String>> {
+) -> rusqlite::Result<Result<String, String>> {
     let (kind, hash): (Option<String>, Option<String>) = conn
         .prepare_cached("SELECT offer_kind, offer_token_hash FROM machines WHERE mac = ?1")?
         .query_row([mac.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -412,19 +412,42 @@ fn current_offer(
              booted its disk, or an operator saved its binding) or none was made"
         )));
     };
-    let offer = match kind.as_str() {
-        "flash" => Offer::Flash,
-        "inventory" => Offer::Inventory,
-        "interactive" => Offer::Interactive,
-        _ => return Ok(Err(format!("the stored offer of {mac} is not one bty-web makes ({kind:?})"))),
-    };
     if !bool::from(sha256_hex(token).as_bytes().ct_eq(hash.as_bytes())) {
         return Ok(Err(format!(
             "the offer token is not {mac}'s current one (it belongs to an earlier boot or another machine)"
         )));
     }
+    Ok(Ok(kind))
+}
+
+/// The stored offer of a known machine, checked against the report's token:
+/// the offer that sent it, or why the report is not the current offer's.
+fn current_offer(
+    conn: &Connection,
+    mac: MacAddr,
+    token: Option<&str>,
+) -> rusqlite::Result<Result<Offer, String>> {
+    let kind = match stored_offer(conn, mac, token)? {
+        Ok(k) => k,
+        Err(why) => return Ok(Err(why)),
+    };
+    let offer = match kind.as_str() {
+        PROVISIONING_OFFER => {
+            return Ok(Err(format!(
+                "the flash of {mac} already reported done; only its workflow's report (POST /pxe/{mac}/cijoe) may follow"
+            )))
+        }
+        "flash" => Offer::Flash,
+        "inventory" => Offer::Inventory,
+        "interactive" => Offer::Interactive,
+        _ => return Ok(Err(format!("the stored offer of {mac} is not one bty-web makes ({kind:?})"))),
+    };
     Ok(Ok(offer))
 }
+
+/// The offer kind left open after a `cijoe-offline` flash reported done:
+/// the same token, good for the workflow and its one report.
+const PROVISIONING_OFFER: &str = "provisioning";
 
 fn end_offer(conn: &Connection, mac: MacAddr) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -484,7 +507,16 @@ fn admit(
     };
     match policy::on_report(m.policy(), m.state(), offer, report) {
         ReportVerdict::Accept { next_state, ends_offer } => {
-            if ends_offer {
+            let provisions = report == Report::Done
+                && offer == Offer::Flash
+                && m.provisioning_mode == "cijoe-offline"
+                && m.workflow.is_some();
+            if ends_offer && provisions {
+                // The workflow runs after the flash is recorded; its report
+                // carries the same token, once.
+                conn.prepare_cached("UPDATE machines SET offer_kind = ?2 WHERE mac = ?1")?
+                    .execute(params![mac.to_string(), PROVISIONING_OFFER])?;
+            } else if ends_offer {
                 end_offer(conn, mac)?;
             }
             Ok(Ok((m, offer, next_state)))
@@ -495,8 +527,10 @@ fn admit(
 
 /// Check an offline provisioning report (`POST /pxe/{mac}/cijoe`): only the
 /// live environment of the current flash offer, of a machine whose mode is
-/// `cijoe-offline` with a workflow, may send one. The offer stays open: the
-/// `done` that follows ends it. The machine, or the refusal recorded.
+/// `cijoe-offline` with a workflow, may send one (or fetch the workflow):
+/// before the flash's `done` (which then leaves the offer open for one more
+/// report) or after it ([`end_provisioning`] closes it once the run is
+/// recorded). The machine, or the refusal recorded.
 pub fn admit_provisioning(
     conn: &Connection,
     mac: MacAddr,
@@ -508,13 +542,11 @@ pub fn admit_provisioning(
         let why = format!("unknown machine {mac}: it must PXE-boot from this server first");
         return refuse(conn, mac, ip, report, false, why).map(Err);
     };
-    match current_offer(conn, mac, token)? {
-        Ok(Offer::Flash) => {}
+    match stored_offer(conn, mac, token)? {
+        Ok(kind) if kind == "flash" || kind == PROVISIONING_OFFER => {}
         Ok(other) => {
-            let why = format!(
-                "a provisioning report belongs to a flash; the live environment was offered {}",
-                other.as_str()
-            );
+            let why =
+                format!("a provisioning report belongs to a flash; the live environment was offered {other}");
             return refuse(conn, mac, ip, report, true, why).map(Err);
         }
         Err(why) => return refuse(conn, mac, ip, report, true, why).map(Err),
@@ -525,6 +557,17 @@ pub fn admit_provisioning(
         return refuse(conn, mac, ip, report, true, why).map(Err);
     }
     Ok(Ok(m))
+}
+
+/// After an offline run is recorded: a flash that already reported done
+/// has no more reports to make, so its offer ends.
+pub fn end_provisioning(conn: &Connection, mac: MacAddr) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE machines SET offer_kind = NULL, offer_token_hash = NULL, offer_at = NULL
+         WHERE mac = ?1 AND offer_kind = ?2",
+    )?
+    .execute(params![mac.to_string(), PROVISIONING_OFFER])?;
+    Ok(())
 }
 
 /// `POST /pxe/{mac}/status` and `/done`.

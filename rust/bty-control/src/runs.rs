@@ -15,8 +15,8 @@ use crate::audit::{self, Actor, NewEvent};
 use crate::cijoe::{self, StepResult};
 use crate::clock;
 
-/// Runs kept per machine; older ones (records and files) are removed.
-pub const KEEP_PER_MACHINE: usize = 20;
+/// Most runs a machine's run list shows.
+pub const LIST_LIMIT: usize = 100;
 /// Largest report archive accepted, and the most it may unpack to.
 pub const MAX_REPORT_BYTES: u64 = 64 << 20;
 pub const MAX_UNPACKED_BYTES: u64 = 512 << 20;
@@ -80,12 +80,16 @@ pub fn dir(state_dir: &Path, mac: MacAddr, id: i64) -> PathBuf {
     state_dir.join("cijoe").join(mac.to_string().replace(':', "-")).join(id.to_string())
 }
 
-/// A run as the live environment reports it: the machine (the token check
-/// already passed, see `pxe::admit_provisioning`), its workflow and image.
-pub struct OfflineReport<'a> {
+/// A finished run to record: the machine (for an offline one the token
+/// check already passed, see `pxe::admit_provisioning`), its workflow and
+/// image, and how many of the machine's runs to keep.
+pub struct FinishedRun<'a> {
     pub mac: MacAddr,
     pub workflow: &'a str,
     pub image: Option<&'a str>,
+    /// `offline` or `online`.
+    pub mode: &'a str,
+    pub keep: usize,
 }
 
 /// Unpack a report archive (`tar.gz` of cijoe's output directory) into
@@ -160,7 +164,7 @@ pub fn judge_offline(
 /// Returns the id and the directories of pruned runs (to delete).
 pub fn record(
     conn: &Connection,
-    r: &OfflineReport<'_>,
+    r: &FinishedRun<'_>,
     status: &str,
     reason: Option<&str>,
     steps: &[StepResult],
@@ -170,29 +174,34 @@ pub fn record(
     let steps_json = serde_json::to_string(steps).unwrap_or_else(|_| "[]".into());
     conn.execute(
         "INSERT INTO cijoe_runs (mac, workflow, mode, status, reason, image, steps, created_at, finished_at)
-         VALUES (?1, ?2, 'offline', ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![mac.to_string(), r.workflow, status, reason, r.image, steps_json, now],
+         VALUES (?1, ?2, ?8, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![mac.to_string(), r.workflow, status, reason, r.image, steps_json, now, r.mode],
     )?;
     let id = conn.last_insert_rowid();
     let (kind, summary) = if status == "passed" {
-        ("provisioning.passed", format!("{mac}: workflow {} passed offline", r.workflow))
+        ("provisioning.passed", format!("{mac}: workflow {} passed {}", r.workflow, r.mode))
     } else {
         (
             "provisioning.failed",
-            format!("{mac}: workflow {} failed offline: {}", r.workflow, reason.unwrap_or("no reason given")),
+            format!(
+                "{mac}: workflow {} failed {}: {}",
+                r.workflow,
+                r.mode,
+                reason.unwrap_or("no reason given")
+            ),
         )
     };
     audit::insert(
         conn,
         &NewEvent::new(kind, Actor::PxeClient, summary).machine(mac).details(json!({
-            "run": id, "workflow": r.workflow, "mode": "offline", "status": status, "reason": reason,
+            "run": id, "workflow": r.workflow, "mode": r.mode, "status": status, "reason": reason,
             "steps": steps.iter().map(|s| json!({"name": s.name, "status": s.status})).collect::<Vec<_>>(),
         })),
     )?;
     let old: Vec<i64> = {
         let mut st = conn
             .prepare_cached("SELECT id FROM cijoe_runs WHERE mac = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2")?;
-        let rows = st.query_map(params![mac.to_string(), KEEP_PER_MACHINE as i64], |r| r.get(0))?;
+        let rows = st.query_map(params![mac.to_string(), r.keep.max(1) as i64], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for o in &old {

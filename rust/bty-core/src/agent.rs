@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::mac::MacAddr;
 use crate::wire::{
-    FlashStatus, InventoryDisk, InventoryReport, Plan, StatusReport, MAX_REASON_CHARS, OFFER_TOKEN_HEADER,
+    FlashStatus, InventoryDisk, InventoryReport, Plan, PlanWorkflow, StatusReport, MAX_REASON_CHARS,
+    OFFER_TOKEN_HEADER,
 };
 
 /// Settings the live environment receives on the kernel command line.
@@ -114,6 +115,55 @@ impl ServerClient {
             "cannot get the plan from {url}: {}; check the network and that bty-web is running",
             last.unwrap_or_default()
         )))
+    }
+
+    /// `GET /pxe/{mac}/workflow`: the offline workflow of this flash.
+    pub fn workflow(&self) -> Result<PlanWorkflow> {
+        let url = self.url("/workflow");
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.offer_token {
+            req = req.header(OFFER_TOKEN_HEADER, t);
+        }
+        let resp = req.call().map_err(|e| Error::failure(format!("cannot reach {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.into_body().read_to_string().unwrap_or_default();
+            return Err(Error::failure(format!("{url} answered HTTP {status}: {}", text.trim())));
+        }
+        resp.into_body()
+            .read_json::<PlanWorkflow>()
+            .map_err(|e| Error::failure(format!("the workflow at {url} is not valid: {e}")))
+    }
+
+    /// `POST /pxe/{mac}/cijoe`: an offline run's output (`tar.gz`), with
+    /// cijoe's exit status or why it could not run. The server's answer
+    /// (`{"run": id, "status": …}`).
+    pub fn post_cijoe_report(
+        &self,
+        archive: &std::path::Path,
+        exit: Option<i32>,
+        reason: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let url = self.url("/cijoe");
+        let f = std::fs::File::open(archive)
+            .map_err(|e| Error::io(format!("cannot open {}", archive.display()), e))?;
+        let mut req = self.http.post(&url).header("Content-Type", "application/gzip");
+        if let Some(c) = exit {
+            req = req.query("exit", c.to_string());
+        }
+        if let Some(r) = reason {
+            req = req.query("reason", r.chars().take(MAX_REASON_CHARS).collect::<String>());
+        }
+        if let Some(t) = &self.offer_token {
+            req = req.header(OFFER_TOKEN_HEADER, t);
+        }
+        let resp = req.send(f).map_err(|e| Error::failure(format!("cannot reach {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(Error::failure(format!("{url} answered HTTP {status}: {}", text.trim())));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
     /// POST a report; on an HTTP error answer, its status with the error.

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bmap;
 pub mod catalog;
+pub mod cijoe;
 pub mod concat;
 pub mod digest;
 pub mod disks;
@@ -19,6 +20,7 @@ mod lz4;
 pub mod mac;
 pub mod oci;
 pub mod partition;
+pub mod provision;
 pub mod qcow2;
 pub mod simg;
 pub mod source;

@@ -73,6 +73,25 @@ pub struct Plan {
     pub reason: Option<String>,
 }
 
+/// `GET /pxe/{mac}/workflow` (with the offer token): the offline CIJOE
+/// workflow of a `cijoe-offline` flash, its task YAML and optional config
+/// TOML, to run for at most `timeout_s` seconds; its output goes to
+/// `POST /pxe/{mac}/cijoe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanWorkflow {
+    pub name: String,
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    pub timeout_s: u64,
+    /// The image the flash wrote, and its SHA-256 when the catalog has one
+    /// (`config.bty.image`, `config.bty.digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlashStatus {

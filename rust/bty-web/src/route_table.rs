@@ -70,6 +70,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/pxe/{mac}/status", Open),
     route_with_body(Method::POST, "/pxe/{mac}/inventory", Open, BodyRule::Inventory),
     route_with_body(Method::POST, "/pxe/{mac}/cijoe", Open, BodyRule::Streamed),
+    route(Method::GET, "/pxe/{mac}/workflow", Open),
     route(Method::GET, "/boot/{name}", Open),
     route_with_body(Method::PUT, "/boot/{name}", Operator, BodyRule::Streamed),
     route(Method::GET, "/images", Open),

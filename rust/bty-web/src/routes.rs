@@ -38,6 +38,7 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("POST", "/images/{name}/prefetch") => post(cache::prefetch),
         ("GET", "/cache") => get(cache::list),
         ("POST", "/pxe/{mac}/cijoe") => post(runs::pxe_report),
+        ("GET", "/pxe/{mac}/workflow") => get(runs::pxe_workflow),
         ("GET", "/machines/{mac}/runs") => get(runs::list),
         ("GET", "/runs/{id}") => get(runs::get),
         ("GET", "/runs/{id}/report") => get(runs::report),

@@ -35,6 +35,9 @@ pub struct Args {
     /// Skip the read-back verification after flashing.
     #[arg(long)]
     pub no_verify: bool,
+    /// How a `cijoe-offline` workflow runs after the flash.
+    #[command(flatten)]
+    pub provision: crate::cmd_provision::RunArgs,
 }
 
 /// Console + kernel-log marker. The kernel log copy uses debug level so it
@@ -94,7 +97,15 @@ pub fn run(mut a: Args) -> i32 {
     marker(&format!("plan: {}", plan.mode.as_str()));
     match plan.mode {
         PlanMode::Flash => match flash_from_plan(&client, &plan, !a.no_verify) {
-            Ok(()) => finish(&a, "flash complete"),
+            Ok(disk) => {
+                // The flash is recorded done before the workflow runs: a
+                // failing or crashing workflow is a failed run on a flashed
+                // machine, never a reason to flash it again.
+                if plan.provisioning_mode == "cijoe-offline" {
+                    crate::cmd_provision::provision(&client, std::path::Path::new(&disk), &a.provision);
+                }
+                finish(&a, "flash complete")
+            }
             Err(e) => {
                 let reason = e.to_string();
                 marker(&format!("flash failed: {reason}"));
@@ -111,7 +122,8 @@ pub fn run(mut a: Args) -> i32 {
     }
 }
 
-fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<(), Error> {
+/// Flash as the plan says and report it done; the disk written.
+fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<String, Error> {
     let image =
         plan.image.as_ref().ok_or_else(|| Error::failure("the plan says flash but names no image"))?;
     let serial = plan
@@ -172,7 +184,7 @@ fn flash_from_plan(client: &ServerClient, plan: &Plan, verify: bool) -> Result<(
         Some(started.elapsed().as_secs_f64()),
         Some(summary.image_bytes),
     )?;
-    Ok(())
+    Ok(disk.path)
 }
 
 fn interactive(client: &ServerClient) -> i32 {

@@ -4,6 +4,7 @@ mod cmd_agent;
 mod cmd_disks;
 mod cmd_flash;
 mod cmd_inspect;
+mod cmd_provision;
 mod render;
 
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ enum Command {
     /// Live-environment agent: report inventory, follow the server's plan, report, reboot.
     /// Reads bty.server= and bty.mac= from /proc/cmdline unless given.
     Agent(cmd_agent::Args),
+    /// The offline CIJOE step of a `cijoe-offline` flash: mount the written root filesystem,
+    /// run the workflow bty-web hands out for this boot, report it (the agent does this after
+    /// a verified flash; run it again by hand from the live environment's shell).
+    Provision(cmd_provision::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(a)) => cmd_inspect::run(a),
         Some(Command::Flash(a)) => cmd_flash::run(a),
         Some(Command::Agent(a)) => cmd_agent::run(a),
+        Some(Command::Provision(a)) => cmd_provision::run(a),
         None if cli.server.is_some() => {
             cmd_agent::run(cmd_agent::Args { server: cli.server, mac: cli.mac, ..Default::default() })
         }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::ApiError;
 use crate::handlers::pxe::offer_token;
 use crate::handlers::MacParam;
-use crate::runs::{self, OfflineReport, MAX_REPORT_BYTES};
+use crate::runs::{self, FinishedRun, MAX_REPORT_BYTES};
 use crate::state::{AppState, ClientIp};
 
 #[derive(Deserialize, Default)]
@@ -68,15 +68,20 @@ pub async fn pxe_report(
             .map_err(ApiError::internal)?
     };
     let (st, wh, sp) = (status.clone(), why.clone(), steps);
+    let keep = app.config.cijoe.keep_runs;
     let (id, pruned) = app
         .db
         .write(move |c| {
-            let rep = OfflineReport {
+            let rep = FinishedRun {
                 mac,
                 workflow: m.workflow.as_deref().unwrap_or_default(),
                 image: m.image.as_deref(),
+                mode: "offline",
+                keep,
             };
-            runs::record(c, &rep, &st, wh.as_deref(), &sp)
+            let recorded = runs::record(c, &rep, &st, wh.as_deref(), &sp)?;
+            crate::pxe::end_provisioning(c, mac)?;
+            Ok::<_, rusqlite::Error>(recorded)
         })
         .await?;
     let dir = runs::dir(&app.config.paths.state_dir, mac, id);
@@ -89,6 +94,44 @@ pub async fn pxe_report(
     }
     app.machine_changed(mac);
     Ok((StatusCode::CREATED, Json(json!({"run": id, "status": status, "reason": why}))).into_response())
+}
+
+/// `GET /pxe/{mac}/workflow`: the offline workflow the live environment of
+/// a `cijoe-offline` flash runs, with the offer token (403 without it).
+pub async fn pxe_workflow(
+    State(app): State<AppState>,
+    ip: ClientIp,
+    MacParam(mac): MacParam,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = offer_token(&headers);
+    let ip_s = ip.string();
+    let admitted = app
+        .db
+        .write(move |c| crate::pxe::admit_provisioning(c, mac, ip_s.as_deref(), token.as_deref()))
+        .await?;
+    let m = match admitted {
+        Ok(m) => m,
+        Err(crate::pxe::ReportOutcome::Refused(why)) => return Err(ApiError::Forbidden(why)),
+        Err(crate::pxe::ReportOutcome::Accepted) => return Err(ApiError::internal("unexpected outcome")),
+    };
+    let name = m.workflow.unwrap_or_default();
+    let store = crate::handlers::workflows::store(&app);
+    let n = name.clone();
+    let wf = tokio::task::spawn_blocking(move || store.get(&n)).await.map_err(ApiError::internal)?;
+    let wf = wf.map_err(|e| {
+        ApiError::not_found(format!("{mac} is bound to workflow {name:?}, which cannot be read: {e}"))
+    })?;
+    let digest = m.image.as_deref().and_then(|n| app.catalog.get().get(n).and_then(|e| e.sha256.clone()));
+    let body = bty_core::wire::PlanWorkflow {
+        name,
+        task: wf.task,
+        config: wf.config,
+        timeout_s: app.config.cijoe.timeout.as_secs(),
+        image: m.image,
+        digest,
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 
 /// An upload's directory until it becomes a run's.
@@ -122,7 +165,7 @@ async fn receive(body: Body, dir: &std::path::Path) -> Result<(), ApiError> {
 }
 
 pub async fn list(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
-    let runs = app.db.read(move |c| runs::list(c, mac, runs::KEEP_PER_MACHINE)).await?;
+    let runs = app.db.read(move |c| runs::list(c, mac, runs::LIST_LIMIT)).await?;
     Ok(Json(runs).into_response())
 }
 

@@ -326,7 +326,7 @@ async fn machine_page(
                 c,
                 &EventQuery { subject: Some(mac.to_string()), limit: 20, ..Default::default() },
             )?;
-            let runs = crate::runs::list(c, mac, crate::runs::KEEP_PER_MACHINE)?;
+            let runs = crate::runs::list(c, mac, crate::runs::LIST_LIMIT)?;
             Ok::<_, rusqlite::Error>(Some((m, flashes, events, runs)))
         })
         .await?;
