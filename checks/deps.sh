@@ -57,6 +57,8 @@ declare -A want=(
   # an OCI registry (distribution) on loopback for the oras:// source tests
   [docker-registry]=/usr/bin/docker-registry
   [iproute2]=/usr/sbin/ip
+  # the SSH server online CIJOE runs reach (started by the tests on loopback only)
+  [openssh-server]=/usr/sbin/sshd
   # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom
@@ -146,7 +148,16 @@ SRC
   done
   if [ "${#rest[@]}" -gt 0 ]; then
     log "installing ${rest[*]}"
+    # No package may start a service here (openssh-server would listen on every address):
+    # policy-rc.d says no for the install, unless the machine already has its own.
+    own_policy=1
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      own_policy=0
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+    fi
     apt-get install -y -qq --no-install-recommends "${rest[@]}" >/dev/null
+    if [ "$own_policy" = 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
 fi
 

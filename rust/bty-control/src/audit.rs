@@ -184,6 +184,8 @@ pub fn is_tripwire(kind: &str) -> bool {
         || kind.ends_with(".reset")
         || kind == "pxe.client.orphan"
         || kind == "pxe.report.refused"
+        || kind == "provisioning.drifted"
+        || kind == "provisioning.host_key_changed"
 }
 
 /// Record as part of a larger write (PXE decisions record together with the

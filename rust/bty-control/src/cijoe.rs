@@ -34,6 +34,8 @@ pub struct RunSpec {
     /// cijoe's output directory; it must not exist yet.
     pub output: PathBuf,
     pub timeout: Duration,
+    /// Extra environment for cijoe (the host-key pinning of online runs).
+    pub env: Vec<(String, String)>,
 }
 
 /// A run's result.
@@ -88,6 +90,7 @@ pub async fn run(spec: &RunSpec) -> RunOutcome {
         Err(e) => return fail(format!("cannot open the run's log: {e}"), None, vec![]),
     };
     cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(err_log);
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     cmd.process_group(0).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -101,6 +104,8 @@ pub async fn run(spec: &RunSpec) -> RunOutcome {
         Err(e) => return fail(format!("cannot start {}: {e}", spec.command), None, vec![]),
     };
     let pid = child.id();
+    // A cancelled run drops this future: the whole group goes with it.
+    let _group = GroupKill(pid);
     let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
     let status = match waited {
         Ok(Ok(s)) => s,
@@ -149,6 +154,14 @@ fn log_name(spec: &RunSpec) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 fn kill_group(pid: Option<u32>) {

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_dhcp_sightings.sql"),
     include_str!("../migrations/0005_image_cache.sql"),
     include_str!("../migrations/0006_provisioning.sql"),
+    include_str!("../migrations/0007_online_runs.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

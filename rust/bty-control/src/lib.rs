@@ -24,12 +24,14 @@ pub mod ipxe;
 pub mod machines;
 pub mod metrics;
 pub mod netboot;
+pub mod online;
 pub mod password;
 pub mod policy;
 pub mod pxe;
 pub mod runs;
 pub mod secret;
 pub mod settings;
+pub mod ssh_identity;
 pub mod workflows;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -584,6 +584,11 @@ pub fn status(
         Err(refused) => return Ok(refused),
     };
     let st = report.status.as_str();
+    if report.status == FlashStatus::Done {
+        // A new system brings its own SSH host key: the next online run
+        // pins it again.
+        crate::runs::set_host_key(conn, mac, None)?;
+    }
     match report.status {
         FlashStatus::Done => conn.execute(
             "UPDATE machines SET state = ?2, last_flashed_at = ?3, last_flash_status = 'done', last_flash_reason = NULL,

@@ -3,6 +3,7 @@
 //! `out/` unpacked), and what an offline run reported by the live
 //! environment becomes.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -11,7 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::audit::{self, Actor, NewEvent};
+pub use crate::audit::Actor;
+use crate::audit::{self, NewEvent};
 use crate::cijoe::{self, StepResult};
 use crate::clock;
 
@@ -33,8 +35,12 @@ pub struct Run {
     pub reason: Option<String>,
     pub image: Option<String>,
     pub created_at: String,
+    pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub steps: Vec<StepResult>,
+    /// The digests (SHA-256) of the files the workflow left in cijoe's
+    /// `artifacts/`, by path.
+    pub artifacts: BTreeMap<String, String>,
 }
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
@@ -50,11 +56,13 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
         created_at: r.get(7)?,
         finished_at: r.get(8)?,
         steps: serde_json::from_str(&steps).unwrap_or_default(),
+        started_at: r.get(10)?,
+        artifacts: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
     })
 }
 
-const SELECT: &str =
-    "SELECT id, mac, workflow, mode, status, reason, image, created_at, finished_at, steps FROM cijoe_runs";
+const SELECT: &str = "SELECT id, mac, workflow, mode, status, reason, image, created_at, finished_at, steps,
+     started_at, artifacts FROM cijoe_runs";
 
 pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<Run>> {
     conn.prepare_cached(&format!("{SELECT} WHERE id = ?1"))?.query_row([id], from_row).optional()
@@ -198,14 +206,284 @@ pub fn record(
             "steps": steps.iter().map(|s| json!({"name": s.name, "status": s.status})).collect::<Vec<_>>(),
         })),
     )?;
+    let old = prune(conn, mac, r.keep)?;
+    Ok((id, old))
+}
+
+/// Most artifact files digested per run, and the largest read.
+const MAX_ARTIFACTS: usize = 1000;
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
+/// SHA-256 of every regular file under `out/artifacts` (cijoe's place for
+/// what a workflow keeps), by path relative to it.
+pub fn artifact_digests(out: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let root = out.join("artifacts");
+    let mut found = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() && found.len() < MAX_ARTIFACTS {
+                let mut h = sha2::Sha256::new();
+                let ok = std::fs::File::open(&p)
+                    .and_then(|f| {
+                        let mut f = f.take(MAX_ARTIFACT_BYTES);
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            match f.read(&mut buf)? {
+                                0 => return Ok(()),
+                                n => h.update(&buf[..n]),
+                            }
+                        }
+                    })
+                    .is_ok();
+                if let (true, Ok(rel)) = (ok, p.strip_prefix(&root)) {
+                    found.insert(rel.to_string_lossy().into_owned(), hex::encode(h.finalize()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Queue an online run; its id.
+pub fn queue(
+    conn: &Connection,
+    mac: MacAddr,
+    workflow: &str,
+    image: Option<&str>,
+    actor: Actor,
+    why: &str,
+) -> rusqlite::Result<i64> {
+    let now = clock::now_rfc3339();
+    conn.execute(
+        "INSERT INTO cijoe_runs (mac, workflow, mode, status, image, created_at) VALUES (?1, ?2, 'online', 'queued', ?3, ?4)",
+        params![mac.to_string(), workflow, image, now],
+    )?;
+    let id = conn.last_insert_rowid();
+    audit::insert(
+        conn,
+        &NewEvent::new(
+            "provisioning.queued",
+            actor,
+            format!("{mac}: online run {id} of workflow {workflow} queued ({why})"),
+        )
+        .machine(mac)
+        .details(json!({"run": id, "workflow": workflow, "mode": "online", "why": why})),
+    )?;
+    Ok(id)
+}
+
+/// A queued run starts; false when it is no longer queued (cancelled).
+pub fn start(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "UPDATE cijoe_runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'",
+        params![id, clock::now_rfc3339()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Cancel a queued or running run: its status before, or None when it had
+/// already finished (or does not exist).
+pub fn cancel(conn: &Connection, id: i64, actor: Actor) -> rusqlite::Result<Option<String>> {
+    let Some(run) = get(conn, id)? else { return Ok(None) };
+    if run.status != "queued" && run.status != "running" {
+        return Ok(None);
+    }
+    conn.execute(
+        "UPDATE cijoe_runs SET status = 'cancelled', reason = 'cancelled by an operator', finished_at = ?2 WHERE id = ?1",
+        params![id, clock::now_rfc3339()],
+    )?;
+    let mac: MacAddr = run.mac.parse().map_err(|_| rusqlite::Error::InvalidQuery)?;
+    audit::insert(
+        conn,
+        &NewEvent::new(
+            "provisioning.cancelled",
+            actor,
+            format!("{mac}: run {id} cancelled ({})", run.status),
+        )
+        .machine(mac)
+        .details(json!({"run": id, "was": run.status})),
+    )?;
+    Ok(Some(run.status))
+}
+
+/// At start: runs a previous bty-web left queued or running cannot finish.
+pub fn fail_unfinished(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE cijoe_runs SET status = 'failed', reason = 'bty-web stopped before the run finished; start it again',
+             finished_at = ?1 WHERE status IN ('queued', 'running')",
+        [clock::now_rfc3339()],
+    )
+}
+
+/// An online run's outcome.
+pub struct Outcome<'a> {
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub steps: &'a [StepResult],
+    pub artifacts: &'a BTreeMap<String, String>,
+}
+
+/// What finishing a run did besides storing it.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Runs pruned (their directories to delete).
+    pub pruned: Vec<i64>,
+    /// This run became the machine's baseline.
+    pub baselined: bool,
+    /// How it drifted from the baseline, when it did.
+    pub drift: Option<String>,
+}
+
+/// Store an online run's outcome (unless it was cancelled meanwhile),
+/// audit it, make the first passing run the baseline or compare with the
+/// baseline, and prune.
+pub fn finish(conn: &Connection, id: i64, o: &Outcome<'_>, keep: usize) -> rusqlite::Result<Finished> {
+    let mut done = Finished::default();
+    let Some(run) = get(conn, id)? else { return Ok(done) };
+    let mac: MacAddr = run.mac.parse().map_err(|_| rusqlite::Error::InvalidQuery)?;
+    let n = conn.execute(
+        "UPDATE cijoe_runs SET status = ?2, reason = ?3, steps = ?4, artifacts = ?5, finished_at = ?6
+         WHERE id = ?1 AND status = 'running'",
+        params![
+            id,
+            o.status,
+            o.reason,
+            serde_json::to_string(o.steps).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(o.artifacts).unwrap_or_else(|_| "{}".into()),
+            clock::now_rfc3339()
+        ],
+    )?;
+    if n == 0 {
+        return Ok(done);
+    }
+    let (kind, summary) = if o.status == "passed" {
+        ("provisioning.passed", format!("{mac}: workflow {} passed online (run {id})", run.workflow))
+    } else {
+        (
+            "provisioning.failed",
+            format!(
+                "{mac}: workflow {} failed online (run {id}): {}",
+                run.workflow,
+                o.reason.unwrap_or("no reason given")
+            ),
+        )
+    };
+    audit::insert(
+        conn,
+        &NewEvent::new(kind, Actor::System, summary).machine(mac).details(json!({
+            "run": id, "workflow": run.workflow, "mode": "online", "status": o.status, "reason": o.reason,
+            "steps": o.steps.iter().map(|s| json!({"name": s.name, "status": s.status})).collect::<Vec<_>>(),
+        })),
+    )?;
+    match baseline(conn, mac)?.and_then(|b| if b == id { None } else { Some(b) }) {
+        None if o.status == "passed" => {
+            set_baseline(conn, mac, id, Actor::System)?;
+            done.baselined = true;
+        }
+        None => {}
+        Some(b) => {
+            if let Some(base) = get(conn, b)? {
+                let now = get(conn, id)?.unwrap_or(run);
+                if let Some(d) = drift(&base, &now) {
+                    audit::insert(
+                        conn,
+                        &NewEvent::new(
+                            "provisioning.drifted",
+                            Actor::System,
+                            format!("{mac} drifted from its known-good baseline at {d} (run {id}, baseline run {b})"),
+                        )
+                        .machine(mac)
+                        .details(json!({"run": id, "baseline": b, "at": d})),
+                    )?;
+                    done.drift = Some(d);
+                }
+            }
+        }
+    }
+    done.pruned = prune(conn, mac, keep)?;
+    Ok(done)
+}
+
+/// Where `run` departs from `base`: the first step that passed in the
+/// baseline and did not now (`step \`name\``), else the first artifact
+/// whose digest changed or that is gone (`artifact \`path\``).
+pub fn drift(base: &Run, run: &Run) -> Option<String> {
+    for b in base.steps.iter().filter(|s| s.status == "passed") {
+        let now = run.steps.iter().find(|s| s.name == b.name);
+        if now.is_none_or(|s| s.status != "passed") {
+            return Some(format!("step `{}`", b.name));
+        }
+    }
+    for (path, digest) in &base.artifacts {
+        if run.artifacts.get(path) != Some(digest) {
+            return Some(format!("artifact `{path}`"));
+        }
+    }
+    None
+}
+
+fn prune(conn: &Connection, mac: MacAddr, keep: usize) -> rusqlite::Result<Vec<i64>> {
+    // The baseline is never pruned: it is what later runs are judged by.
     let old: Vec<i64> = {
-        let mut st = conn
-            .prepare_cached("SELECT id FROM cijoe_runs WHERE mac = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2")?;
-        let rows = st.query_map(params![mac.to_string(), r.keep.max(1) as i64], |r| r.get(0))?;
+        let mut st = conn.prepare_cached(
+            "SELECT id FROM cijoe_runs WHERE mac = ?1 AND status NOT IN ('queued', 'running')
+               AND id IS NOT (SELECT baseline_run FROM cijoe_machine WHERE mac = ?1)
+             ORDER BY id DESC LIMIT -1 OFFSET ?2",
+        )?;
+        let rows = st.query_map(params![mac.to_string(), keep.max(1) as i64], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for o in &old {
         conn.execute("DELETE FROM cijoe_runs WHERE id = ?1", [o])?;
     }
-    Ok((id, old))
+    Ok(old)
+}
+
+pub fn baseline(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT baseline_run FROM cijoe_machine WHERE mac = ?1")?
+        .query_row([mac.to_string()], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// Make `id` the machine's known-good baseline.
+pub fn set_baseline(conn: &Connection, mac: MacAddr, id: i64, actor: Actor) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO cijoe_machine (mac, baseline_run) VALUES (?1, ?2)
+         ON CONFLICT (mac) DO UPDATE SET baseline_run = excluded.baseline_run",
+        params![mac.to_string(), id],
+    )?;
+    audit::insert(
+        conn,
+        &NewEvent::new("provisioning.baseline", actor, format!("{mac}: run {id} is the known-good baseline"))
+            .machine(mac)
+            .details(json!({"run": id})),
+    )?;
+    Ok(())
+}
+
+/// The SSH host key pinned for a machine (`type base64`).
+pub fn host_key(conn: &Connection, mac: MacAddr) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT ssh_host_key FROM cijoe_machine WHERE mac = ?1")?
+        .query_row([mac.to_string()], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// Pin (or, with None, forget) a machine's SSH host key. A flash forgets
+/// it: the new system brings its own.
+pub fn set_host_key(conn: &Connection, mac: MacAddr, key: Option<&str>) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO cijoe_machine (mac, ssh_host_key) VALUES (?1, ?2)
+         ON CONFLICT (mac) DO UPDATE SET ssh_host_key = excluded.ssh_host_key",
+        params![mac.to_string(), key],
+    )?;
+    Ok(())
 }

@@ -40,6 +40,7 @@ fn setup(task: &str, timeout: Duration) -> Run {
         configs: vec![dir.path().join("bty.toml")],
         output: dir.path().join("run/out"),
         timeout,
+        env: vec![],
     };
     Run { root, spec, _dir: dir }
 }

@@ -153,6 +153,16 @@ impl App {
             None
         };
         let changes = tokio::sync::broadcast::channel(256).0;
+        let notify = changes.clone();
+        let online = bty_control::online::OnlineRunner::new(
+            db.clone(),
+            config.clone(),
+            Box::new(move |mac| {
+                let _ = notify.send(mac);
+            }),
+        )
+        .await
+        .context("cannot prepare online provisioning (the server's SSH key)")?;
         let boot_services = Arc::new(boot_services::BootServices::new(
             config.clone(),
             db.clone(),
@@ -180,6 +190,7 @@ impl App {
             ui: Arc::new(views::Views::new()),
             boot_services,
             cache,
+            online,
         });
         if state.catalog.is_remote() {
             let s = state.clone();

@@ -69,6 +69,8 @@ pub struct AppParts {
     pub boot_services: Arc<crate::boot_services::BootServices>,
     /// Remote images kept on disk (`None`: `[cache] enabled = false`).
     pub cache: Option<bty_control::cache::ImageCache>,
+    /// Online CIJOE runs: the queue, the server's SSH key.
+    pub online: Arc<bty_control::online::OnlineRunner>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

@@ -37,8 +37,8 @@ async fn every_protected_route_requires_login() {
             "GET /pxe-bootstrap.ipxe",
             "GET /pxe/{mac}",
             "GET /pxe/{mac}/plan",
-        // The offline workflow of a flash, only with its offer token.
-        "GET /pxe/{mac}/workflow",
+            // The offline workflow of a flash, only with its offer token.
+            "GET /pxe/{mac}/workflow",
             "GET /ui/assets/{file}",
             "GET /ui/login",
             "GET /version",

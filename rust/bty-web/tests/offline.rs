@@ -188,7 +188,8 @@ async fn the_offline_step_provisions_a_flashed_loop_device() {
     // Read back from the loop device itself: at the root partition's offset.
     let head = std::fs::read(&img).unwrap();
     let start = bty_core::partition::read_table(&head[..1 << 20]).unwrap().unwrap().partitions[1].start_bytes;
-    let written = sh(Command::new("debugfs").args(["-R", "cat /etc-bty"]).arg(format!("{}?offset={start}", dev.0)));
+    let written =
+        sh(Command::new("debugfs").args(["-R", "cat /etc-bty"]).arg(format!("{}?offset={start}", dev.0)));
     assert_eq!(written.trim(), format!("{MAC} local-img"));
     // The archive holds cijoe's output and bty's own notes.
     let id = run["id"].as_i64().unwrap();

@@ -34,6 +34,7 @@ async fn offline_run(work: &Path, task: &str) -> (Vec<u8>, i32) {
         configs: vec![work.join("bty.toml")],
         output: work.join("run/out"),
         timeout: Duration::from_secs(60),
+        env: vec![],
     };
     let outcome = cijoe::run(&spec).await;
     let tar = work.join("report.tar.gz");

@@ -2,7 +2,6 @@
 //! report the outcome, reboot. Every step leaves a `bty: ...` marker on the
 //! console and in the kernel log so serial-console automation can follow.
 
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -14,6 +13,8 @@ use bty_core::format::ImageFormat;
 use bty_core::source::Source;
 use bty_core::wire::{FlashStatus, Plan, PlanMode};
 use bty_core::Error;
+
+use crate::console::marker;
 
 #[derive(clap::Args, Default)]
 pub struct Args {
@@ -38,21 +39,6 @@ pub struct Args {
     /// How a `cijoe-offline` workflow runs after the flash.
     #[command(flatten)]
     pub provision: crate::cmd_provision::RunArgs,
-}
-
-/// Console + kernel-log marker. The kernel log copy uses debug level so it
-/// lands in dmesg/journal without printing twice on the console.
-pub fn marker(msg: &str) {
-    let line = format!("bty: {msg}");
-    eprintln!("{line}");
-    if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = k.write_all(format!("<7>{line}\n").as_bytes());
-    }
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
-            let _ = c.write_all(format!("{line}\r\n").as_bytes());
-        }
-    }
 }
 
 pub fn run(mut a: Args) -> i32 {

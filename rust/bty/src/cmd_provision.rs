@@ -13,7 +13,7 @@ use bty_core::cijoe::BtyValues;
 use bty_core::provision::{self, Mounted, OfflineRun};
 use bty_core::Error;
 
-use crate::cmd_agent::marker;
+use crate::console::marker;
 
 #[derive(clap::Args, Default)]
 pub struct Args {

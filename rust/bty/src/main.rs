@@ -5,6 +5,7 @@ mod cmd_disks;
 mod cmd_flash;
 mod cmd_inspect;
 mod cmd_provision;
+mod console;
 mod render;
 
 use std::process::ExitCode;

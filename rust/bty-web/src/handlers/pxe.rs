@@ -121,6 +121,16 @@ async fn report(
     let outcome =
         app.db.write(move |c| pxe::status(c, mac, ip.string().as_deref(), token.as_deref(), &r)).await?;
     answer(app, mac, outcome)?;
+    if status == FlashStatus::Done {
+        // A cijoe-online machine is provisioned once its new system is up.
+        let m = app.db.read(move |c| bty_control::machines::get(c, mac)).await?;
+        if m.is_some_and(|m| m.provisioning_mode == "cijoe-online" && m.workflow.is_some()) {
+            if let Err(e) = app.online.start(mac, bty_control::audit::Actor::System, "after the flash").await
+            {
+                tracing::warn!(%mac, "cannot queue the online run: {e}");
+            }
+        }
+    }
     match status {
         FlashStatus::Done => app.metrics.flashes_done.fetch_add(1, Ordering::Relaxed),
         FlashStatus::Failed => app.metrics.flashes_failed.fetch_add(1, Ordering::Relaxed),

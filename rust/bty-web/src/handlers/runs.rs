@@ -6,12 +6,15 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
+use bty_control::online::StartError;
+use bty_core::mac::MacAddr;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use crate::accounts::Principal;
 use crate::error::ApiError;
 use crate::handlers::pxe::offer_token;
 use crate::handlers::MacParam;
@@ -164,14 +167,35 @@ async fn receive(body: Body, dir: &std::path::Path) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A run as the API shows it: the record and whether it is its machine's baseline.
+fn with_baseline(run: &runs::Run, baseline: Option<i64>) -> serde_json::Value {
+    let mut v = serde_json::to_value(run).unwrap_or_default();
+    v["baseline"] = json!(baseline == Some(run.id));
+    v
+}
+
 pub async fn list(State(app): State<AppState>, MacParam(mac): MacParam) -> Result<Response, ApiError> {
-    let runs = app.db.read(move |c| runs::list(c, mac, runs::LIST_LIMIT)).await?;
-    Ok(Json(runs).into_response())
+    let (runs, baseline) = app
+        .db
+        .read(move |c| {
+            Ok::<_, rusqlite::Error>((runs::list(c, mac, runs::LIST_LIMIT)?, runs::baseline(c, mac)?))
+        })
+        .await?;
+    Ok(Json(runs.iter().map(|r| with_baseline(r, baseline)).collect::<Vec<_>>()).into_response())
 }
 
 pub async fn get(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    let run = app.db.read(move |c| runs::get(c, id)).await?;
-    run.map(|r| Json(r).into_response()).ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+    let found = app
+        .db
+        .read(move |c| -> rusqlite::Result<Option<(runs::Run, Option<i64>)>> {
+            let Some(run) = runs::get(c, id)? else { return Ok(None) };
+            let b = run.mac.parse().ok().map(|m| runs::baseline(c, m)).transpose()?.flatten();
+            Ok(Some((run, b)))
+        })
+        .await?;
+    found
+        .map(|(r, b)| Json(with_baseline(&r, b)).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
 }
 
 /// The run's whole output as it was reported, `tar.gz`.
@@ -194,4 +218,133 @@ pub async fn report(State(app): State<AppState>, Path(id): Path<i64>) -> Result<
         )
         .body(Body::from_stream(tokio_util::io::ReaderStream::new(file)))
         .map_err(ApiError::internal)
+}
+
+/// Queue an online run of `mac`'s workflow now (also the UI's "Run now").
+pub async fn start_online(app: &AppState, who: &Principal, mac: MacAddr) -> Result<i64, ApiError> {
+    match app.online.start(mac, who.actor(), "started by an operator").await {
+        Ok(id) => Ok(id),
+        Err(StartError::NoMachine(m)) => Err(ApiError::not_found(format!("no machine {m}"))),
+        Err(StartError::NotOnline(why)) => Err(ApiError::Conflict(why)),
+        Err(StartError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /machines/{mac}/runs`: 202 with the queued run.
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    MacParam(mac): MacParam,
+) -> Result<Response, ApiError> {
+    let id = start_online(&app, &who, mac).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"run": id, "status": "queued"}))).into_response())
+}
+
+/// Cancel run `id` (also the UI's "Cancel").
+pub async fn cancel_run(app: &AppState, who: &Principal, id: i64) -> Result<(), ApiError> {
+    match app.online.cancel(id, who.actor()).await? {
+        Some(_) => Ok(()),
+        None => match app.db.read(move |c| runs::get(c, id)).await? {
+            Some(r) => Err(ApiError::Conflict(format!("run {id} has already finished ({})", r.status))),
+            None => Err(ApiError::not_found(format!("no run {id}"))),
+        },
+    }
+}
+
+/// `DELETE /runs/{id}`: cancel a queued or running run.
+pub async fn cancel(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    cancel_run(&app, &who, id).await?;
+    Ok(Json(json!({"run": id, "status": "cancelled"})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineBody {
+    run: i64,
+}
+
+/// Make run `id` of `mac` its known-good baseline (also the UI's button):
+/// only a passed online run of that machine.
+pub async fn promote(app: &AppState, who: &Principal, mac: MacAddr, id: i64) -> Result<(), ApiError> {
+    let actor = who.actor();
+    let done = app
+        .db
+        .write(move |c| -> Result<Result<(), ApiError>, rusqlite::Error> {
+            let Some(run) = runs::get(c, id)? else {
+                return Ok(Err(ApiError::field("run", format!("no run {id}"))));
+            };
+            if run.mac != mac.to_string() {
+                return Ok(Err(ApiError::field(
+                    "run",
+                    format!("run {id} belongs to {}, not {mac}", run.mac),
+                )));
+            }
+            if run.mode != "online" || run.status != "passed" {
+                return Ok(Err(ApiError::field(
+                    "run",
+                    format!(
+                        "only a passed online run can be the baseline; run {id} is {} {}",
+                        run.mode, run.status
+                    ),
+                )));
+            }
+            runs::set_baseline(c, mac, id, actor)?;
+            Ok(Ok(()))
+        })
+        .await?;
+    done?;
+    app.machine_changed(mac);
+    Ok(())
+}
+
+/// `PUT /machines/{mac}/baseline` with `{"run": ID}`.
+pub async fn put_baseline(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    MacParam(mac): MacParam,
+    crate::error::ApiJson(b): crate::error::ApiJson<BaselineBody>,
+) -> Result<Response, ApiError> {
+    promote(&app, &who, mac, b.run).await?;
+    Ok(Json(json!({"mac": mac.to_string(), "baseline": b.run})).into_response())
+}
+
+/// Forget `mac`'s pinned SSH host key (also the UI's button); audited.
+pub async fn forget_host_key(app: &AppState, who: &Principal, mac: MacAddr) -> Result<(), ApiError> {
+    let actor = who.actor();
+    app.db
+        .write(move |c| {
+            runs::set_host_key(c, mac, None)?;
+            crate::audit::insert(
+                c,
+                &crate::audit::NewEvent::new(
+                    "provisioning.host_key_forgotten",
+                    actor,
+                    format!("{mac}: pinned SSH host key forgotten; the next online run pins a new one"),
+                )
+                .machine(mac),
+            )
+        })
+        .await?;
+    app.machine_changed(mac);
+    Ok(())
+}
+
+/// `DELETE /machines/{mac}/ssh-host-key`.
+pub async fn delete_host_key(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    MacParam(mac): MacParam,
+) -> Result<Response, ApiError> {
+    forget_host_key(&app, &who, mac).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /cijoe/ssh-public-key`: the line images put in `authorized_keys`.
+pub async fn ssh_public_key(State(app): State<AppState>) -> Response {
+    let id = app.online.identity();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", id.public)).into_response()
 }
