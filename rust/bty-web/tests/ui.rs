@@ -391,4 +391,29 @@ async fn workflows_runs_and_their_reports_in_the_browser() {
     assert_eq!(got[0], 200, "{got}");
     assert_eq!(got[1], "application/gzip", "{got}");
     assert!(got[2].as_str().unwrap().contains(&format!("bty-run-{id}")), "{got}");
+
+    // Online: the key to authorise is on the Workflows page; a run started
+    // from the machine page waits for SSH (nothing listens) until cancelled.
+    b.goto(&s.url("/ui/workflows")).await;
+    let key = b.wait_text("#ssh-public-key", "ssh-ed25519 ", 5).await;
+    assert!(key.contains("bty-web@"), "{key}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, v) = s
+        .put_machine(
+            &t,
+            MAC,
+            json!({"policy": "local", "provisioning_mode": "cijoe-online", "workflow": "motd",
+                   "ssh_host": "127.0.0.1", "ssh_port": closed}),
+        )
+        .await;
+    assert!(code == 200 || code == 201, "{v}");
+    b.goto(&s.url(&format!("/ui/machines/{MAC}"))).await;
+    let runs = b.wait_text("section[aria-labelledby=runs-h]", "Online runs reach", 5).await;
+    assert!(runs.contains(&format!("root@127.0.0.1:{closed}")), "{runs}");
+    b.click(&b.find(&format!("form[action='/ui/machines/{MAC}/runs'] button")).await).await;
+    let page = b.wait_text("main", "Cancel the run", 10).await;
+    assert!(page.contains("running") || page.contains("queued"), "{page}");
+    b.click(&b.find("form[action$='/cancel'] button").await).await;
+    let page = b.wait_text("main", "cancelled by an operator", 10).await;
+    assert!(!page.contains("Cancel the run"), "{page}");
 }

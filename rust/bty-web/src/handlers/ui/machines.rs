@@ -327,10 +327,11 @@ async fn machine_page(
                 &EventQuery { subject: Some(mac.to_string()), limit: 20, ..Default::default() },
             )?;
             let runs = crate::runs::list(c, mac, crate::runs::LIST_LIMIT)?;
-            Ok::<_, rusqlite::Error>(Some((m, flashes, events, runs)))
+            let pins = (crate::runs::baseline(c, mac)?, crate::runs::host_key(c, mac)?);
+            Ok::<_, rusqlite::Error>(Some((m, flashes, events, runs, pins)))
         })
         .await?;
-    let Some((m, flashes, events, runs)) = found else {
+    let Some((m, flashes, events, runs, (baseline, host_key))) = found else {
         return Err(ApiError::not_found(format!("no machine {mac}")).into());
     };
     let catalog = ctx.app.catalog.get();
@@ -450,6 +451,13 @@ async fn machine_page(
         })
         .collect();
     let next_boot = crate::pxe::preview(&m, &catalog).as_str();
+    let online = (m.provisioning_mode == "cijoe-online" && m.workflow.is_some()).then(|| {
+        let host = m.ssh_host.clone().or(m.last_seen_ip.clone()).unwrap_or_else(|| "(no address yet)".into());
+        json!({
+            "target": format!("{}@{host}:{}", m.ssh_user.as_deref().unwrap_or("root"), m.ssh_port.unwrap_or(22)),
+            "host_key": host_key.as_deref().and_then(bty_control::ssh_identity::fingerprint),
+        })
+    });
     let data = json!({
         "m": m,
         "state_words": state_words(&m),
@@ -478,7 +486,8 @@ async fn machine_page(
         },
         "errors": errors,
         "flashes": flash_rows,
-        "runs": runs.iter().map(|r| run_row(ctx, r)).collect::<Vec<_>>(),
+        "runs": runs.iter().map(|r| run_row(ctx, r, baseline)).collect::<Vec<_>>(),
+        "online": online,
         "events": events.iter().map(|e| ctx.event_row(e)).collect::<Vec<_>>(),
     });
     let meta = PageMeta { name: "machine", title: format!("Machine {mac}"), nav: "machines", notice };
@@ -486,7 +495,7 @@ async fn machine_page(
 }
 
 /// A run as the machine page and the run page show it.
-pub fn run_row(ctx: &Ctx, r: &crate::runs::Run) -> Value {
+pub fn run_row(ctx: &Ctx, r: &crate::runs::Run, baseline: Option<i64>) -> Value {
     let class = match r.status.as_str() {
         "passed" => "ok",
         "failed" | "cancelled" => "fail",
@@ -502,6 +511,7 @@ pub fn run_row(ctx: &Ctx, r: &crate::runs::Run) -> Value {
         "finished": ctx.time(r.finished_at.as_deref().or(Some(&r.created_at))),
         "passed": r.steps.iter().filter(|s| s.status == "passed").count(),
         "steps": r.steps.len(),
+        "baseline": baseline == Some(r.id),
     })
 }
 
@@ -510,9 +520,24 @@ pub async fn run_page(
     ctx: Ctx,
     axum::extract::Path(id): axum::extract::Path<i64>,
 ) -> Result<Response, UiError> {
-    let Some(run) = ctx.app.db.read(move |c| crate::runs::get(c, id)).await? else {
+    let found = ctx
+        .app
+        .db
+        .read(move |c| -> rusqlite::Result<Option<(crate::runs::Run, Option<i64>, Option<Machine>)>> {
+            let Some(run) = crate::runs::get(c, id)? else { return Ok(None) };
+            let mac: Option<MacAddr> = run.mac.parse().ok();
+            let b = mac.map(|m| crate::runs::baseline(c, m)).transpose()?.flatten();
+            let m = mac.map(|m| machines::get(c, m)).transpose()?.flatten();
+            Ok(Some((run, b, m)))
+        })
+        .await?;
+    let Some((run, baseline, machine)) = found else {
         return Err(ApiError::not_found(format!("no run {id}")).into());
     };
+    let open = run.status == "queued" || run.status == "running";
+    let online_machine =
+        machine.is_some_and(|m| m.provisioning_mode == "cijoe-online" && m.workflow.is_some());
+    let artifacts: Vec<Value> = run.artifacts.iter().map(|(p, d)| json!({"path": p, "digest": d})).collect();
     let steps: Vec<Value> = run
         .steps
         .iter()
@@ -526,7 +551,9 @@ pub async fn run_page(
                    "elapsed": format!("{:.1} s", s.elapsed_s), "output": s.output})
         })
         .collect();
-    let data = json!({"run": run_row(&ctx, &run), "mac": run.mac, "image": run.image, "steps": steps});
+    let data = json!({"run": run_row(&ctx, &run, baseline), "mac": run.mac, "image": run.image, "steps": steps,
+        "open": open, "artifacts": artifacts, "rerun": online_machine && !open,
+        "promotable": run.mode == "online" && run.status == "passed" && baseline != Some(run.id)});
     let meta = PageMeta { name: "run", title: format!("Run {id}"), nav: "machines", notice: None };
     ctx.page(StatusCode::OK, meta, data)
 }
@@ -606,4 +633,38 @@ pub async fn inventory_json(ctx: Ctx, AnyMacParam(mac): AnyMacParam) -> Result<R
         body,
     )
         .into_response())
+}
+
+/// `POST /ui/machines/{mac}/runs`: queue an online run; to its page.
+pub async fn start_run(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, UiError> {
+    let id = crate::handlers::runs::start_online(&ctx.app, &ctx.who, mac).await?;
+    Ok(Redirect::to(&format!("/ui/runs/{id}")).into_response())
+}
+
+/// `POST /ui/runs/{id}/cancel`.
+pub async fn cancel_run(
+    ctx: Ctx,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<Response, UiError> {
+    crate::handlers::runs::cancel_run(&ctx.app, &ctx.who, id).await?;
+    Ok(Redirect::to(&format!("/ui/runs/{id}")).into_response())
+}
+
+/// `POST /ui/runs/{id}/baseline`.
+pub async fn promote_run(
+    ctx: Ctx,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<Response, UiError> {
+    let Some(run) = ctx.app.db.read(move |c| crate::runs::get(c, id)).await? else {
+        return Err(ApiError::not_found(format!("no run {id}")).into());
+    };
+    let mac: MacAddr = run.mac.parse().map_err(ApiError::internal)?;
+    crate::handlers::runs::promote(&ctx.app, &ctx.who, mac, id).await?;
+    Ok(Redirect::to(&format!("/ui/runs/{id}")).into_response())
+}
+
+/// `POST /ui/machines/{mac}/ssh-host-key/forget`.
+pub async fn forget_host_key(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, UiError> {
+    crate::handlers::runs::forget_host_key(&ctx.app, &ctx.who, mac).await?;
+    Ok(Redirect::to(&format!("/ui/machines/{mac}?notice=saved")).into_response())
 }

@@ -47,7 +47,9 @@ async fn render(
             })
         })
         .collect();
-    let data = json!({"workflows": rows, "dir": dir, "form": form, "errors": errors});
+    let id = ctx.app.online.identity();
+    let data = json!({"workflows": rows, "dir": dir, "form": form, "errors": errors,
+                      "ssh": {"public": id.public, "fingerprint": id.fingerprint}});
     ctx.page(
         status,
         PageMeta { name: "workflows", title: "Workflows".into(), nav: "workflows", notice },
