@@ -47,6 +47,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "checks", "out", "e2e")
 LIVE = os.path.join(ROOT, "checks", "out", "live-agent")
 DISK = os.path.join(ROOT, "checks", "out", "disk")
+# The marker disk with an empty ext4 root partition (MARKER_ROOT_MIB), and the live
+# environment's initrd with Python and cijoe appended (checks/live/cijoe-layer.py).
+DISK_ROOT = os.path.join(ROOT, "checks", "out", "disk-root")
+CIJOE_LAYER = os.path.join(ROOT, "checks", "out", "cijoe-layer.cpio.gz")
 BTY_WEB = os.environ.get("BTY_WEB_BIN", os.path.join(ROOT, "target", "debug", "bty-web"))
 MARKER = "BTY-MARKER-DISK-BOOTED"
 FLASH_FAILED = r"bty: flash failed"
@@ -97,7 +101,8 @@ class Server:
     """bty-web on loopback with a fresh state directory, the live environment in /boot and the
     marker images in the catalog. The guest reaches it as http://10.0.2.100 (see lib/vm.py)."""
 
-    def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True, extra_env=None):
+    def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True, extra_env=None,
+                 initrd_layers=()):
         """`seg`: run on that layer-2 segment (lib/l2.py) instead, at 192.168.77.2:8080 in its
         server namespace, with bty-web's own TFTP and (unless `proxy_dhcp` is False) ProxyDHCP."""
         self.work = work
@@ -107,10 +112,17 @@ class Server:
         os.makedirs(self.state + "/images")
         for f in ("vmlinuz", "initrd.gz"):
             shutil.copy(os.path.join(LIVE, f), os.path.join(self.state, "boot", f))
+        # More archives after the initrd: the kernel unpacks them all, in order.
+        with open(os.path.join(self.state, "boot", "initrd.gz"), "ab") as out:
+            for layer in initrd_layers:
+                out.write(open(layer, "rb").read())
         lines = ["version = 1"]
         for e in catalog:
             src = e["src"]
-            if not src.startswith(("http", "oras://")):
+            if os.path.isabs(src):
+                shutil.copy(src, os.path.join(self.state, "images", os.path.basename(src)))
+                src = os.path.basename(src)
+            elif not src.startswith(("http", "oras://")):
                 shutil.copy(image(src), os.path.join(self.state, "images", src))
             lines += ["[[images]]", f'name = "{e["name"]}"', f'src = "{src}"', f'sha256 = "{e["sha256"]}"']
         open(os.path.join(self.state, "catalog.toml"), "w").write("\n".join(lines) + "\n")
@@ -672,6 +684,55 @@ class Skipped(Exception):
 
 
 @contextlib.contextmanager
+@scenario("provision-offline")
+def provision_offline(name, work):
+    """cijoe-offline: the live environment (with Python and cijoe) flashes an image with an ext4
+    root, runs the workflow against the written filesystem and reports the run before the disk boots."""
+    img = os.path.join(DISK_ROOT, "marker.img")
+    sha = open(img + ".sha256").read().split()[0]
+    srv = Server(work, [{"name": "rootfs", "src": img, "sha256": sha}], initrd_layers=[CIJOE_LAYER])
+    try:
+        mac = "52:54:00:12:34:60"
+        task = ("doc: Stamp the flashed system\nsteps:\n- name: stamp\n  run: |\n"
+                "    mkdir -p {{ config.bty.target_root }}/etc\n"
+                "    sh -c 'echo provisioned mac={{ config.bty.mac }} image={{ config.bty.image }}"
+                " > {{ config.bty.target_root }}/etc/bty-provisioned'\n"
+                "- name: proc\n  run: test -e {{ config.bty.target_root }}/proc/self/status\n")
+        srv.req("PUT", "/workflows/stamp", {"task": task})
+        srv.bind(mac, policy="flash-once", image="rootfs", target_disk_serial="bty-disk-0",
+                 provisioning_mode="cijoe-offline", workflow="stamp")
+        disk = disk_file(work, 64 << 20)
+        with V.VM(work, firmware="bios", mac=mac, disks=[V.Disk(disk, "bty-disk-0")], server_port=srv.port,
+                  memory_mib=1024) as m:
+            _, t_start = m.wait_for(r"bty: flash starting", BOOT_TIMEOUT, fail=FLASH_FAILED)
+            _, t_wf = m.wait_for(r"bty: provisioning: workflow stamp", BOOT_TIMEOUT, fail=FLASH_FAILED)
+            _, t_done = m.wait_for(r"bty: provisioning passed", BOOT_TIMEOUT, fail=r"bty: provisioning (failed|:.*did not reach)")
+            m.wait_for(r"bty: flash complete; rebooting", 60)
+            # Before the flashed disk boots, the run is on the server.
+            runs = srv.req("GET", f"/machines/{mac}/runs")
+            check(len(runs) == 1 and runs[0]["status"] == "passed" and runs[0]["mode"] == "offline",
+                  f"the offline run is recorded passed before the disk boots: {runs}")
+            log = m.log()[m.log_mark:]
+            check("the GPT root partition type" in log, "the console says which root filesystem was chosen")
+            fig = flash_figures(name, m, t_start, log)
+            fig["workflow_seconds"] = round(t_done - t_wf, 1)
+            expect_marker_exit(m, name)
+        run = srv.req("GET", f"/runs/{runs[0]['id']}")
+        check([(st["name"], st["status"]) for st in run["steps"]] == [("stamp", "passed"), ("proc", "passed")],
+              f"both steps passed: {run['steps']}")
+        mach = srv.machine(mac)
+        check(mach["last_flash_status"] == "done" and mach["state"] == "flashed", f"flashed: {mach}")
+        # The file is in the flashed filesystem (read from the disk image, at the root partition).
+        parts = json.loads(subprocess.run(["sfdisk", "-J", disk], capture_output=True, text=True,
+                                          check=True).stdout)["partitiontable"]["partitions"]
+        root = [p for p in parts if p["type"].upper() == "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"][0]
+        got = subprocess.run(["debugfs", "-R", "cat /etc/bty-provisioned", f"{disk}?offset={root['start'] * 512}"],
+                             capture_output=True, text=True).stdout.strip()
+        check(got == f"provisioned mac={mac} image=rootfs", f"the workflow's file is on the disk: {got!r}")
+    finally:
+        srv.stop()
+
+
 def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
     """A layer-2 segment with the LAN's DHCP server and bty-web on it, the marker image for
     `firmware` in its catalog; both gone when the block ends."""

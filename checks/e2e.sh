@@ -14,6 +14,8 @@ checks/deps.sh
 agent="$(live/build-static.sh)"
 KERNEL_DEB="$(cat checks/out/cache/kernel-deb.path)" live/build.sh checks/out/live-agent "$agent"
 checks/disk/build.sh checks/out/disk >/dev/null
+MARKER_ROOT_MIB=16 checks/disk/build.sh checks/out/disk-root rootfs >/dev/null
+python3 checks/live/cijoe-layer.py checks/out/cijoe-layer.cpio.gz
 cargo build --locked -q -p bty-web
 
 exec python3 checks/e2e.py "$@"

@@ -16,8 +16,11 @@ out="${1:?usage: $0 OUT_DIR [BTY_BINARY]}"
 bty="${2:-}"
 
 # Modules the initramfs carries (their dependencies come along): the NICs and disk
-# controllers QEMU can give a client (virtio-net/-blk/-scsi, e1000, AHCI, NVMe).
-MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod e1000 e1000e ahci nvme)
+# controllers QEMU can give a client (virtio-net/-blk/-scsi, e1000, AHCI, NVMe); the
+# filesystems an offline provisioning workflow mounts (ext4, xfs, btrfs; crc32c first, which
+# they load by name and an initramfs without modprobe cannot), and loop devices.
+MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod e1000 e1000e ahci nvme
+  crc32c_generic ext4 xfs btrfs loop)
 
 deb="${KERNEL_DEB:-}"
 if [ -z "$deb" ]; then

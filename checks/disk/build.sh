@@ -12,7 +12,9 @@
 # Writes OUT_DIR/marker.img (+ identical marker-bios.img, marker-uefi.img), each with .img.zst
 # and a .sha256 file per file (sha256sum format), and broken copies for integrity tests
 # (marker-corrupt.img, marker-truncated.img, + .zst). MARKER_SIZE_MIB sets the size of the
-# bootable part (default 8); MARKER_FILL_MIB=N appends an N MiB partition of pseudo-random data.
+# bootable part (default 8); MARKER_FILL_MIB=N appends an N MiB partition of pseudo-random data;
+# MARKER_ROOT_MIB=N appends an empty N MiB ext4 filesystem with the GPT root type (x86-64), for
+# the provisioning scenarios to write into.
 # No root needed.
 set -euo pipefail
 
@@ -21,6 +23,7 @@ out="${1:?usage: $0 OUT_DIR [TAG]}"
 tag="${2:-1}"
 size_mib="${MARKER_SIZE_MIB:-8}"
 fill_mib="${MARKER_FILL_MIB:-0}"
+root_mib="${MARKER_ROOT_MIB:-0}"
 if ! [[ "$tag" =~ ^[A-Za-z0-9._-]{1,32}$ ]]; then
   echo "disk: TAG must match [A-Za-z0-9._-]{1,32}" >&2
   exit 2
@@ -31,6 +34,10 @@ if ! [[ "$size_mib" =~ ^[0-9]+$ ]] || [ "$size_mib" -lt 4 ]; then
 fi
 if ! [[ "$fill_mib" =~ ^[0-9]+$ ]]; then
   echo "disk: MARKER_FILL_MIB must be a number" >&2
+  exit 2
+fi
+if ! [[ "$root_mib" =~ ^[0-9]+$ ]] || { [ "$root_mib" -gt 0 ] && [ "$root_mib" -lt 8 ]; }; then
+  echo "disk: MARKER_ROOT_MIB must be 0 or at least 8" >&2
   exit 2
 fi
 for tool in as ld sfdisk mkfs.vfat mmd mcopy grub-mkimage zstd sha256sum; do
@@ -69,12 +76,17 @@ touch -d "@$SOURCE_DATE_EPOCH" "$work/MARKER.TXT"
 #    MiB), then, with MARKER_FILL_MIB=N, an N MiB partition of seeded pseudo-random bytes (data
 #    that neither compresses nor reads as zeros, for throughput figures), then 1 MiB (backup GPT).
 img="$work/marker.img"
-total_mib=$((size_mib + fill_mib))
+total_mib=$((size_mib + fill_mib + root_mib))
 truncate -s "${total_mib}M" "$img"
 esp_start=2048
 esp_size=$(((size_mib - 2) * 2048))
 fill_start=$((esp_start + esp_size))
 fill_line=""
+root_start=$((fill_start + fill_mib * 2048))
+root_line=""
+if [ "$root_mib" -gt 0 ]; then
+  root_line="start=$root_start, size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=6B7A0C1E-5C2B-4E8E-9F0A-B7E000000007, name=\"root\""
+fi
 if [ "$fill_mib" -gt 0 ]; then
   fill_line="start=$fill_start, size=$((fill_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=6B7A0C1E-5C2B-4E8E-9F0A-B7E0000F1110, name=\"filler\""
 fi
@@ -84,6 +96,7 @@ label-id: 6B7A0C1E-5C2B-4E8E-9F0A-B7E0000D15C0
 first-lba: 2048
 start=$esp_start, size=$esp_size, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=6B7A0C1E-5C2B-4E8E-9F0A-B7E0000E5500, name="EFI system partition"
 $fill_line
+$root_line
 SFD
 if [ "$fill_mib" -gt 0 ]; then
   python3 - "$img" $((fill_start * 512)) $((fill_mib << 20)) <<'PY'
@@ -95,6 +108,12 @@ with open(path, "r+b") as f:
     for _ in range(n >> 20):
         f.write(rng.randbytes(1 << 20))
 PY
+fi
+if [ "$root_mib" -gt 0 ]; then
+  command -v mkfs.ext4 >/dev/null || { echo "disk: mkfs.ext4 missing; run checks/deps.sh" >&2; exit 1; }
+  E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -F -L root -U 6b7a0c1e-5c2b-4e8e-9f0a-b7e0000000e4 \
+    -E "offset=$((root_start * 512)),hash_seed=6b7a0c1e-5c2b-4e8e-9f0a-b7e0000000a5" -O ^metadata_csum_seed \
+    "$img" "$((root_mib * 1024))k"
 fi
 # The boot code goes in front of the protective MBR's partition table (bytes 0..439).
 dd if="$work/boot.bin" of="$img" conv=notrunc status=none
