@@ -98,6 +98,8 @@
         {
           inherit (built) bty;
           default = built.bty;
+          # The pinned cijoe the provisioning workflows run (the modules' default).
+          cijoe = pkgs.callPackage ./nix/cijoe.nix { };
         }
         # Image outputs exist for the system they are built for: `nix build .#server-rpi` on an
         # x86_64 machine evaluates packages.x86_64-linux.server-rpi, which is the aarch64 image

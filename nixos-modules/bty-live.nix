@@ -3,7 +3,8 @@
 # offer's: reports without it are refused), plus `bty.mode=interactive` when the
 # machine's policy is `tui`; exactly one of these units runs, chosen by that word.
 #
-#   bty-flash-on-boot.service  `bty agent`: inventory, plan, flash/verify, report, reboot
+#   bty-flash-on-boot.service  `bty agent`: inventory, plan, flash/verify, report, the offline
+#                              CIJOE workflow of a cijoe-offline machine (cijoe on its PATH), reboot
 #   bty-tui-on-tty1.service    `bty-tui` on tty1 in place of the login prompt
 {
   config,
@@ -41,11 +42,22 @@ in
       defaultText = lib.literalExpression "config.programs.bty.package";
       description = "The bty package providing `bty` (the agent) and `bty-tui`.";
     };
+    cijoe = {
+      enable = lib.mkEnableOption "cijoe in the live environment, for `cijoe-offline` workflows after a flash" // {
+        default = true;
+      };
+      package = lib.mkOption {
+        type = lib.types.package;
+        default = pkgs.callPackage ../nix/cijoe.nix { };
+        defaultText = lib.literalExpression "pkgs.callPackage \"\${bty}/nix/cijoe.nix\" { }";
+        description = "The cijoe the agent runs offline workflows with (`bty provision`).";
+      };
+    };
   };
 
   config = lib.mkIf cfg.enable {
     # `bty flash` from the console is the way out when the agent fails; the agent says so.
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [ cfg.package ] ++ lib.optional cfg.cijoe.enable cfg.cijoe.package;
 
     systemd.services.bty-flash-on-boot = {
       description = "bty: flash this machine as its provisioning server says";
@@ -63,6 +75,8 @@ in
       # A successful agent reboots (or powers off with bty.poweroff=1) by itself, after
       # syncing: its `bty: ...; rebooting` marker is the last thing on the serial console, and
       # nothing in this RAM-backed system needs an orderly shutdown.
+      # `bty provision` (run by the agent after a cijoe-offline flash) finds cijoe on PATH.
+      path = lib.optional cfg.cijoe.enable cfg.cijoe.package;
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${lib.getExe' cfg.package "bty"} agent";

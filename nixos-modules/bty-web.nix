@@ -172,6 +172,16 @@ in
       };
     };
 
+    cijoe.package = lib.mkOption {
+      type = lib.types.nullOr lib.types.package;
+      default = pkgs.callPackage ../nix/cijoe.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage \"\${bty}/nix/cijoe.nix\" { }";
+      description = ''
+        The cijoe that online provisioning runs (`cijoe-online`) use: `settings.cijoe.command`
+        points at it. null leaves `cijoe` to be found on the unit's PATH.
+      '';
+    };
+
     liveEnvironment = lib.mkOption {
       type = lib.types.nullOr lib.types.package;
       default = null;
@@ -404,6 +414,10 @@ in
 
       (lib.mkIf (cfg.tftp.enable || cfg.proxyDhcp.enable) {
         services.bty-web.settings.tftp.enabled = lib.mkDefault true;
+      })
+
+      (lib.mkIf (cfg.cijoe.package != null) {
+        services.bty-web.settings.cijoe.command = lib.mkDefault (lib.getExe cfg.cijoe.package);
       })
 
       (lib.mkIf cfg.proxyDhcp.enable {

@@ -253,6 +253,32 @@ in
     && lib.hasInfix "install_boot ${stubs.fakeDrv "live"}/initrd /var/lib/bty/boot/initrd" c.systemd.services.bty-web.preStart
     && !(lib.hasInfix "ln -s" c.systemd.services.bty-web.preStart)
   ) null)
+  (check "bty-web: online CIJOE runs use the packaged cijoe (settings.cijoe.command); null leaves PATH's" (
+    let
+      none = eval {
+        services.bty-web = {
+          enable = true;
+          cijoe.package = null;
+        };
+      };
+    in
+    (rendered web).cijoe.command == "${stubs.fakeDrv "cijoe"}/bin/cijoe"
+    && !((rendered none) ? cijoe && (rendered none).cijoe ? command)
+  ) (rendered web).cijoe or null)
+  (check "bty-live: the agent finds the packaged cijoe on its PATH (cijoe-offline); cijoe.enable = false drops it" (
+    let
+      off = eval {
+        services.bty-live = {
+          enable = true;
+          cijoe.enable = false;
+        };
+      };
+    in
+    live.systemd.services.bty-flash-on-boot.path == [ (stubs.fakeDrv "cijoe") ]
+    && lib.elem (stubs.fakeDrv "cijoe") live.environment.systemPackages
+    && off.systemd.services.bty-flash-on-boot.path == [ ]
+    && !(lib.elem (stubs.fakeDrv "cijoe") off.environment.systemPackages)
+  ) live.systemd.services.bty-flash-on-boot.path)
   (check "bty-live: flash-on-boot unless bty.mode=interactive, TUI on tty1 only then" (
     let
       f = live.systemd.services.bty-flash-on-boot;

@@ -33,6 +33,7 @@ let
     util-linux = fakeDrv "util-linux";
     sqlite = fakeDrv "sqlite";
     zstd = fakeDrv "zstd";
+    callPackage = path: _args: fakeDrv (lib.removeSuffix ".nix" (baseNameOf path));
     writeShellScript = name: _text: fakeDrv name;
     writeText = name: _text: fakeDrv name;
     runCommand = name: _env: _script: fakeDrv name;
