@@ -59,6 +59,8 @@ declare -A want=(
   [iproute2]=/usr/sbin/ip
   # the SSH server online CIJOE runs reach (started by the tests on loopback only)
   [openssh-server]=/usr/sbin/sshd
+  # the SSH server of the installed-system disk the online VM scenario boots (binary only)
+  [dropbear-bin]=/usr/sbin/dropbear
   # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom

@@ -51,6 +51,7 @@ DISK = os.path.join(ROOT, "checks", "out", "disk")
 # environment's initrd with Python and cijoe appended (checks/live/cijoe-layer.py).
 DISK_ROOT = os.path.join(ROOT, "checks", "out", "disk-root")
 CIJOE_LAYER = os.path.join(ROOT, "checks", "out", "cijoe-layer.cpio.gz")
+CIJOE = os.path.join(ROOT, "checks", "out", "cijoe", "bin", "cijoe")
 BTY_WEB = os.environ.get("BTY_WEB_BIN", os.path.join(ROOT, "target", "debug", "bty-web"))
 MARKER = "BTY-MARKER-DISK-BOOTED"
 FLASH_FAILED = r"bty: flash failed"
@@ -729,6 +730,57 @@ def provision_offline(name, work):
         got = subprocess.run(["debugfs", "-R", "cat /etc/bty-provisioned", f"{disk}?offset={root['start'] * 512}"],
                              capture_output=True, text=True).stdout.strip()
         check(got == f"provisioned mac={mac} image=rootfs", f"the workflow's file is on the disk: {got!r}")
+    finally:
+        srv.stop()
+
+
+@scenario("provision-online")
+def provision_online(name, work):
+    """cijoe-online: a UEFI machine flashed with a system disk (an SSH server that authorises
+    bty-web's key) boots it; bty-web runs the workflow over SSH, pins its host key, sets the baseline."""
+    srv = Server(work, [], extra_env={"BTY_CIJOE_COMMAND": CIJOE, "BTY_CIJOE_SSH_WAIT_SECONDS": "300"})
+    try:
+        mac = "52:54:00:12:34:61"
+        keys = os.path.join(work, "authorized_keys")
+        # bty-web's key, made at its first start, is what the image authorises.
+        with open(keys, "w") as f:
+            f.write(srv.net(lambda: srv.opener.open(srv.base + "/cijoe/ssh-public-key", timeout=5).read().decode()))
+        img = os.path.join(work, "system.img")
+        subprocess.run([os.path.join(ROOT, "checks", "disk", "build-system.sh"), img, keys], check=True,
+                       capture_output=True)
+        sha = open(img + ".sha256").read().split()[0]
+        shutil.copy(img, os.path.join(srv.state, "images", "system.img"))
+        with open(os.path.join(srv.state, "catalog.toml"), "a") as f:
+            f.write(f'[[images]]\nname = "system"\nsrc = "system.img"\nsha256 = "{sha}"\n')
+        srv.req("POST", "/catalog/reload")
+        ssh_port = free_port()
+        task = ("doc: Check the booted system\nsteps:\n- name: kernel\n  run: uname -r\n"
+                "- name: identity\n  run: cat /proc/sys/kernel/hostname\n")
+        srv.req("PUT", "/workflows/check", {"task": task})
+        srv.bind(mac, policy="flash-once", image="system", target_disk_serial="bty-disk-0",
+                 provisioning_mode="cijoe-online", workflow="check", ssh_host="127.0.0.1", ssh_port=ssh_port)
+        disk = disk_file(work, 64 << 20)
+        with V.VM(work, firmware="uefi", mac=mac, disks=[V.Disk(disk, "bty-disk-0")], server_port=srv.port,
+                  hostfwd=[(ssh_port, 22)]) as m:
+            _, t_start = m.wait_for(r"bty: flash starting", BOOT_TIMEOUT, fail=FLASH_FAILED)
+            m.wait_for(r"bty: flash complete; rebooting", BOOT_TIMEOUT, fail=FLASH_FAILED)
+            flash_figures(name, m, t_start, m.log()[m.log_mark:])
+            _, t_ssh = m.wait_for(r"BTY-SYSTEM-SSH-UP", BOOT_TIMEOUT)
+            deadline = time.monotonic() + BOOT_TIMEOUT
+            while True:
+                runs = srv.req("GET", f"/machines/{mac}/runs")
+                if runs and runs[0]["status"] in ("passed", "failed", "cancelled"):
+                    break
+                check(time.monotonic() < deadline, f"the online run finishes: {runs}")
+                time.sleep(1)
+            FIGURES.setdefault(name, {})["ssh_up_to_run_done_s"] = round(m.elapsed() - t_ssh, 1)
+        run = srv.req("GET", f"/runs/{runs[0]['id']}")
+        check(run["status"] == "passed" and run["mode"] == "online", f"the online run passed: {run}")
+        check(run["baseline"] is True, "the first passing online run is the baseline")
+        check("bty-system" in run["steps"][1]["output"], f"it ran on the booted system: {run['steps']}")
+        kinds = [e["kind"] for e in srv.events(mac)]
+        check("provisioning.host_key_pinned" in kinds and "provisioning.queued" in kinds,
+              f"queued after the flash, host key pinned: {kinds}")
     finally:
         srv.stop()
 

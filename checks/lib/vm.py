@@ -198,6 +198,7 @@ class VM:
                  accel_name: str | None = None, interactive: bool = False,
                  record_requests: bool = False, tap: tuple[str, str] | None = None,
                  own_pxe: bool = False, http_boot: bool = False,
+                 hostfwd: list[tuple[int, int]] | tuple = (),
                  extra_args: list[str] | tuple = (), name: str = "vm"):
         if firmware not in ("bios", "uefi"):
             raise ValueError("firmware must be 'bios' or 'uefi'")
@@ -217,6 +218,8 @@ class VM:
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.accel_name = accel_name
         self.extra_args = list(extra_args)
+        # (host port, guest port): TCP on 127.0.0.1:host reaches the guest's port (user networking).
+        self.hostfwd = list(hostfwd)
         self.interactive = interactive
         self.record_requests = record_requests
         # (namespace, ifname): a tap device on a real layer-2 segment (see l2.py) instead of
@@ -295,6 +298,8 @@ class VM:
                         raise ValueError(f"requests log path must not contain quotes/spaces: {log}")
                     fwd = f"sh -c 'tee -a {log} | {fwd}'"
                 netdev += f",guestfwd=tcp:{SERVER_IP}:80-cmd:{fwd}"
+            for host, guest in self.hostfwd:
+                netdev += f",hostfwd=tcp:127.0.0.1:{int(host)}-:{int(guest)}"
             cmd += ["-netdev", netdev,
                     "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"]
             if os.environ.get("BTY_E2E_PCAP"):  # every frame the guest sends or gets, for Wireshark
