@@ -82,6 +82,10 @@ impl OnlineRunner {
         std::fs::create_dir_all(&shim_dir)?;
         std::fs::write(shim_dir.join("sitecustomize.py"), PIN_SHIM)?;
         db.write(runs::fail_unfinished).await?;
+        let swept = runs::sweep_incoming(&state);
+        if swept > 0 {
+            tracing::info!("removed {swept} half-received run report(s) a stopped server left");
+        }
         Ok(Arc::new(OnlineRunner {
             db,
             global: Arc::new(tokio::sync::Semaphore::new(config.cijoe.max_parallel.max(1))),

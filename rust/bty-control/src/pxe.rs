@@ -181,6 +181,9 @@ fn known_contact(
     let (policy, state) = (m.policy(), m.state());
     let image = image_check(&m, catalog);
     let d = policy::on_pxe(policy, state, image);
+    if m.provisioning_mode == "cijoe-offline" && m.workflow.is_some() {
+        unreported_workflow(conn, &m)?;
+    }
     // A live offer replaces whatever offer was outstanding (the machine
     // booted again, so that live environment is gone); a local boot ends it.
     let token = if policy::is_live(d.offer) {
@@ -218,6 +221,31 @@ fn known_contact(
     }
     record_offer(conn, &m, ip, policy, state, image, &d)?;
     Ok(Contact { machine: m, decision: d, discovered: false, token })
+}
+
+/// A flash that reported done left its offer open for the workflow's
+/// report; a machine back at PXE without it never sent one: a failed run
+/// that says so (the flash stays done).
+fn unreported_workflow(conn: &Connection, m: &Machine) -> rusqlite::Result<()> {
+    let kind: Option<String> = conn
+        .prepare_cached("SELECT offer_kind FROM machines WHERE mac = ?1")?
+        .query_row([m.mac.to_string()], |r| r.get(0))
+        .optional()?
+        .flatten();
+    if kind.as_deref() != Some(PROVISIONING_OFFER) {
+        return Ok(());
+    }
+    let run = crate::runs::FinishedRun {
+        mac: m.mac,
+        workflow: m.workflow.as_deref().unwrap_or_default(),
+        image: m.image.as_deref(),
+        mode: "offline",
+        keep: usize::MAX,
+    };
+    let why = "the machine booted again before the live environment reported its workflow \
+               (it crashed, lost power or the network, or cijoe hung past every timeout)";
+    crate::runs::record(conn, &run, "failed", Some(why), &[])?;
+    Ok(())
 }
 
 /// The first contact of a MAC: its record (policy `tui`) is inserted with

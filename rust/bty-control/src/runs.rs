@@ -83,9 +83,29 @@ pub fn list(conn: &Connection, mac: MacAddr, limit: usize) -> rusqlite::Result<V
     .collect()
 }
 
+/// Where a machine's runs' files are.
+pub fn machine_dir(state_dir: &Path, mac: MacAddr) -> PathBuf {
+    state_dir.join("cijoe").join(mac.to_string().replace(':', "-"))
+}
+
+/// Uploads a stopped server left half-received (`cijoe/<mac>/.incoming-*`).
+pub fn sweep_incoming(state_dir: &Path) -> usize {
+    let mut n = 0;
+    for m in std::fs::read_dir(state_dir.join("cijoe")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(m.path()).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".incoming-")
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Where a run's files are.
 pub fn dir(state_dir: &Path, mac: MacAddr, id: i64) -> PathBuf {
-    state_dir.join("cijoe").join(mac.to_string().replace(':', "-")).join(id.to_string())
+    machine_dir(state_dir, mac).join(id.to_string())
 }
 
 /// A finished run to record: the machine (for an offline one the token
@@ -437,7 +457,8 @@ fn prune(conn: &Connection, mac: MacAddr, keep: usize) -> rusqlite::Result<Vec<i
                AND id IS NOT (SELECT baseline_run FROM cijoe_machine WHERE mac = ?1)
              ORDER BY id DESC LIMIT -1 OFFSET ?2",
         )?;
-        let rows = st.query_map(params![mac.to_string(), keep.max(1) as i64], |r| r.get(0))?;
+        let rows =
+            st.query_map(params![mac.to_string(), keep.clamp(1, i64::MAX as usize) as i64], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for o in &old {
@@ -486,4 +507,67 @@ pub fn set_host_key(conn: &Connection, mac: MacAddr, key: Option<&str>) -> rusql
         params![mac.to_string(), key],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(steps: &[(&str, &str)], artifacts: &[(&str, &str)]) -> Run {
+        Run {
+            id: 1,
+            mac: "52:54:00:00:00:01".into(),
+            workflow: "w".into(),
+            mode: "online".into(),
+            status: "passed".into(),
+            reason: None,
+            image: None,
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+            steps: steps
+                .iter()
+                .map(|(n, s)| StepResult {
+                    name: n.to_string(),
+                    status: s.to_string(),
+                    elapsed_s: 0.0,
+                    output: String::new(),
+                })
+                .collect(),
+            artifacts: artifacts.iter().map(|(p, d)| (p.to_string(), d.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn drift_names_the_first_step_or_artifact_that_departs() {
+        let base =
+            run(&[("packages", "passed"), ("tune", "failed"), ("users", "passed")], &[("pkgs.txt", "aa")]);
+        assert_eq!(drift(&base, &base), None);
+        // A step that failed in the baseline too is no drift.
+        let same =
+            run(&[("packages", "passed"), ("tune", "failed"), ("users", "passed")], &[("pkgs.txt", "aa")]);
+        assert_eq!(drift(&base, &same), None);
+        let failed =
+            run(&[("packages", "failed"), ("tune", "passed"), ("users", "skipped")], &[("pkgs.txt", "aa")]);
+        assert_eq!(drift(&base, &failed).as_deref(), Some("step `packages`"));
+        let missing = run(&[("packages", "passed")], &[("pkgs.txt", "aa")]);
+        assert_eq!(drift(&base, &missing).as_deref(), Some("step `users`"));
+        let changed = run(&[("packages", "passed"), ("users", "passed")], &[("pkgs.txt", "bb")]);
+        assert_eq!(drift(&base, &changed).as_deref(), Some("artifact `pkgs.txt`"));
+        let gone = run(&[("packages", "passed"), ("users", "passed")], &[]);
+        assert_eq!(drift(&base, &gone).as_deref(), Some("artifact `pkgs.txt`"));
+    }
+
+    #[test]
+    fn artifacts_are_digested_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("artifacts/sub")).unwrap();
+        std::fs::write(d.path().join("artifacts/sub/a.txt"), "abc").unwrap();
+        let got = artifact_digests(d.path());
+        assert_eq!(
+            got.get("sub/a.txt").map(String::as_str),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert!(artifact_digests(&d.path().join("none")).is_empty());
+    }
 }

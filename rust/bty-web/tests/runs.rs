@@ -129,6 +129,28 @@ async fn an_offline_run_is_recorded_with_its_steps_and_archive() {
     assert_eq!(s.events(&t, "provisioning.passed").await.len(), 1);
     // The run is behind the operator login.
     assert_eq!(reqwest::get(s.url(&format!("/runs/{id}/report"))).await.unwrap().status(), 401);
+
+    // Deleting the machine takes its runs and their files.
+    let dir = s.state_dir().join("cijoe").join(MAC.replace(':', "-"));
+    assert!(dir.join(id.to_string()).is_dir());
+    let r = reqwest::Client::new()
+        .delete(s.url(&format!("/machines/{MAC}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    assert_eq!(
+        reqwest::Client::new()
+            .get(s.url(&format!("/runs/{id}")))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,4 +217,25 @@ sys.stdout.buffer.write(buf.getvalue())
     let (s2, _, offer2) = bound_server("none").await;
     let (code, v) = post_report(&s2, Some(&offer2), b"x".to_vec(), 0).await;
     assert_eq!(code, 403, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_back_at_pxe_without_its_workflow_report_has_a_failed_run() {
+    let (s, t, offer) = bound_server("cijoe-offline").await;
+    let (code, v) = s.report(&format!("/pxe/{MAC}/done"), &offer, json!({"status": "done"})).await;
+    assert_eq!(code, 204, "{v}");
+    // The live environment died in the workflow; the machine PXE-boots its disk.
+    let (next, _) = s.pxe_boot(MAC).await;
+    assert_eq!(next, "local");
+    let runs = s.authed_json(&t, &format!("/machines/{MAC}/runs")).await;
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs[0]["status"], "failed");
+    assert!(runs[0]["reason"].as_str().unwrap().contains("before the live environment reported"), "{runs}");
+    let m = s.authed_json(&t, &format!("/machines/{MAC}")).await;
+    assert_eq!((m["last_flash_status"].as_str(), m["state"].as_str()), (Some("done"), Some("flashed")));
+    // The token is spent; a late report is refused; a later boot adds nothing.
+    let (code, _) = post_report(&s, Some(&offer), vec![], 0).await;
+    assert_eq!(code, 403);
+    s.pxe_boot(MAC).await;
+    assert_eq!(s.authed_json(&t, &format!("/machines/{MAC}/runs")).await.as_array().unwrap().len(), 1);
 }

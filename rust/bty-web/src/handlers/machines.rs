@@ -202,6 +202,13 @@ pub async fn delete_one(
         })
         .await?;
     if deleted {
+        // Its runs' records went with it (ON DELETE CASCADE); their files go too.
+        let dir = crate::runs::machine_dir(&app.config.paths.state_dir, mac);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%mac, "cannot remove {}: {e}", dir.display());
+            }
+        }
         app.machine_changed(mac);
     }
     Ok(deleted)
