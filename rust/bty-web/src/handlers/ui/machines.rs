@@ -515,6 +515,9 @@ pub fn run_row(ctx: &Ctx, r: &crate::runs::Run, baseline: Option<i64>) -> Value 
     })
 }
 
+/// A run, its machine's baseline run and the machine.
+type RunWithContext = (crate::runs::Run, Option<i64>, Option<Machine>);
+
 /// `GET /ui/runs/{id}`: one run's steps with their output, and its archive.
 pub async fn run_page(
     ctx: Ctx,
@@ -523,7 +526,7 @@ pub async fn run_page(
     let found = ctx
         .app
         .db
-        .read(move |c| -> rusqlite::Result<Option<(crate::runs::Run, Option<i64>, Option<Machine>)>> {
+        .read(move |c| -> rusqlite::Result<Option<RunWithContext>> {
             let Some(run) = crate::runs::get(c, id)? else { return Ok(None) };
             let mac: Option<MacAddr> = run.mac.parse().ok();
             let b = mac.map(|m| crate::runs::baseline(c, m)).transpose()?.flatten();
