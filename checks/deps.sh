@@ -61,6 +61,8 @@ declare -A want=(
   [openssh-server]=/usr/sbin/sshd
   # the SSH server of the installed-system disk the online VM scenario boots (binary only)
   [dropbear-bin]=/usr/sbin/dropbear
+  # signs the appliance release manifests `bty os` verifies (the tests sign with the real tool)
+  [minisign]=minisign
   # the VM suite
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [ipxe-qemu]=/usr/lib/ipxe/qemu/efi-virtio.rom

@@ -4,6 +4,7 @@ mod cmd_agent;
 mod cmd_disks;
 mod cmd_flash;
 mod cmd_inspect;
+mod cmd_os;
 mod cmd_provision;
 mod console;
 mod render;
@@ -56,6 +57,9 @@ enum Command {
     /// run the workflow bty-web hands out for this boot, report it (the agent does this after
     /// a verified flash; run it again by hand from the live environment's shell).
     Provision(cmd_provision::Args),
+    /// The appliance's own releases: show a verified release manifest, download a release.
+    #[command(after_help = EXIT_CODES)]
+    Os(cmd_os::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Some(Command::Flash(a)) => cmd_flash::run(a),
         Some(Command::Agent(a)) => cmd_agent::run(a),
         Some(Command::Provision(a)) => cmd_provision::run(a),
+        Some(Command::Os(a)) => cmd_os::run(a),
         None if cli.server.is_some() => {
             cmd_agent::run(cmd_agent::Args { server: cli.server, mac: cli.mac, ..Default::default() })
         }
