@@ -684,7 +684,6 @@ class Skipped(Exception):
     """A scenario this machine cannot run (said why), not a failure."""
 
 
-@contextlib.contextmanager
 @scenario("provision-offline")
 def provision_offline(name, work):
     """cijoe-offline: the live environment (with Python and cijoe) flashes an image with an ext4
@@ -785,6 +784,7 @@ def provision_online(name, work):
         srv.stop()
 
 
+@contextlib.contextmanager
 def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
     """A layer-2 segment with the LAN's DHCP server and bty-web on it, the marker image for
     `firmware` in its catalog; both gone when the block ends."""
