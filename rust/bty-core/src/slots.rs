@@ -167,6 +167,66 @@ pub fn booted_from_loader_entry(entry: &str) -> Option<Slot> {
     parse_entry(entry.trim_end_matches('\0').trim()).map(|e| e.slot)
 }
 
+/// The slots' entries in an ESP's `EFI/Linux`, newest version first.
+pub fn entries(esp: &std::path::Path) -> Vec<(String, Entry)> {
+    let mut found: Vec<(String, Entry)> = std::fs::read_dir(esp.join("EFI").join("Linux"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            parse_entry(&name).map(|en| (name, en))
+        })
+        .collect();
+    found.sort_by(|x, y| crate::osupdate::compare_versions(&y.1.version, &x.1.version));
+    found
+}
+
+/// The newest entry of `slot` in the ESP.
+pub fn slot_entry(esp: &std::path::Path, slot: Slot) -> Option<(String, Entry)> {
+    entries(esp).into_iter().find(|(_, e)| e.slot == slot)
+}
+
+/// Where the ESP is mounted: the first of /efi, /boot, /boot/efi with an
+/// `EFI` directory.
+pub fn find_esp() -> Option<std::path::PathBuf> {
+    ["/efi", "/boot", "/boot/efi"].iter().map(std::path::PathBuf::from).find(|p| p.join("EFI").is_dir())
+}
+
+/// `LoaderEntrySelected` as systemd-boot left it (efivarfs: 4 attribute
+/// bytes, then UTF-16LE).
+pub fn loader_entry_selected() -> Option<String> {
+    let raw =
+        std::fs::read("/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+            .ok()?;
+    let units: Vec<u16> = raw.get(4..)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    Some(String::from_utf16_lossy(&units).trim_end_matches('\0').to_string())
+}
+
+/// The layout of `disk` (a block device or an image file).
+pub fn read_layout(disk: &std::path::Path) -> Result<Layout> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(disk)
+        .map_err(|e| Error::io(format!("cannot open {}", disk.display()), e))?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(format!("cannot read {}", disk.display()), e))?;
+    let table = crate::partition::read_table(&head)?
+        .ok_or_else(|| Error::failure(format!("{} has no partition table", disk.display())))?;
+    layout(&table).map_err(|e| Error::failure(format!("{}: {e}", disk.display())))
+}
+
+/// The disk of this machine with an A/B layout.
+pub fn find_disk() -> Result<std::path::PathBuf> {
+    for d in crate::disks::list_disks()? {
+        if read_layout(std::path::Path::new(&d.path)).is_ok() {
+            return Ok(d.path.into());
+        }
+    }
+    Err(Error::failure("no disk here has the A/B layout (bty-a, bty-b): pass --disk DEV"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +303,13 @@ mod tests {
         let e = parse_entry("bty-a_1.1.0.efi").unwrap();
         assert!(e.bootable() && e.tries_left.is_none());
         assert_eq!(entry_name(Slot::B, "1.2.0", Some(3)), "bty-b_1.2.0+3.efi");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("EFI/Linux")).unwrap();
+        for n in ["bty-a_1.1.0.efi", "bty-b_1.2.0+2-1.efi", "bty-b_1.0.0.efi", "other.efi"] {
+            std::fs::write(d.path().join("EFI/Linux").join(n), b"").unwrap();
+        }
+        assert_eq!(slot_entry(d.path(), Slot::B).unwrap().0, "bty-b_1.2.0+2-1.efi");
+        assert_eq!(entries(d.path()).len(), 3);
         for bad in ["bty-c_1.0.0.efi", "bty-a_x.efi", "bty-a_1.0.0+x.efi", "linux.efi", "bty-a_1.0.0.conf"] {
             assert_eq!(parse_entry(bad), None, "{bad}");
         }

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bty_core::osupdate::{self, Release, ReleaseSource, ReleaseType};
+use bty_core::slots::{self, Slot};
 use bty_core::source::Source;
 use bty_core::Error;
 use sha2::Digest;
@@ -25,6 +26,43 @@ enum OsCommand {
     Show(ShowArgs),
     /// Download a release (manifest, signature, files) into DIR, every file verified.
     Download(DownloadArgs),
+    /// Whether a slot (`os a|b`) or the ESP (`efisys`) holds a release: exit 0 yes, 1 no.
+    Check(CheckArgs),
+    /// The booted slot, each slot's version and boot counter.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct Machine {
+    /// The appliance disk (default: the disk with partitions bty-a and bty-b).
+    #[arg(long, value_name = "DEV")]
+    disk: Option<PathBuf>,
+    /// The booted slot, instead of detecting it (rescue, tests).
+    #[arg(long, value_parser = ["a", "b"])]
+    booted_slot: Option<String>,
+    /// Where the EFI system partition is mounted (default: /efi, /boot or /boot/efi).
+    #[arg(long, value_name = "DIR")]
+    esp: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    which: Which,
+    /// os: the slot to check.
+    #[arg(value_parser = ["a", "b"])]
+    slot: Option<String>,
+    #[command(flatten)]
+    machine: Machine,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    machine: Machine,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +113,28 @@ pub fn run(a: Args) -> i32 {
                 Err(e) => crate::report_error(&e, json),
             }
         }
+        OsCommand::Check(c) => {
+            let json = c.which.json;
+            match check(&c) {
+                Ok((holds, what)) => {
+                    if json {
+                        println!("{}", serde_json::json!({"holds": holds, "detail": what}));
+                    } else {
+                        println!("{what}");
+                    }
+                    if holds {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                Err(e) => crate::report_error(&e, json),
+            }
+        }
+        OsCommand::Status(st) => match status(&st) {
+            Ok(()) => 0,
+            Err(e) => crate::report_error(&e, st.json),
+        },
         OsCommand::Download(d) => {
             let json = d.which.json;
             match release(&d.which).and_then(|r| download(&r, &d.dir, json)) {
@@ -228,4 +288,128 @@ fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&partial, dest).map_err(io)
+}
+
+fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
+    m.esp.clone().or_else(slots::find_esp).ok_or_else(|| {
+        Error::failure("the EFI system partition is not mounted at /efi, /boot or /boot/efi: pass --esp DIR")
+    })
+}
+
+/// The booted slot: `--booted-slot`, the kernel command line, systemd-boot's entry.
+fn booted(m: &Machine, layout: &slots::Layout) -> Option<Slot> {
+    if let Some(s) = m.booted_slot.as_deref().and_then(Slot::parse) {
+        return Some(s);
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    slots::booted_from_cmdline(&cmdline, layout)
+        .or_else(|| slots::loader_entry_selected().and_then(|e| slots::booted_from_loader_entry(&e)))
+}
+
+fn status(a: &StatusArgs) -> Result<(), Error> {
+    let disk = match &a.machine.disk {
+        Some(d) => d.clone(),
+        None => slots::find_disk()?,
+    };
+    let layout = slots::read_layout(&disk)?;
+    let esp = esp_dir(&a.machine)?;
+    let booted = booted(&a.machine, &layout);
+    let slot = |s: Slot| {
+        let e = slots::slot_entry(&esp, s);
+        serde_json::json!({
+            "slot": s.as_str(),
+            "partition": layout.slot(s).number,
+            "booted": booted == Some(s),
+            "version": e.as_ref().map(|(_, e)| e.version.clone()),
+            "entry": e.as_ref().map(|(n, _)| n.clone()),
+            "tries_left": e.as_ref().and_then(|(_, e)| e.tries_left),
+            "tries_done": e.as_ref().and_then(|(_, e)| e.tries_done),
+            "bootable": e.as_ref().map(|(_, e)| e.bootable()),
+        })
+    };
+    let v = serde_json::json!({
+        "disk": disk, "esp": esp, "booted": booted.map(Slot::as_str),
+        "slots": [slot(Slot::A), slot(Slot::B)],
+        "state_partition": layout.state.as_ref().map(|p| p.number),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("status serialises"));
+        return Ok(());
+    }
+    println!(
+        "disk {} (ESP at {}), booted slot {}",
+        disk.display(),
+        esp.display(),
+        booted.map(Slot::as_str).unwrap_or("unknown")
+    );
+    for s in v["slots"].as_array().into_iter().flatten() {
+        let counter = match (s["tries_left"].as_u64(), s["tries_done"].as_u64()) {
+            (None, _) => "blessed".to_string(),
+            (Some(0), d) => format!("no tries left ({} done): systemd-boot skips it", d.unwrap_or(0)),
+            (Some(l), d) => format!("{l} tries left, {} done: not yet blessed", d.unwrap_or(0)),
+        };
+        println!(
+            "  {} (partition {}){}: {}",
+            s["slot"].as_str().unwrap_or("?"),
+            s["partition"],
+            if s["booted"] == true { ", booted" } else { "" },
+            match s["version"].as_str() {
+                Some(ver) => format!("version {ver}, {counter}"),
+                None => "no boot entry".into(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Whether the slot or ESP holds the release `c` names, and in words.
+fn check(c: &CheckArgs) -> Result<(bool, String), Error> {
+    let r = release(&c.which)?;
+    let esp = esp_dir(&c.machine)?;
+    match r.manifest.kind {
+        ReleaseType::Os => {
+            let slot = c
+                .slot
+                .as_deref()
+                .and_then(Slot::parse)
+                .ok_or_else(|| Error::usage("bty os check os needs the slot: a or b"))?;
+            let want = &r.manifest.version;
+            Ok(match slots::slot_entry(&esp, slot) {
+                Some((_, e)) if &e.version == want => (true, format!("slot {} holds {want}", slot.as_str())),
+                Some((_, e)) => (false, format!("slot {} holds {}, not {want}", slot.as_str(), e.version)),
+                None => (false, format!("slot {} has no boot entry, so not {want}", slot.as_str())),
+            })
+        }
+        ReleaseType::Efisys => {
+            for f in &r.manifest.files {
+                let path = esp.join(f.path.as_deref().unwrap_or(&f.name));
+                let same = std::fs::File::open(&path)
+                    .and_then(|mut h| {
+                        let mut d = sha2::Sha256::new();
+                        std::io::copy(&mut h, &mut DigestWriter(&mut d))?;
+                        Ok(hex::encode(d.finalize()))
+                    })
+                    .is_ok_and(|got| got.eq_ignore_ascii_case(&f.sha256));
+                if !same {
+                    return Ok((
+                        false,
+                        format!("{} is not the one of efisys {}", path.display(), r.manifest.version),
+                    ));
+                }
+            }
+            Ok((true, format!("the ESP holds efisys {}", r.manifest.version)))
+        }
+    }
+}
+
+struct DigestWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for DigestWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -154,3 +154,74 @@ fn bad_signatures_and_bad_files_exit_4_and_leave_nothing() {
     assert!(stderr(&o).contains("SHA-256"), "{}", stderr(&o));
     assert!(nothing_left());
 }
+
+#[test]
+fn status_and_check_read_the_slots_from_the_disk_and_the_esp() {
+    if !have_minisign() || !common::have("sgdisk") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let k = keys(d.path(), "release");
+    let base = d.path().join("rel");
+    release(&base, &k, "1.2.0", "version=1.2.0 type=os");
+    let disk = d.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
+    let st = Command::new("sgdisk")
+        .args(["-o", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+16M", "-t2:8304", "-c2:bty-a"])
+        .args(["-n3:0:+16M", "-t3:8304", "-c3:bty-b", "-n4:0:0", "-t4:8300", "-c4:bty-state"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let esp = d.path().join("esp");
+    std::fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+    std::fs::write(esp.join("EFI/Linux/bty-a_1.1.0.efi"), b"uki a").unwrap();
+    std::fs::write(esp.join("EFI/Linux/bty-b_1.2.0+2-1.efi"), b"uki b").unwrap();
+    let (disk_s, esp_s) = (disk.display().to_string(), esp.display().to_string());
+
+    let o = run(&["os", "status", "--disk", &disk_s, "--esp", &esp_s, "--booted-slot", "a", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((v["booted"].as_str(), v["state_partition"].as_u64()), (Some("a"), Some(4)));
+    assert_eq!(
+        (v["slots"][0]["version"].as_str(), v["slots"][0]["tries_left"].as_u64()),
+        (Some("1.1.0"), None)
+    );
+    assert_eq!(
+        (v["slots"][1]["version"].as_str(), v["slots"][1]["tries_left"].as_u64()),
+        (Some("1.2.0"), Some(2))
+    );
+    let o = run(&["os", "status", "--disk", &disk_s, "--esp", &esp_s, "--booted-slot", "a"]);
+    assert!(stdout(&o).contains("b (partition 3): version 1.2.0, 2 tries left, 1 done"), "{}", stdout(&o));
+
+    let check = |slot: &str| {
+        let mut a = vec!["check", "os", slot, "--esp", &esp_s];
+        a.extend_from_slice(&["--disk", &disk_s]);
+        code(&os(&a, &base, &k.public))
+    };
+    assert_eq!(check("b"), 0, "slot b holds the latest");
+    assert_eq!(check("a"), 1, "slot a holds an older one");
+    // Not an A/B disk.
+    let plain = d.path().join("plain.img");
+    std::fs::File::create(&plain).unwrap().set_len(8 << 20).unwrap();
+    let o = run(&["os", "status", "--disk", &plain.display().to_string(), "--esp", &esp_s]);
+    assert_eq!(code(&o), 1);
+
+    // efisys: the ESP's loader files against the release's.
+    let eb = d.path().join("efi-rel");
+    let dir = eb.join("2.0.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(eb.join("latest"), "2.0.0\n").unwrap();
+    std::fs::write(dir.join("BOOTX64.EFI"), b"systemd-boot 2").unwrap();
+    let m = serde_json::json!({"version": "2.0.0", "arch": "x86_64", "type": "efisys", "files": [
+        {"role": "esp", "name": "BOOTX64.EFI", "url": "BOOTX64.EFI", "sha256": sha256_file(&dir.join("BOOTX64.EFI")),
+         "size": 14, "path": "EFI/BOOT/BOOTX64.EFI"}]});
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    sign(&k, &dir.join("manifest.json"), "version=2.0.0 type=efisys");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"systemd-boot 1").unwrap();
+    let efi = || code(&os(&["check", "efisys", "--esp", &esp_s], &eb, &k.public));
+    assert_eq!(efi(), 1);
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"systemd-boot 2").unwrap();
+    assert_eq!(efi(), 0);
+}
