@@ -6,7 +6,7 @@
 #     nix-instantiate for the Nix checks, the TFTP clients (curl, atftp, tftp-hpa) and dnsmasq;
 #   - for the VM suite: QEMU (from bookworm-backports on Debian 12, so the newer qemu-utils is
 #     kept), iPXE ROMs and binaries, OVMF, busybox-static, cpio, mtools, dosfstools, GRUB EFI
-#     modules, kmod (depmod), binutils;
+#     modules, kmod (depmod), binutils, systemd-boot-efi (the A/B scenario's loader and UKI stub);
 #   - the Debian kernel package, downloaded (not installed) into checks/out/cache/;
 #   - cijoe from PyPI, pinned, in a virtual environment at checks/out/cijoe/ (the CIJOE tests
 #     run the real one).
@@ -78,6 +78,9 @@ declare -A want=(
   [gdisk]=/usr/sbin/sgdisk
   [kmod]=/usr/sbin/depmod
   [binutils]=/usr/bin/as
+  # systemd-boot and its UKI stub, for the A/B appliance the ab-update scenario boots (not
+  # installed into the host's ESP: the package only ships the EFI binaries)
+  [systemd-boot-efi]=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
   [file]=/usr/bin/file
   [gzip]=/bin/gzip
 )

@@ -7,7 +7,8 @@ into the test live environment: the l2-* scenarios on a layer-2 segment in netwo
 QEMU user networking with bty-web on loopback. Assertions are made on
 the serial log, on the server's records and events, and on the disk bytes. The marker disk
 that gets flashed prints BTY-MARKER-DISK-BOOTED and ends QEMU with status 33, so "boots the
-flashed disk" is observed.
+flashed disk" is observed. `ab-update` runs no bty-web: an A/B appliance disk (checks/ab/)
+boots under OVMF and systemd-boot and updates itself with `bty os` from signed releases.
 
     python3 checks/e2e.py                 # every scenario
     python3 checks/e2e.py l2-bios l2-uefi # some of them
@@ -15,7 +16,8 @@ flashed disk" is observed.
 
 Normally run through checks/e2e.sh, which builds what this needs first:
     target/static/x86_64-unknown-linux-gnu/release/bty (static) inside checks/out/live-agent,
-    checks/out/disk (marker images), target/debug/bty-web.
+    checks/out/disk (marker images), target/debug/bty-web, checks/out/ab (the A/B appliance's
+    kernel and initramfs, with the same static bty).
 Logs of each scenario stay in checks/out/e2e/<scenario>/; the figures go to
 checks/out/e2e/figures.json.
 """
@@ -40,6 +42,8 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ab"))
+import ab as AB  # noqa: E402
 import l2 as L2  # noqa: E402
 import vm as V  # noqa: E402
 
@@ -52,6 +56,8 @@ DISK = os.path.join(ROOT, "checks", "out", "disk")
 DISK_ROOT = os.path.join(ROOT, "checks", "out", "disk-root")
 CIJOE_LAYER = os.path.join(ROOT, "checks", "out", "cijoe-layer.cpio.gz")
 CIJOE = os.path.join(ROOT, "checks", "out", "cijoe", "bin", "cijoe")
+# The A/B appliance's kernel and initramfs (checks/ab/build.sh).
+AB_OUT = os.path.join(ROOT, "checks", "out", "ab")
 BTY_WEB = os.environ.get("BTY_WEB_BIN", os.path.join(ROOT, "target", "debug", "bty-web"))
 MARKER = "BTY-MARKER-DISK-BOOTED"
 FLASH_FAILED = r"bty: flash failed"
@@ -872,6 +878,235 @@ def l2_bios(name, work):
         check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked bty's ProxyDHCP: {mach['dhcp_client']}")
 
 
+# --- the A/B appliance --------------------------------------------------------------------------
+
+AB_FAIL = r"bty-ab: FAILED[^\r\n]*|Kernel panic[^\r\n]*"
+AB_SOURCE = f"http://{V.SERVER_IP}/rel"  # the ReleaseServer, through lib/vm.py's guestfwd
+
+
+class ReleaseServer:
+    """A directory over HTTP on loopback, the appliance's release source; it remembers the
+    paths asked for."""
+
+    def __init__(self, root: str):
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=root, **kw)
+
+            def do_GET(self):
+                paths.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def ab_status(m: V.VM, label: str, after: int) -> tuple[dict, int]:
+    """The next `bty os status --json` the appliance printed under `label`; where it ends."""
+    rx = re.compile(rf"bty-ab: status begin {label}\r?\n(.*?)bty-ab: status end {label} rc=(\d+)", re.S)
+    mt, _ = m.wait_for(rx, BOOT_TIMEOUT, after=after, fail=AB_FAIL)
+    check(mt.group(2) == "0", f"bty os status exits 0 ({label}), got {mt.group(2)}: {mt.group(1)}")
+    return json.loads(mt.group(1).replace("\r", "")), mt.end()
+
+
+def ab_boot(m: V.VM, after: int) -> dict:
+    """The appliance's next boot after log offset `after`: the entry systemd-boot chose and its
+    LoaderBootCountPath ('-': none), the status, the booted slot's root header, and when
+    (seconds since power-on)."""
+    mt, t = m.wait_for(r"bty-ab: boot entry=(\S+) count_path=(\S+)", BOOT_TIMEOUT, after=after, fail=AB_FAIL)
+    st, end = ab_status(m, "boot", mt.end())
+    hdr, _ = m.wait_for(r"bty-ab: slot ([ab]) on \S+: ([^\r\n]*)", BOOT_TIMEOUT, after=end, fail=AB_FAIL)
+    return {"entry": mt.group(1), "count_path": mt.group(2), "status": st, "slot": hdr.group(1),
+            "header": hdr.group(2), "t": t, "end": hdr.end()}
+
+
+def ab_slot(status: dict, slot: str) -> dict:
+    return next(s for s in status["slots"] if s["slot"] == slot)
+
+
+def ab_healthy(m: V.VM, boot: dict) -> tuple[dict, int, float]:
+    """`bty os health` passed on this boot: the status printed after it, its end, when."""
+    mt, t = m.wait_for(r"bty-ab: healthy\r?\n", BOOT_TIMEOUT, after=boot["end"],
+                       fail=AB_FAIL + r"|bty-ab: unhealthy")
+    st, end = ab_status(m, "healthy", mt.end())
+    return st, end, t
+
+
+def ab_apply(m: V.VM, after: int) -> tuple[int, list[dict], str, float]:
+    """The next `bty os apply os --json`: exit status, its JSON events, its output, seconds."""
+    b, t0 = m.wait_for(r"bty-ab: apply begin \S+", BOOT_TIMEOUT, after=after, fail=AB_FAIL)
+    e, t1 = m.wait_for(r"bty-ab: apply end rc=(\d+)", BOOT_TIMEOUT, after=b.end(), fail=AB_FAIL)
+    text = m.log()[b.end():e.start()].replace("\r", "")
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return int(e.group(1)), events, text, round(t1 - t0, 1)
+
+
+@scenario("ab-update")
+def ab_update(name, work):
+    """A/B self-update under OVMF and systemd-boot: a good release boots and is blessed, a bad
+    one falls back after three tries, a bad signature changes nothing."""
+    tools = [t for t in ("minisign", "sgdisk", "mkfs.vfat", "mcopy", "objcopy", "zstd") if not shutil.which(t)]
+    tools += [p for p in (AB.SD_BOOT, AB.STUB) if not os.path.exists(p)]
+    if tools:
+        raise Failed(f"missing: {', '.join(tools)} (checks/deps.sh installs them)")
+    pub, sec = AB.keypair(work)
+    initrds = [os.path.join(AB_OUT, "initrd.gz"), AB.key_layer(work, pub)]
+    ukis = {v: AB.uki(os.path.join(work, f"bty-{v}.efi"), v, os.path.join(AB_OUT, "vmlinuz"), initrds)
+            for v in ("1.1.0", "1.2.0", "1.3.0", "1.4.0")}
+    uki_sha = {v: sha256_file(p) for v, p in ukis.items()}
+    rel = os.path.join(work, "www", "rel")
+    AB.release(rel, "1.2.0", "good", ukis["1.2.0"], sec)
+    AB.release(rel, "1.3.0", "bad", ukis["1.3.0"], sec)
+    AB.release(rel, "1.4.0", "good", ukis["1.4.0"], sec, tamper=True)
+
+    def verify(v: str) -> int:
+        return subprocess.run(["minisign", "-V", "-p", pub, "-m", f"{rel}/{v}/manifest.json"],
+                              capture_output=True).returncode
+    check(verify("1.2.0") == 0 and verify("1.4.0") != 0, "minisign itself accepts 1.2.0 and refuses 1.4.0")
+
+    loader = os.path.join(work, "loader.conf")
+    with open(loader, "w") as f:
+        f.write("timeout 0\n")
+    disk = AB.Appliance(os.path.join(work, "appliance.raw"))
+    disk.make({"EFI/BOOT/BOOTX64.EFI": AB.SD_BOOT, "loader/loader.conf": loader,
+               "EFI/Linux/bty-a_1.1.0.efi": ukis["1.1.0"]}, AB.root_image("1.1.0", "good"), work)
+    start = disk.snapshot(work)
+    esp = dict(start["esp"])
+    del esp["EFI/Linux/bty-a_1.1.0.efi"]  # the loader's files, which stay as they are
+
+    srv = ReleaseServer(os.path.join(work, "www"))
+    fig = FIGURES.setdefault(name, {})
+    fig["accel"] = V.accel()
+    # The disk boots first (the NIC is there for the releases only).
+    m = V.VM(work, firmware="uefi", disks=[V.Disk(disk.path, "bty-appliance", bootindex=0)],
+             server_port=srv.port, bootfile=None, name="appliance")
+
+    def power_on(apply: bool):
+        # fw_cfg opt/bty/apply: this power-on applies the release `latest` names.
+        m.extra_args = ["-fw_cfg", f"name=opt/bty/apply,string={AB_SOURCE}"] if apply else []
+        m.start()
+
+    def powered_off(what: str):
+        rc = m.wait_exit(BOOT_TIMEOUT)
+        check(rc == 0, f"{what}: the appliance powers off (QEMU status 0), got {rc}")
+
+    try:
+        # 1. Slot A runs 1.1.0 and applies 1.2.0 to slot B.
+        AB.set_latest(rel, "1.2.0")
+        power_on(apply=True)
+        b = ab_boot(m, m.log_mark)
+        check((b["entry"], b["count_path"]) == ("bty-a_1.1.0.efi", "-"),
+              f"systemd-boot boots A's blessed entry: {b['entry']} {b['count_path']}")
+        check(b["status"]["booted"] == "a" and ab_slot(b["status"], "a")["version"] == "1.1.0",
+              f"status: booted a, 1.1.0 (from LoaderEntrySelected): {b['status']}")
+        _, end, t = ab_healthy(m, b)
+        fig["power_on_to_healthy_s"] = round(t, 1)
+        rc, events, text, fig["apply_s"] = ab_apply(m, end)
+        check(rc == 0, f"bty os apply 1.2.0 exits 0, got {rc}:\n{text[-3000:]}")
+        stages = [e["stage"] for e in events if e.get("event") == "stage"]
+        check(stages == ["staging", "cleared", "writing", "written", "installed"],
+              f"the apply's stages in order: {stages}")
+        plan = next(e for e in events if e.get("event") == "applied")["result"]["plan"]
+        check(plan["entry"] == "bty-b_1.2.0+3.efi" and plan["slot"] == "b", f"B gets 1.2.0 with three tries: {plan}")
+        powered_off("after applying 1.2.0")
+        snap = disk.snapshot(work)
+        check(snap["esp"] == {**start["esp"], "EFI/Linux/bty-b_1.2.0+3.efi": uki_sha["1.2.0"]},
+              f"the ESP gained B's entry (1.2.0's UKI) and nothing else: {sorted(snap['esp'])}")
+        check(disk.read("bty-b", AB.ROOT_IMAGE_BYTES) == AB.root_image("1.2.0", "good"), "slot B holds 1.2.0's root image")
+        check(snap["bty-a"] == start["bty-a"] and snap["bty-state"] == start["bty-state"],
+              "slot A and bty-state are untouched")
+
+        # 2. B's first try: healthy, blessed; it applies 1.3.0 (which will fail its health checks) to A.
+        AB.set_latest(rel, "1.3.0")
+        power_on(apply=True)
+        b = ab_boot(m, m.log_mark)
+        check(b["count_path"].endswith("\\bty-b_1.2.0+2-1.efi"),
+              f"systemd-boot boots the new entry and counts a try: {b['entry']} {b['count_path']}")
+        sb = ab_slot(b["status"], "b")
+        check(b["status"]["booted"] == "b" and (sb["version"], sb["tries_left"], sb["tries_done"]) == ("1.2.0", 2, 1),
+              f"status: booted b, 1.2.0, 2 tries left, 1 done: {b['status']}")
+        st, end, t = ab_healthy(m, b)
+        sb = ab_slot(st, "b")
+        check((sb["entry"], sb["tries_left"]) == ("bty-b_1.2.0.efi", None) and st["next_boot"]["entry"] == "bty-b_1.2.0.efi",
+              f"healthy, so blessed: {st}")
+        fig["update_power_on_to_blessed_s"] = round(t, 1)
+        rc, events, text, _ = ab_apply(m, end)
+        check(rc == 0, f"bty os apply 1.3.0 exits 0, got {rc}:\n{text[-3000:]}")
+        plan = next(e for e in events if e.get("event") == "applied")["result"]["plan"]
+        check(plan["entry"] == "bty-a_1.3.0+3.efi" and plan["removes"] == ["bty-a_1.1.0.efi"],
+              f"A gets 1.3.0 with three tries, its old entry removed: {plan}")
+        powered_off("after applying 1.3.0")
+        snap = disk.snapshot(work)
+        check(snap["esp"] == {**esp, "EFI/Linux/bty-b_1.2.0.efi": uki_sha["1.2.0"],
+                              "EFI/Linux/bty-a_1.3.0+3.efi": uki_sha["1.3.0"]},
+              f"the ESP: B blessed, A's new entry: {sorted(snap['esp'])}")
+        check(disk.read("bty-a", AB.ROOT_IMAGE_BYTES) == AB.root_image("1.3.0", "bad"), "slot A holds 1.3.0's root image")
+
+        # 3. A fails its health checks on each of its three tries; systemd-boot falls back to B.
+        power_on(apply=False)
+        after = m.log_mark
+        for left, done in ((2, 1), (1, 2), (0, 3)):
+            b = ab_boot(m, after)
+            sa = ab_slot(b["status"], "a")
+            check(b["count_path"].endswith(f"\\bty-a_1.3.0+{left}-{done}.efi") and b["status"]["booted"] == "a"
+                  and (sa["tries_left"], sa["tries_done"]) == (left, done),
+                  f"try {done} of A: {b['entry']} {b['count_path']} {sa}")
+            check(b["header"] == "bty-root 1.3.0 health=bad", f"A runs 1.3.0: {b['header']}")
+            u, _ = m.wait_for(r"bty-ab: unhealthy: rebooting", BOOT_TIMEOUT, after=b["end"],
+                              fail=AB_FAIL + r"|bty-ab: healthy")
+            after = u.end()
+        b = ab_boot(m, after)
+        check((b["entry"], b["count_path"], b["status"]["booted"]) == ("bty-b_1.2.0.efi", "-", "b"),
+              f"after A's third failure systemd-boot boots B: {b['entry']} {b['count_path']} {b['status']['booted']}")
+        fu = b["status"]["failed_update"] or {}
+        check(fu.get("message") == "update to 1.3.0 failed its health checks; running 1.2.0",
+              f"status names the failed update: {b['status']}")
+        check(b["status"]["next_boot"]["entry"] == "bty-b_1.2.0.efi", f"B stays the default: {b['status']['next_boot']}")
+        fig["fallback_power_on_to_b_s"] = round(b["t"], 1)
+        ab_healthy(m, b)
+        powered_off("after the fallback")
+        fallen = disk.snapshot(work)
+        check(fallen["esp"] == {**esp, "EFI/Linux/bty-b_1.2.0.efi": uki_sha["1.2.0"],
+                                "EFI/Linux/bty-a_1.3.0+0-3.efi": uki_sha["1.3.0"]},
+              f"the ESP: A's entry has no tries left: {sorted(fallen['esp'])}")
+
+        # 4. A release whose manifest no longer matches its signature: refused, nothing written.
+        AB.set_latest(rel, "1.4.0")
+        srv.paths.clear()
+        power_on(apply=True)
+        b = ab_boot(m, m.log_mark)
+        check(b["status"]["booted"] == "b" and b["status"]["failed_update"], f"B again, failed update shown: {b['status']}")
+        _, end, _ = ab_healthy(m, b)
+        rc, events, text, _ = ab_apply(m, end)
+        check(rc == 4, f"bty os apply of the tampered 1.4.0 exits 4, got {rc}:\n{text[-3000:]}")
+        check("signature does not verify" in text, f"it says why:\n{text[-3000:]}")
+        powered_off("after the refused apply")
+        check(sorted(set(srv.paths)) == ["/rel/1.4.0/manifest.json", "/rel/1.4.0/manifest.json.minisig", "/rel/latest"],
+              f"only the manifest and its signature were fetched: {srv.paths}")
+        end_snap = disk.snapshot(work)
+        check(end_snap == fallen, f"nothing on the disk changed: {end_snap} != {fallen}")
+        check(end_snap["bty-state"] == start["bty-state"], "bty-state is byte-identical to the start")
+        fig["boots"] = len(re.findall(r"bty-ab: boot entry=", m.log()))
+        fig["power_ons"] = m.boots
+    finally:
+        m.kill()
+        srv.stop()
+
+
 def main(argv: list[str]) -> int:
     if "--list" in argv:
         for n, f in SCENARIOS.items():
@@ -882,7 +1117,9 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    missing = [p for p in (BTY_WEB, LIVE + "/initrd.gz", DISK + "/marker-bios.img.zst") if not os.path.exists(p)]
+    inputs = {"ab-update": (AB_OUT + "/vmlinuz", AB_OUT + "/initrd.gz")}
+    common = (BTY_WEB, LIVE + "/initrd.gz", DISK + "/marker-bios.img.zst")
+    missing = sorted({p for n in names for p in inputs.get(n, common) if not os.path.exists(p)})
     if missing:
         print(f"missing: {', '.join(missing)}\nbuild them with checks/e2e.sh (it runs this suite too)",
               file=sys.stderr)

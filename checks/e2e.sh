@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end VM suite in one command: installs what it needs (as root; otherwise it says
 # what is missing), builds the static `bty` for the live environment, the live environment,
-# the marker disks and bty-web, then runs checks/e2e.py with the given scenarios (all if none).
+# the marker disks, the A/B appliance's kernel and initramfs and bty-web, then runs
+# checks/e2e.py with the given scenarios (all if none).
 #
 #   checks/e2e.sh                  # every scenario (~4 min on TCG once built)
 #   checks/e2e.sh l2-bios power-cut   # some of them; checks/e2e.py --list names them
@@ -13,6 +14,7 @@ checks/deps.sh
 # The agent and the interactive flasher, static, as the live environment carries them.
 agent="$(live/build-static.sh)"
 KERNEL_DEB="$(cat checks/out/cache/kernel-deb.path)" live/build.sh checks/out/live-agent "$agent"
+KERNEL_DEB="$(cat checks/out/cache/kernel-deb.path)" checks/ab/build.sh checks/out/ab "$agent"
 checks/disk/build.sh checks/out/disk >/dev/null
 MARKER_ROOT_MIB=16 checks/disk/build.sh checks/out/disk-root rootfs >/dev/null
 python3 checks/live/cijoe-layer.py checks/out/cijoe-layer.cpio.gz
