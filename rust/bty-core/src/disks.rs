@@ -143,6 +143,11 @@ impl SystemView {
     /// major:minor → mountpoints, from mountinfo (by device number, and by the
     /// source path for filesystems such as btrfs that report anonymous numbers)
     /// and from active swap.
+    /// Where the device `major:minor` is mounted (or used as swap).
+    pub fn mountpoints_of(&self, devnum: &str) -> Vec<String> {
+        self.mounts_by_devnum().remove(devnum).unwrap_or_default()
+    }
+
     fn mounts_by_devnum(&self) -> HashMap<String, Vec<String>> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(&self.mountinfo) {

@@ -5,6 +5,7 @@
 //! repository root for where each concern lives.
 
 pub mod agent;
+pub mod appliance_secrets;
 pub mod bmap;
 pub mod catalog;
 pub mod cijoe;
@@ -19,6 +20,7 @@ pub mod inspect;
 mod lz4;
 pub mod mac;
 pub mod oci;
+pub mod osapply;
 pub mod osupdate;
 pub mod partition;
 pub mod provision;

@@ -132,6 +132,11 @@ impl Manifest {
                 ));
             }
         }
+        let mut names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!("lists the file name {:?} twice", w[0]));
+        }
         let count = |role: &str| self.files.iter().filter(|f| f.role == role).count();
         match self.kind {
             ReleaseType::Os => {
@@ -340,6 +345,113 @@ impl Release {
     }
 }
 
+/// Download a release into `dir`: every file under a hidden name, checked
+/// (size, SHA-256), then renamed; the manifest and its signature last, so a
+/// directory with a manifest holds the whole release. On any failure the
+/// files of this release already written are removed. `on_file` hears of
+/// each file verified.
+pub fn download(r: &Release, dir: &std::path::Path, on_file: &mut dyn FnMut(&str, u64)) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let mut written: Vec<std::path::PathBuf> = vec![];
+    let result = (|| {
+        for f in &r.manifest.files {
+            let dest = dir.join(&f.name);
+            fetch_verified(&r.file_url(f), &dest, f.size, &f.sha256)?;
+            written.push(dest);
+            on_file(&f.name, f.size);
+        }
+        for (name, bytes) in [
+            ("manifest.json.minisig", r.signature.as_bytes()),
+            ("manifest.json", r.manifest_bytes.as_slice()),
+        ] {
+            let dest = dir.join(name);
+            write_atomic(&dest, bytes)?;
+            written.push(dest);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}
+
+/// Where a file is written before it is checked: a hidden name beside it.
+pub fn partial_of(dest: &std::path::Path) -> std::path::PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.partial"))
+}
+
+/// Fetch `url` into `dest` through a hidden partial file, checking the size
+/// and SHA-256 the manifest gives before it is synced and renamed into
+/// place. On any failure the partial file is removed and `dest` untouched.
+pub fn fetch_verified(url: &str, dest: &std::path::Path, size: u64, sha256: &str) -> Result<()> {
+    use sha2::Digest;
+    use std::io::Write;
+    let partial = partial_of(dest);
+    let outcome = (|| {
+        let mut reader = Source::parse(url)?.open()?.reader;
+        let mut out = std::fs::File::create(&partial)
+            .map_err(|e| Error::io(format!("cannot create {}", partial.display()), e))?;
+        let mut h = sha2::Sha256::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = reader.read(&mut buf).map_err(|e| Error::io(format!("cannot read {url}"), e))?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+            if n > size {
+                return Err(Error::integrity(format!("{url} is longer than the manifest's {size} bytes")));
+            }
+            h.update(&buf[..k]);
+            out.write_all(&buf[..k])
+                .map_err(|e| Error::io(format!("cannot write {}", partial.display()), e))?;
+        }
+        if n != size {
+            return Err(Error::integrity(format!("{url} ended after {n} of its {size} bytes (truncated)")));
+        }
+        let got = hex::encode(h.finalize());
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(Error::integrity(format!("{url} has SHA-256 {got}, the manifest says {sha256}")));
+        }
+        out.sync_all().map_err(|e| Error::io(format!("cannot write {}", partial.display()), e))?;
+        std::fs::rename(&partial, dest)
+            .map_err(|e| Error::io(format!("cannot rename into {}", dest.display()), e))?;
+        sync_parent(dest)
+    })();
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    outcome
+}
+
+/// Write `bytes` to `dest` through a hidden partial file, synced, renamed.
+pub fn write_atomic(dest: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let partial = partial_of(dest);
+    let io = |e| Error::io(format!("cannot write {}", dest.display()), e);
+    let mut f = std::fs::File::create(&partial).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&partial, dest).map_err(io)?;
+    sync_parent(dest)
+}
+
+/// Make a rename or removal in `path`'s directory durable.
+pub fn sync_parent(path: &std::path::Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot sync a directory handle; their renames are as durable as they get.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot sync {}", dir.display()), e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +473,7 @@ mod tests {
         assert_eq!((m.kind, m.file("root").unwrap().size), (ReleaseType::Os, 5));
         for (bad, why) in [
             (manifest("os", &uki), "exactly one file with role root"),
-            (manifest("os", &format!("{root}, {root}")), "exactly one"),
+            (manifest("os", &format!("{root}, {root}")), "twice"),
             (manifest("os", ""), "lists no files"),
             (manifest("os", &root.replace("root.img.zst\", \"sha", "../root.img.zst\", \"sha")), "relative"),
             (manifest("os", &root.replace(SHA, "abc")), "SHA-256"),

@@ -161,6 +161,32 @@ pub fn entry_name(slot: Slot, version: &str, tries: Option<u32>) -> String {
     }
 }
 
+/// The entry systemd-boot boots when nobody chooses: entries with no tries
+/// left go last, then the newest version first, then the name, as
+/// systemd-boot orders entries that share a sort key (bty's UKIs all carry
+/// `ID=bty`). A `default` line in loader.conf would override this; bty's
+/// images do not set one.
+pub fn default_entry(esp: &std::path::Path) -> Option<(String, Entry)> {
+    let mut all = entries(esp);
+    all.sort_by(|(xn, x), (yn, y)| {
+        (x.tries_left == Some(0))
+            .cmp(&(y.tries_left == Some(0)))
+            .then_with(|| crate::osupdate::compare_versions(&y.version, &x.version))
+            .then_with(|| yn.cmp(xn))
+    });
+    all.into_iter().next()
+}
+
+/// An update that failed: the other slot's entry ran out of tries on a
+/// version newer than the booted slot's. `(failed version, running version)`.
+pub fn failed_update(esp: &std::path::Path, booted: Slot) -> Option<(String, String)> {
+    let running = slot_entry(esp, booted)?.1;
+    let other = slot_entry(esp, booted.other())?.1;
+    (other.tries_left == Some(0)
+        && crate::osupdate::compare_versions(&other.version, &running.version).is_gt())
+    .then_some((other.version, running.version))
+}
+
 /// The slot systemd-boot picked, from `LoaderEntrySelected` (its UTF-16
 /// efivar decoded): the entry's name.
 pub fn booted_from_loader_entry(entry: &str) -> Option<Slot> {
@@ -310,6 +336,15 @@ mod tests {
         }
         assert_eq!(slot_entry(d.path(), Slot::B).unwrap().0, "bty-b_1.2.0+2-1.efi");
         assert_eq!(entries(d.path()).len(), 3);
+        assert_eq!(default_entry(d.path()).unwrap().0, "bty-b_1.2.0+2-1.efi");
+        std::fs::rename(
+            d.path().join("EFI/Linux/bty-b_1.2.0+2-1.efi"),
+            d.path().join("EFI/Linux/bty-b_1.2.0+0-3.efi"),
+        )
+        .unwrap();
+        assert_eq!(default_entry(d.path()).unwrap().0, "bty-a_1.1.0.efi");
+        assert_eq!(failed_update(d.path(), Slot::A), Some(("1.2.0".into(), "1.1.0".into())));
+        assert_eq!(failed_update(d.path(), Slot::B), None);
         for bad in ["bty-c_1.0.0.efi", "bty-a_x.efi", "bty-a_1.0.0+x.efi", "linux.efi", "bty-a_1.0.0.conf"] {
             assert_eq!(parse_entry(bad), None, "{bad}");
         }

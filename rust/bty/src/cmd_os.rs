@@ -5,14 +5,13 @@
 //! with the manifest, a wrong digest or a short file exits 4 and leaves no
 //! file of that release behind.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use bty_core::osapply::{self, Appliance, ApplyEvent};
 use bty_core::osupdate::{self, Release, ReleaseSource, ReleaseType};
 use bty_core::slots::{self, Slot};
-use bty_core::source::Source;
 use bty_core::Error;
-use sha2::Digest;
+use bty_core::{appliance_secrets, flash};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,6 +29,115 @@ enum OsCommand {
     Check(CheckArgs),
     /// The booted slot, each slot's version and boot counter.
     Status(StatusArgs),
+    /// Apply a release: `os` to the slot not booted (its boot entry last, with 3 tries),
+    /// `efisys` to the ESP's loader files. Writes without --yes: this is the updater.
+    #[command(after_help = APPLY_HELP)]
+    Apply(ApplyArgs),
+    /// Bless the booted slot's entry (strip its boot counter), as systemd-bless-boot does.
+    Bless(BlessArgs),
+    /// bty-web's health on this appliance: exit 0 when /healthz answers ok in time, 1 when not.
+    Health(HealthArgs),
+    /// Fill the bty-secrets partition of a built appliance image with a tarball's files.
+    Personalize(PersonalizeArgs),
+    /// The per-host secrets at boot: `unpack DIR` from the bty-secrets partition.
+    Secrets(SecretsArgs),
+}
+
+const APPLY_HELP: &str = "\
+Order of an os apply (a power cut at any point leaves the running slot the default):
+  staged     the release's UKI fetched into the ESP under a hidden name, checked
+  cleared    the target slot's old boot entries removed
+  written    the root image written onto the slot's partition, checked and read back
+  installed  the UKI renamed to EFI/Linux/bty-<slot>_<version>+3.efi: boots next,
+             three tries to pass its health checks before systemd-boot falls back
+Exit codes: 0 applied or nothing to do, 1 refused (downgrade without --force, booted slot
+unknown), 2 usage, 3 not permitted, 4 bad signature, digest or size (nothing bootable
+changed), 5 the slot changed while planned.";
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    which: Which,
+    #[command(flatten)]
+    machine: Machine,
+    /// Re-apply the same version, or downgrade.
+    #[arg(long)]
+    force: bool,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct BlessArgs {
+    /// The entry as booted (default: systemd-boot's LoaderBootCountPath).
+    #[arg(long, value_name = "NAME")]
+    entry: Option<String>,
+    /// Where the EFI system partition is mounted (default: /efi, /boot or /boot/efi).
+    #[arg(long, value_name = "DIR")]
+    esp: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// bty-web's health endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+    url: String,
+    /// How long to wait for it to answer ok, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Then bless the booted entry (for appliances without systemd-bless-boot).
+    #[arg(long)]
+    bless: bool,
+    #[arg(long, value_name = "DIR")]
+    esp: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct PersonalizeArgs {
+    /// A built appliance image (raw).
+    image: PathBuf,
+    /// A tarball (tar, tar.gz, tar.zst, tar.xz) of the host's secrets: ssh/ssh_host_*_key,
+    /// bty/admin-password, tls/cert.pem, tls/key.pem. Without it the partition is emptied.
+    #[arg(long, value_name = "TARBALL")]
+    secrets: Option<PathBuf>,
+    /// Write a personalised copy here.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    output: Option<PathBuf>,
+    /// Change IMAGE itself.
+    #[arg(long)]
+    in_place: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SecretsArgs {
+    #[command(subcommand)]
+    command: SecretsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum SecretsCommand {
+    /// Unpack the secrets into DIR (files 0600); an empty partition unpacks nothing.
+    Unpack {
+        dir: PathBuf,
+        /// The partition (or a file with its bytes).
+        #[arg(long, default_value = "/dev/disk/by-partlabel/bty-secrets")]
+        device: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -135,6 +243,67 @@ pub fn run(a: Args) -> i32 {
             Ok(()) => 0,
             Err(e) => crate::report_error(&e, st.json),
         },
+        OsCommand::Apply(a) => {
+            let json = a.which.json;
+            match apply(&a) {
+                Ok(()) => 0,
+                Err(e) => crate::report_error(&e, json),
+            }
+        }
+        OsCommand::Bless(b) => {
+            match osapply::bless(&esp_or(&b.esp).unwrap_or_default(), b.entry.as_deref()) {
+                Ok(name) => {
+                    say(
+                        b.json,
+                        serde_json::json!({"event": "blessed", "entry": name}),
+                        &format!("{name} blessed"),
+                    );
+                    0
+                }
+                Err(e) => crate::report_error(&e, b.json),
+            }
+        }
+        OsCommand::Health(h) => {
+            let r = osapply::health(&h.url, std::time::Duration::from_secs(h.timeout)).and_then(|msg| {
+                if h.bless {
+                    let what = osapply::bless(&esp_or(&h.esp)?, None)?;
+                    Ok(format!("{msg}; {what}"))
+                } else {
+                    Ok(msg)
+                }
+            });
+            match r {
+                Ok(msg) => {
+                    say(h.json, serde_json::json!({"event": "healthy", "detail": msg}), &msg);
+                    0
+                }
+                Err(e) => crate::report_error(&e, h.json),
+            }
+        }
+        OsCommand::Personalize(p) => match personalize(&p) {
+            Ok(done) => {
+                let text = format!(
+                    "{}: {} secret file(s) in partition {} ({})",
+                    done.image.display(),
+                    done.files.len(),
+                    done.partition,
+                    done.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                say(p.json, serde_json::json!({"event": "personalized", "result": done}), &text);
+                0
+            }
+            Err(e) => crate::report_error(&e, p.json),
+        },
+        OsCommand::Secrets(SecretsArgs { command: SecretsCommand::Unpack { dir, device, json } }) => {
+            match appliance_secrets::unpack(&device, &dir) {
+                Ok(files) => {
+                    let text = format!("{} secret file(s) unpacked into {}", files.len(), dir.display());
+                    say(json, serde_json::json!({"event": "unpacked", "files": files}), &text);
+                    0
+                }
+                Err(e) => crate::report_error(&e, json),
+            }
+        }
         OsCommand::Download(d) => {
             let json = d.which.json;
             match release(&d.which).and_then(|r| download(&r, &d.dir, json)) {
@@ -197,38 +366,12 @@ fn show(r: &Release, json: bool) {
     }
 }
 
-/// Every file into `dir` under a hidden name, checked (size, SHA-256), then
-/// renamed; the manifest and its signature last. On any failure the files
-/// of this release already written are removed.
 fn download(r: &Release, dir: &Path, json: bool) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let mut written: Vec<PathBuf> = vec![];
-    let result = (|| {
-        for f in &r.manifest.files {
-            let url = r.file_url(f);
-            let dest = dir.join(&f.name);
-            fetch_verified(&url, &dest, f.size, &f.sha256)?;
-            written.push(dest);
-            if !json {
-                eprintln!("bty: {} verified ({})", f.name, bty_core::disks::human_size(f.size));
-            }
+    osupdate::download(r, dir, &mut |name, size| {
+        if !json {
+            eprintln!("bty: {name} verified ({})", bty_core::disks::human_size(size));
         }
-        for (name, bytes) in [
-            ("manifest.json", r.manifest_bytes.as_slice()),
-            ("manifest.json.minisig", r.signature.as_bytes()),
-        ] {
-            let dest = dir.join(name);
-            write_atomic(&dest, bytes)?;
-            written.push(dest);
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for p in &written {
-            let _ = std::fs::remove_file(p);
-        }
-        return Err(e);
-    }
+    })?;
     if json {
         println!("{}", serde_json::json!({"event": "downloaded", "version": r.manifest.version, "dir": dir}));
     } else {
@@ -237,127 +380,165 @@ fn download(r: &Release, dir: &Path, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn partial_of(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}.partial"))
-}
-
-fn fetch_verified(url: &str, dest: &Path, size: u64, sha256: &str) -> Result<(), Error> {
-    let partial = partial_of(dest);
-    let outcome = (|| {
-        let mut reader = Source::parse(url)?.open()?.reader;
-        let mut out = std::fs::File::create(&partial)
-            .map_err(|e| Error::io(format!("cannot create {}", partial.display()), e))?;
-        let mut h = sha2::Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = reader.read(&mut buf).map_err(|e| Error::io(format!("cannot read {url}"), e))?;
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-            if n > size {
-                return Err(Error::integrity(format!("{url} is longer than the manifest's {size} bytes")));
-            }
-            h.update(&buf[..k]);
-            out.write_all(&buf[..k])
-                .map_err(|e| Error::io(format!("cannot write {}", partial.display()), e))?;
-        }
-        if n != size {
-            return Err(Error::integrity(format!("{url} ended after {n} of its {size} bytes (truncated)")));
-        }
-        let got = hex::encode(h.finalize());
-        if !got.eq_ignore_ascii_case(sha256) {
-            return Err(Error::integrity(format!("{url} has SHA-256 {got}, the manifest says {sha256}")));
-        }
-        out.sync_all().map_err(|e| Error::io(format!("cannot write {}", partial.display()), e))?;
-        std::fs::rename(&partial, dest)
-            .map_err(|e| Error::io(format!("cannot rename into {}", dest.display()), e))
-    })();
-    if outcome.is_err() {
-        let _ = std::fs::remove_file(&partial);
+fn say(json: bool, v: serde_json::Value, text: &str) {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{text}");
     }
-    outcome
 }
 
-fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let partial = partial_of(dest);
-    let io = |e| Error::io(format!("cannot write {}", dest.display()), e);
-    let mut f = std::fs::File::create(&partial).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&partial, dest).map_err(io)
-}
-
-fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
-    m.esp.clone().or_else(slots::find_esp).ok_or_else(|| {
+fn esp_or(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
+    esp.clone().or_else(slots::find_esp).ok_or_else(|| {
         Error::failure("the EFI system partition is not mounted at /efi, /boot or /boot/efi: pass --esp DIR")
     })
 }
 
-/// The booted slot: `--booted-slot`, the kernel command line, systemd-boot's entry.
-fn booted(m: &Machine, layout: &slots::Layout) -> Option<Slot> {
-    if let Some(s) = m.booted_slot.as_deref().and_then(Slot::parse) {
-        return Some(s);
+fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
+    esp_or(&m.esp)
+}
+
+fn appliance(m: &Machine) -> Result<Appliance, Error> {
+    Appliance::detect(m.disk.as_deref(), m.esp.as_deref(), m.booted_slot.as_deref().and_then(Slot::parse))
+}
+
+fn personalize(p: &PersonalizeArgs) -> Result<appliance_secrets::Personalized, Error> {
+    let image = match &p.output {
+        Some(out) => {
+            if out.exists() {
+                return Err(Error::usage(format!(
+                    "{} exists; remove it, or personalise an image in place with --in-place",
+                    out.display()
+                )));
+            }
+            let tmp = osupdate::partial_of(out);
+            std::fs::copy(&p.image, &tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io(format!("cannot copy {} to {}", p.image.display(), tmp.display()), e)
+            })?;
+            let done = match appliance_secrets::personalize(&tmp, p.secrets.as_deref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
+            std::fs::rename(&tmp, out)
+                .map_err(|e| Error::io(format!("cannot rename into {}", out.display()), e))?;
+            return Ok(appliance_secrets::Personalized { image: out.clone(), ..done });
+        }
+        None => p.image.clone(),
+    };
+    appliance_secrets::personalize(&image, p.secrets.as_deref())
+}
+
+fn apply(a: &ApplyArgs) -> Result<(), Error> {
+    let r = release(&a.which)?;
+    let json = a.which.json;
+    let mut events = |ev: ApplyEvent| match ev {
+        ApplyEvent::Stage { stage, detail } => {
+            if json {
+                println!("{}", serde_json::json!({"event": "stage", "stage": stage, "detail": detail}));
+            } else {
+                eprintln!("bty: {detail}");
+            }
+        }
+        ApplyEvent::Flash(p) => {
+            if json {
+                println!("{}", serde_json::json!({"event": "progress", "progress": p}));
+            }
+        }
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let (plan, app) = match r.manifest.kind {
+        ReleaseType::Os => {
+            let app = appliance(&a.machine)?;
+            (osapply::plan_os(&r, &app, a.force)?, Some(app))
+        }
+        ReleaseType::Efisys => (osapply::plan_efisys(&r, &esp_dir(&a.machine)?, a.force)?, None),
+    };
+    if a.dry_run || !plan.write {
+        if json {
+            println!("{}", serde_json::json!({"event": "plan", "plan": plan, "dry_run": a.dry_run}));
+        } else {
+            println!("{}", plan.why);
+            if plan.write {
+                if let Some(s) = plan.slot {
+                    println!(
+                        "  slot {} (partition {}), entry {}",
+                        s.as_str(),
+                        plan.partition.unwrap_or(0),
+                        plan.entry.as_deref().unwrap_or("")
+                    );
+                }
+                for n in &plan.removes {
+                    println!("  removes old entry {n}");
+                }
+                for f in &plan.files {
+                    println!("  from {f}");
+                }
+                println!("dry run: nothing was written");
+            }
+        }
+        return Ok(());
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    slots::booted_from_cmdline(&cmdline, layout)
-        .or_else(|| slots::loader_entry_selected().and_then(|e| slots::booted_from_loader_entry(&e)))
+    let done = match (r.manifest.kind, &app) {
+        (ReleaseType::Os, Some(app)) => osapply::apply_os(&r, app, plan, &cancel, &mut events)?,
+        _ => osapply::apply_efisys(&r, &esp_dir(&a.machine)?, plan, &mut events)?,
+    };
+    if json {
+        println!("{}", serde_json::json!({"event": "applied", "result": done}));
+    } else {
+        let f: Option<&flash::FlashSummary> = done.flash.as_ref();
+        println!(
+            "{} {} applied{}",
+            done.plan.kind.as_str(),
+            done.plan.version,
+            f.map(|f| format!(
+                " ({} written and read back in {:.1} s)",
+                bty_core::disks::human_size(f.image_bytes),
+                f.seconds.total
+            ))
+            .unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn status(a: &StatusArgs) -> Result<(), Error> {
-    let disk = match &a.machine.disk {
-        Some(d) => d.clone(),
-        None => slots::find_disk()?,
-    };
-    let layout = slots::read_layout(&disk)?;
-    let esp = esp_dir(&a.machine)?;
-    let booted = booted(&a.machine, &layout);
-    let slot = |s: Slot| {
-        let e = slots::slot_entry(&esp, s);
-        serde_json::json!({
-            "slot": s.as_str(),
-            "partition": layout.slot(s).number,
-            "booted": booted == Some(s),
-            "version": e.as_ref().map(|(_, e)| e.version.clone()),
-            "entry": e.as_ref().map(|(n, _)| n.clone()),
-            "tries_left": e.as_ref().and_then(|(_, e)| e.tries_left),
-            "tries_done": e.as_ref().and_then(|(_, e)| e.tries_done),
-            "bootable": e.as_ref().map(|(_, e)| e.bootable()),
-        })
-    };
-    let v = serde_json::json!({
-        "disk": disk, "esp": esp, "booted": booted.map(Slot::as_str),
-        "slots": [slot(Slot::A), slot(Slot::B)],
-        "state_partition": layout.state.as_ref().map(|p| p.number),
-    });
+    let st = appliance(&a.machine)?.status();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("status serialises"));
+        println!("{}", serde_json::to_string_pretty(&st).expect("status serialises"));
         return Ok(());
     }
     println!(
         "disk {} (ESP at {}), booted slot {}",
-        disk.display(),
-        esp.display(),
-        booted.map(Slot::as_str).unwrap_or("unknown")
+        st.disk.display(),
+        st.esp.display(),
+        st.booted.map(Slot::as_str).unwrap_or("unknown")
     );
-    for s in v["slots"].as_array().into_iter().flatten() {
-        let counter = match (s["tries_left"].as_u64(), s["tries_done"].as_u64()) {
+    for s in &st.slots {
+        let counter = match (s.tries_left, s.tries_done) {
             (None, _) => "blessed".to_string(),
             (Some(0), d) => format!("no tries left ({} done): systemd-boot skips it", d.unwrap_or(0)),
             (Some(l), d) => format!("{l} tries left, {} done: not yet blessed", d.unwrap_or(0)),
         };
         println!(
             "  {} (partition {}){}: {}",
-            s["slot"].as_str().unwrap_or("?"),
-            s["partition"],
-            if s["booted"] == true { ", booted" } else { "" },
-            match s["version"].as_str() {
+            s.slot.as_str(),
+            s.partition,
+            if s.booted { ", booted" } else { "" },
+            match &s.version {
                 Some(ver) => format!("version {ver}, {counter}"),
                 None => "no boot entry".into(),
             }
         );
+    }
+    if let Some(n) = &st.next_boot {
+        println!("  next boot: {}", n.entry);
+    }
+    if let Some(f) = &st.failed_update {
+        println!("  TRIPWIRE: {}", f.message);
     }
     Ok(())
 }
@@ -383,13 +564,7 @@ fn check(c: &CheckArgs) -> Result<(bool, String), Error> {
         ReleaseType::Efisys => {
             for f in &r.manifest.files {
                 let path = esp.join(f.path.as_deref().unwrap_or(&f.name));
-                let same = std::fs::File::open(&path)
-                    .and_then(|mut h| {
-                        let mut d = sha2::Sha256::new();
-                        std::io::copy(&mut h, &mut DigestWriter(&mut d))?;
-                        Ok(hex::encode(d.finalize()))
-                    })
-                    .is_ok_and(|got| got.eq_ignore_ascii_case(&f.sha256));
+                let same = osapply::file_sha256(&path).is_some_and(|got| got.eq_ignore_ascii_case(&f.sha256));
                 if !same {
                     return Ok((
                         false,
@@ -399,17 +574,5 @@ fn check(c: &CheckArgs) -> Result<(bool, String), Error> {
             }
             Ok((true, format!("the ESP holds efisys {}", r.manifest.version)))
         }
-    }
-}
-
-struct DigestWriter<'a>(&'a mut sha2::Sha256);
-
-impl Write for DigestWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

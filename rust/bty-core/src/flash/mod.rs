@@ -98,6 +98,12 @@ impl Plan {
                 t.model.as_deref().map(|m| format!(", {m}")).unwrap_or_default(),
                 t.serial.as_deref().map(|s| format!(", serial {s}")).unwrap_or_default()
             ),
+            TargetKind::Partition => format!(
+                "partition {} of {}, {}",
+                t.partition_of.as_ref().map(|p| p.1).unwrap_or(0),
+                t.partition_of.as_ref().map(|p| p.0.display().to_string()).unwrap_or_default(),
+                size(t.size_bytes)
+            ),
             TargetKind::File if t.exists => "regular file (overwritten)".into(),
             TargetKind::File => "regular file (created)".into(),
         };
@@ -186,6 +192,16 @@ pub struct Timings {
 
 /// Probe source and target and validate; writes nothing.
 pub fn plan(req: &FlashRequest) -> Result<Plan> {
+    plan_onto(req, TargetInfo::probe(&req.target)?)
+}
+
+/// [`plan`] for partition `number` of the disk `req.target` (an A/B slot),
+/// written through its block device `node`; never the whole disk.
+pub fn plan_partition(req: &FlashRequest, node: &std::path::Path, number: u32) -> Result<Plan> {
+    plan_onto(req, TargetInfo::probe_partition(node, &req.target, number)?)
+}
+
+fn plan_onto(req: &FlashRequest, target: TargetInfo) -> Result<Plan> {
     let name = req.source.name();
     let head = req.source.read_at(0, format::MAGIC_LEN)?;
     let fmt = match format::detect_source(&req.source, &head) {
@@ -216,7 +232,6 @@ pub fn plan(req: &FlashRequest) -> Result<Plan> {
             (v, s, true)
         }
     };
-    let target = TargetInfo::probe(&req.target)?;
     let mut notes = Vec::new();
     let mut problems = target.problems(virtual_size);
 

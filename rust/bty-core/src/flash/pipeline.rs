@@ -101,8 +101,10 @@ pub fn execute(
     let handles = target.open_for_write()?;
     let zeros = match target.kind {
         TargetKind::File => ZeroPolicy::Holes,
-        TargetKind::BlockDevice if target.zeroes_offload && req.bmap.is_none() => ZeroPolicy::Offload,
-        TargetKind::BlockDevice => ZeroPolicy::WriteAll,
+        TargetKind::BlockDevice | TargetKind::Partition if target.zeroes_offload && req.bmap.is_none() => {
+            ZeroPolicy::Offload
+        }
+        TargetKind::BlockDevice | TargetKind::Partition => ZeroPolicy::WriteAll,
     };
     let sink = Sink::new(handles, target.logical_block_size, zeros, req.bmap.as_ref(), plan.verify);
     let shared = Shared {
@@ -497,7 +499,7 @@ fn verify_readback(
     const READERS: usize = 4;
     let path = &plan.target.path;
     let open = || match plan.target.kind {
-        TargetKind::BlockDevice => std::fs::OpenOptions::new()
+        TargetKind::BlockDevice | TargetKind::Partition => std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)

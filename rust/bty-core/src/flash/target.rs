@@ -1,4 +1,6 @@
-//! Flash targets: a whole-disk block device or a regular file.
+//! Flash targets: a whole-disk block device, a regular file, or one
+//! partition of a disk (an appliance's A/B slot, written by `bty os apply`;
+//! `bty flash` never takes a partition).
 //!
 //! Probing is read-only; [`TargetInfo::problems`] lists every reason the
 //! target must not be written, and [`TargetInfo::recheck`] repeats the probe
@@ -16,6 +18,8 @@ use crate::error::{Error, Result};
 pub enum TargetKind {
     BlockDevice,
     File,
+    /// One partition of a disk; the rest of the disk is never written.
+    Partition,
 }
 
 /// What was found at the target path.
@@ -38,6 +42,9 @@ pub struct TargetInfo {
     /// Device number (block) or inode identity (file): what "the same target" means.
     #[serde(skip)]
     identity: (u64, u64),
+    /// For a partition: its disk and number (a re-probe looks it up again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<(PathBuf, u32)>,
 }
 
 impl TargetInfo {
@@ -98,6 +105,50 @@ impl TargetInfo {
             serial: disk.serial.clone(),
             zeroes_offload: write_zeroes_supported(&disk.name),
             identity: (meta.rdev(), 0),
+            partition_of: None,
+        })
+    }
+
+    /// The block device `node` holding partition `number` of `disk` (the
+    /// kernel's partition device, or a loop device over its bytes), as a
+    /// target of its own: refused while it is mounted or holds the running
+    /// system, whatever the rest of the disk holds.
+    pub fn probe_partition(node: &Path, disk: &Path, number: u32) -> Result<TargetInfo> {
+        let meta = std::fs::metadata(node)
+            .map_err(|e| Error::io(format!("cannot inspect {}", node.display()), e))?;
+        if !meta.file_type().is_block_device() {
+            return Err(Error::failure(format!("{} is not a block device", node.display())));
+        }
+        let devnum = format!("{}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev()));
+        let sys = Path::new("/sys/dev/block").join(&devnum);
+        let read = |f: &str| std::fs::read_to_string(sys.join(f)).ok().map(|s| s.trim().to_string());
+        let size = read("size").and_then(|s| s.parse::<u64>().ok()).map(|s| s * 512).ok_or_else(|| {
+            Error::failure(format!("{} ({devnum}) has no size in /sys/dev/block", node.display()))
+        })?;
+        let queue = if sys.join("partition").exists() { sys.join("../queue") } else { sys.join("queue") };
+        let lbs = std::fs::read_to_string(queue.join("logical_block_size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(512);
+        let mountpoints = disks::SystemView::host().mountpoints_of(&devnum);
+        let name = std::fs::canonicalize(&sys)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        Ok(TargetInfo {
+            path: node.to_path_buf(),
+            kind: TargetKind::Partition,
+            exists: true,
+            size_bytes: Some(size),
+            logical_block_size: lbs.max(512),
+            read_only: read("ro").as_deref() == Some("1"),
+            holds_running_system: mountpoints.iter().any(|m| m == "/" || m == "/usr"),
+            mountpoints,
+            model: None,
+            serial: None,
+            zeroes_offload: write_zeroes_supported(&name),
+            identity: (meta.rdev(), 0),
+            partition_of: Some((disk.to_path_buf(), number)),
         })
     }
 
@@ -115,11 +166,12 @@ impl TargetInfo {
             serial: None,
             zeroes_offload: false,
             identity,
+            partition_of: None,
         }
     }
 
     pub fn is_block_device(&self) -> bool {
-        self.kind == TargetKind::BlockDevice
+        matches!(self.kind, TargetKind::BlockDevice | TargetKind::Partition)
     }
 
     /// Every reason this target must not receive an image of `image_size` bytes.
@@ -153,8 +205,11 @@ impl TargetInfo {
     /// Probe again and fail with [`crate::ErrorKind::TargetChanged`] if the
     /// target is no longer the one that was planned, or became unsafe.
     pub fn recheck(&self, image_size: Option<u64>) -> Result<TargetInfo> {
-        let now = TargetInfo::probe(&self.path)
-            .map_err(|e| Error::target_changed(format!("target changed since planning: {e}")))?;
+        let now = match &self.partition_of {
+            Some((disk, n)) => TargetInfo::probe_partition(&self.path, disk, *n),
+            None => TargetInfo::probe(&self.path),
+        }
+        .map_err(|e| Error::target_changed(format!("target changed since planning: {e}")))?;
         if now.kind != self.kind
             || (self.exists && now.identity != self.identity)
             || now.size_bytes != self.size_bytes
@@ -194,7 +249,7 @@ impl TargetInfo {
             }
         };
         match self.kind {
-            TargetKind::BlockDevice => {
+            TargetKind::BlockDevice | TargetKind::Partition => {
                 let direct = OpenOptions::new()
                     .write(true)
                     .read(true)
