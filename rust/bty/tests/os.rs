@@ -225,3 +225,191 @@ fn status_and_check_read_the_slots_from_the_disk_and_the_esp() {
     std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"systemd-boot 2").unwrap();
     assert_eq!(efi(), 0);
 }
+
+#[test]
+fn efisys_apply_replaces_loader_files_and_keeps_the_previous_ones() {
+    if !have_minisign() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let k = keys(d.path(), "release");
+    let esp = d.path().join("esp");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), b"systemd-boot 1").unwrap();
+    let esp_s = esp.display().to_string();
+    let publish = |version: &str, body: &[u8]| {
+        let eb = d.path().join("efi-rel");
+        let dir = eb.join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(eb.join("latest"), format!("{version}\n")).unwrap();
+        std::fs::write(dir.join("BOOTX64.EFI"), body).unwrap();
+        let m = serde_json::json!({"version": version, "arch": "x86_64", "type": "efisys", "files": [
+            {"role": "esp", "name": "BOOTX64.EFI", "url": "BOOTX64.EFI", "sha256": sha256_file(&dir.join("BOOTX64.EFI")),
+             "size": body.len(), "path": "EFI/BOOT/BOOTX64.EFI"}]});
+        std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        sign(&k, &dir.join("manifest.json"), &format!("version={version} type=efisys"));
+        eb
+    };
+    let eb = publish("2.0.0", b"systemd-boot 2");
+    let apply = |extra: &[&str]| {
+        let mut a = vec!["apply", "efisys", "--esp", &esp_s];
+        a.extend_from_slice(extra);
+        os(&a, &eb, &k.public)
+    };
+    let o = apply(&["--dry-run"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("dry run"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 1");
+
+    let o = apply(&[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 2");
+    assert_eq!(std::fs::read(esp.join("EFI/bty/previous/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 1");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(esp.join("EFI/bty/efisys.json")).unwrap()).unwrap();
+    assert_eq!(rec["version"], "2.0.0");
+    assert_eq!(code(&os(&["check", "efisys", "--esp", &esp_s], &eb, &k.public)), 0);
+    // Again: nothing to do; an older release needs --force.
+    let o = apply(&[]);
+    assert!(stdout(&o).contains("nothing to do"), "{}", stdout(&o));
+    let eb = publish("1.9.0", b"systemd-boot 1.9");
+    let o = os(&["apply", "efisys", "--esp", &esp_s], &eb, &k.public);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("older"), "{}", stderr(&o));
+    // A damaged file: exit 4 and the ESP as it was.
+    let dir = eb.join("1.9.0");
+    std::fs::write(dir.join("BOOTX64.EFI"), b"systemd-boot X.9").unwrap();
+    let o = os(&["apply", "efisys", "--esp", &esp_s, "--force"], &eb, &k.public);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 2");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(esp.join("EFI/BOOT")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+/// A one-route HTTP server answering every request with `status` and `body`.
+fn health_server(status: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/healthz")
+}
+
+#[test]
+fn health_passes_on_an_ok_healthz_and_fails_otherwise() {
+    let d = tempfile::tempdir().unwrap();
+    let ok = health_server("200 OK", r#"{"status": "ok"}"#);
+    let o = run(&["os", "health", "--url", &ok, "--timeout", "5"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let bad = health_server("503 Service Unavailable", r#"{"status": "degraded"}"#);
+    let o = run(&["os", "health", "--url", &bad, "--timeout", "1"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("503") && stderr(&o).contains("degraded"), "{}", stderr(&o));
+    let o = run(&["os", "health", "--url", "http://127.0.0.1:9/healthz", "--timeout", "1"]);
+    assert_eq!(code(&o), 1);
+    // Healthy and blessing: no boot counter to strip is a blessed entry, not a failure.
+    let esp = d.path().display().to_string();
+    let o = run(&["os", "health", "--url", &ok, "--timeout", "5", "--bless", "--esp", &esp]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("already blessed"), "{}", stdout(&o));
+    std::fs::create_dir_all(d.path().join("EFI/Linux")).unwrap();
+    std::fs::write(d.path().join("EFI/Linux/bty-b_1.2.0+1-2.efi"), b"uki").unwrap();
+    let o = run(&["os", "bless", "--esp", &esp, "--entry", "bty-b_1.2.0+1-2.efi"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(d.path().join("EFI/Linux/bty-b_1.2.0.efi").exists());
+}
+
+#[test]
+fn personalize_fills_the_secrets_partition_of_a_copy_or_in_place() {
+    if !common::have("sgdisk") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("appliance.img");
+    std::fs::File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    let st = Command::new("sgdisk")
+        .args(["-o", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+8M", "-t2:8304", "-c2:bty-a"])
+        .args(["-n3:0:+8M", "-t3:8304", "-c3:bty-b", "-n4:0:+1M", "-t4:8300", "-c4:bty-secrets"])
+        .args(["-n5:0:0", "-t5:8300", "-c5:bty-state"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    // A host's secrets as an operator packs them (tar.gz).
+    let src = d.path().join("host1");
+    std::fs::create_dir_all(src.join("ssh")).unwrap();
+    std::fs::create_dir_all(src.join("bty")).unwrap();
+    std::fs::write(src.join("ssh/ssh_host_ed25519_key"), b"PRIVATE").unwrap();
+    std::fs::write(src.join("bty/admin-password"), b"s3cret\n").unwrap();
+    let tgz = d.path().join("host1.tar.gz");
+    let st =
+        Command::new("tar").arg("-czf").arg(&tgz).arg("-C").arg(&src).args(["ssh", "bty"]).status().unwrap();
+    assert!(st.success());
+    let before = sha256_file(&img);
+
+    let out = d.path().join("host1.img");
+    let (img_s, out_s, tgz_s) =
+        (img.display().to_string(), out.display().to_string(), tgz.display().to_string());
+    let o = run(&["os", "personalize", &img_s, "--secrets", &tgz_s, "--output", &out_s]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("2 secret file(s) in partition 4"), "{}", stdout(&o));
+    assert_eq!(sha256_file(&img), before, "the built image is untouched");
+    // The partition's bytes unpack as the appliance reads them at boot.
+    let layout = bty_core::slots::read_layout(&out).unwrap();
+    let p = layout.secrets.unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let part = d.path().join("part");
+    std::fs::write(&part, &bytes[p.start_bytes as usize..(p.start_bytes + p.size_bytes) as usize]).unwrap();
+    let dir = d.path().join("run-secrets");
+    let o = run(&[
+        "os",
+        "secrets",
+        "unpack",
+        &dir.display().to_string(),
+        "--device",
+        &part.display().to_string(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read(dir.join("ssh/ssh_host_ed25519_key")).unwrap(), b"PRIVATE");
+    assert_eq!(std::fs::read(dir.join("bty/admin-password")).unwrap(), b"s3cret\n");
+    // Only the secrets partition differs from the built image.
+    let orig = std::fs::read(&img).unwrap();
+    assert_eq!(orig[..p.start_bytes as usize], bytes[..p.start_bytes as usize]);
+    assert_eq!(
+        orig[(p.start_bytes + p.size_bytes) as usize..],
+        bytes[(p.start_bytes + p.size_bytes) as usize..]
+    );
+
+    // The output exists: refused. In place without --secrets: emptied.
+    assert_eq!(code(&run(&["os", "personalize", &img_s, "--secrets", &tgz_s, "--output", &out_s])), 2);
+    let o = run(&["os", "personalize", &out_s, "--in-place"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sha256_file(&out), before, "an emptied partition is all zeros again");
+    // A tarball with a link in it: refused by name, nothing written.
+    std::os::unix::fs::symlink("/etc/shadow", src.join("ssh/link")).unwrap();
+    let bad = d.path().join("bad.tar");
+    assert!(Command::new("tar")
+        .arg("-cf")
+        .arg(&bad)
+        .arg("-C")
+        .arg(&src)
+        .arg("ssh")
+        .status()
+        .unwrap()
+        .success());
+    let o = run(&["os", "personalize", &out_s, "--in-place", "--secrets", &bad.display().to_string()]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("ssh/link"), "{}", stderr(&o));
+    assert_eq!(sha256_file(&out), before);
+}
