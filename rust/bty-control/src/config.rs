@@ -394,6 +394,34 @@ const KEYS: &[KeyDef] = &[
         default: None,
         help: "registry credentials for oras:// sources, in docker's config.json format ({\"auths\": {\"REGISTRY\": {\"auth\": base64(user:password)}}}, as `docker login` writes); never in the catalog",
     },
+    KeyDef {
+        section: "os",
+        key: "source",
+        kind: Kind::OptText,
+        default: None,
+        help: "where the appliance's own releases are (a base with `latest` and VERSION/manifest.json): the OS page's check, download and apply",
+    },
+    KeyDef {
+        section: "os",
+        key: "pubkey",
+        kind: Kind::OptText,
+        default: None,
+        help: "the release public key (a minisign.pub file) instead of the one built into bty",
+    },
+    KeyDef {
+        section: "os",
+        key: "esp",
+        kind: Kind::OptText,
+        default: None,
+        help: "where the appliance's EFI system partition is mounted (default: the first of /efi, /boot, /boot/efi holding EFI/)",
+    },
+    KeyDef {
+        section: "os",
+        key: "disk",
+        kind: Kind::OptText,
+        default: None,
+        help: "the appliance's disk (default: the disk with partitions labelled bty-a and bty-b)",
+    },
 ];
 
 impl KeyDef {
@@ -517,6 +545,15 @@ pub struct OciConfig {
     pub credentials_file: Option<PathBuf>,
 }
 
+/// `[os]`: the appliance's own A/B updates.
+#[derive(Debug, Clone, Default)]
+pub struct OsConfig {
+    pub source: Option<String>,
+    pub pubkey: Option<PathBuf>,
+    pub esp: Option<PathBuf>,
+    pub disk: Option<PathBuf>,
+}
+
 /// `[proxy_dhcp]`: answering PXE firmware next to the LAN's DHCP server.
 #[derive(Debug, Clone)]
 pub struct ProxyDhcpConfig {
@@ -586,6 +623,7 @@ pub struct Config {
     pub tftp: TftpConfig,
     pub proxy_dhcp: ProxyDhcpConfig,
     pub oci: OciConfig,
+    pub os: OsConfig,
     pub cache: CacheConfig,
     pub cijoe: CijoeConfig,
     /// The file that was read, if any.
@@ -888,6 +926,12 @@ impl Config {
                     .map(|s| s.split(',').map(|h| h.to_ascii_lowercase()).collect())
                     .unwrap_or_default(),
                 credentials_file: text("oci.credentials_file").map(PathBuf::from),
+            },
+            os: OsConfig {
+                source: text("os.source"),
+                pubkey: text("os.pubkey").map(PathBuf::from),
+                esp: text("os.esp").map(PathBuf::from),
+                disk: text("os.disk").map(PathBuf::from),
             },
             file,
             values,

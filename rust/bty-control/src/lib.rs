@@ -9,6 +9,7 @@
 //! tower.
 
 pub mod accounts;
+pub mod appliance_os;
 pub mod audit;
 pub mod backup;
 pub mod bundle;

@@ -137,13 +137,11 @@ impl Appliance {
             booted: self.booted,
             slots: vec![slot(Slot::A), slot(Slot::B)],
             next_boot: slots::default_entry(&self.esp).map(|(entry, e)| NextBoot { entry, slot: e.slot }),
-            failed_update: self.booted.and_then(|b| slots::failed_update(&self.esp, b)).map(
-                |(version, running)| FailedUpdate {
-                    message: format!("update to {version} failed its health checks; running {running}"),
-                    version,
-                    running,
-                },
-            ),
+            failed_update: slots::failed_update(&self.esp).map(|(version, running)| FailedUpdate {
+                message: format!("update to {version} failed its health checks; running {running}"),
+                version,
+                running,
+            }),
             state_partition: self.layout.state.as_ref().map(|p| p.number),
             secrets_partition: self.layout.secrets.as_ref().map(|p| p.number),
             efisys: efisys_version(&self.esp),

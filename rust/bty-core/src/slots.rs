@@ -177,14 +177,22 @@ pub fn default_entry(esp: &std::path::Path) -> Option<(String, Entry)> {
     all.into_iter().next()
 }
 
-/// An update that failed: the other slot's entry ran out of tries on a
-/// version newer than the booted slot's. `(failed version, running version)`.
-pub fn failed_update(esp: &std::path::Path, booted: Slot) -> Option<(String, String)> {
-    let running = slot_entry(esp, booted)?.1;
-    let other = slot_entry(esp, booted.other())?.1;
-    (other.tries_left == Some(0)
-        && crate::osupdate::compare_versions(&other.version, &running.version).is_gt())
-    .then_some((other.version, running.version))
+/// An update that failed: one slot's entry ran out of tries on a version
+/// newer than the other slot's, which still boots (systemd-boot went back
+/// to it). `(failed version, running version)`; no booted-slot detection
+/// needed.
+pub fn failed_update(esp: &std::path::Path) -> Option<(String, String)> {
+    let a = slot_entry(esp, Slot::A)?.1;
+    let b = slot_entry(esp, Slot::B)?.1;
+    for (bad, good) in [(&a, &b), (&b, &a)] {
+        if bad.tries_left == Some(0)
+            && good.bootable()
+            && crate::osupdate::compare_versions(&bad.version, &good.version).is_gt()
+        {
+            return Some((bad.version.clone(), good.version.clone()));
+        }
+    }
+    None
 }
 
 /// The slot systemd-boot picked, from `LoaderEntrySelected` (its UTF-16
@@ -343,8 +351,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(default_entry(d.path()).unwrap().0, "bty-a_1.1.0.efi");
-        assert_eq!(failed_update(d.path(), Slot::A), Some(("1.2.0".into(), "1.1.0".into())));
-        assert_eq!(failed_update(d.path(), Slot::B), None);
+        assert_eq!(failed_update(d.path()), Some(("1.2.0".into(), "1.1.0".into())));
         for bad in ["bty-c_1.0.0.efi", "bty-a_x.efi", "bty-a_1.0.0+x.efi", "linux.efi", "bty-a_1.0.0.conf"] {
             assert_eq!(parse_entry(bad), None, "{bad}");
         }

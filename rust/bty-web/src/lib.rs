@@ -191,6 +191,7 @@ impl App {
             boot_services,
             cache,
             online,
+            os_jobs: Default::default(),
         });
         if state.catalog.is_remote() {
             let s = state.clone();
@@ -210,6 +211,13 @@ impl App {
                 )
             })
             .await?;
+        // An update that failed its health checks shows as a tripwire once.
+        let os = config.os.clone();
+        if let Ok(Ok(app)) =
+            tokio::task::spawn_blocking(move || bty_control::appliance_os::appliance(&os)).await
+        {
+            bty_control::appliance_os::note_failed_update(&state.db, &app.status()).await?;
+        }
         Ok(App { state })
     }
 

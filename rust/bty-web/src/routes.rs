@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::error::BodyLimit;
 use crate::handlers::{
-    auth, backups, cache, events, files, machines, netboot, pxe, runs, system, ui, workflows,
+    auth, backups, cache, events, files, machines, netboot, os, pxe, runs, system, ui, workflows,
 };
 use crate::route_table::{BodyRule, Route, ROUTES};
 use crate::state::AppState;
@@ -64,6 +64,10 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("GET", "/events") => get(events::list),
         ("POST", "/events/{id}/ack") => post(events::ack),
         ("POST", "/events/ack") => post(events::ack_matching),
+        ("GET", "/os") => get(os::status),
+        ("GET", "/os/releases/latest") => get(os::latest),
+        ("POST", "/os/download") => post(os::download),
+        ("POST", "/os/apply") => post(os::apply),
         ("GET", "/backups") => get(backups::list),
         ("POST", "/backups") => post(backups::create),
         ("GET", "/backups/schedule") => get(backups::schedule_get),
@@ -118,6 +122,9 @@ fn endpoint(r: &Route) -> MethodRouter<AppState> {
         ("POST", "/ui/netboot/cancel") => post(ui::catalog::cancel_fetch),
         ("GET", "/ui/events") => get(ui::events::page),
         ("POST", "/ui/events/ack") => post(ui::events::ack),
+        ("GET", "/ui/os") => get(ui::os::page),
+        ("POST", "/ui/os/download") => post(ui::os::download),
+        ("POST", "/ui/os/apply") => post(ui::os::apply),
         ("GET", "/ui/backups") => get(ui::backups::page),
         ("POST", "/ui/backups") => post(ui::backups::create),
         ("POST", "/ui/backups/{name}/delete") => post(ui::backups::delete),

@@ -71,6 +71,8 @@ pub struct AppParts {
     pub cache: Option<bty_control::cache::ImageCache>,
     /// Online CIJOE runs: the queue, the server's SSH key.
     pub online: Arc<bty_control::online::OnlineRunner>,
+    /// The appliance's own download or apply (one at a time).
+    pub os_jobs: bty_control::appliance_os::Jobs,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

@@ -21,6 +21,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("cache_cell", include_str!("../templates/ui/cache_cell.hbs")),
     ("workflows", include_str!("../templates/ui/workflows.hbs")),
     ("run", include_str!("../templates/ui/run.hbs")),
+    ("os", include_str!("../templates/ui/os.hbs")),
     ("login", include_str!("../templates/ui/login.hbs")),
     ("account", include_str!("../templates/ui/account.hbs")),
     ("dashboard", include_str!("../templates/ui/dashboard.hbs")),

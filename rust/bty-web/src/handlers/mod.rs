@@ -8,6 +8,7 @@ pub mod events;
 pub mod files;
 pub mod machines;
 pub mod netboot;
+pub mod os;
 pub mod pxe;
 pub mod runs;
 pub mod system;

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod dashboard;
 pub mod events;
 pub mod machines;
+pub mod os;
 pub mod settings;
 pub mod workflows;
 
@@ -75,6 +76,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "catalog-fetched" => "Catalog fetched; it is in use now.",
         "catalog-failed" => "The catalog could not be fetched; the reason is below, and the previous catalog stays in use.",
         "backup-created" => "Backup made.",
+        "os-apply" => "Apply started; its progress is below. The new slot boots at the next reboot and has three tries to pass its health checks.",
+        "os-download" => "Download started; its progress is below.",
         "backup-deleted" => "Backup deleted.",
         "acked" => "Acknowledged.",
         "bye" => "Logged out.",
