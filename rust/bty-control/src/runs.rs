@@ -348,6 +348,10 @@ pub struct Outcome<'a> {
     pub reason: Option<&'a str>,
     pub steps: &'a [StepResult],
     pub artifacts: &'a BTreeMap<String, String>,
+    /// The steps ran on the machine: false when the run stopped before any
+    /// command reached it (a changed host key: cijoe counts the step whose
+    /// connection was refused as failed) or was not trusted.
+    pub reached: bool,
 }
 
 /// What finishing a run did besides storing it.
@@ -363,7 +367,7 @@ pub struct Finished {
 
 /// Store an online run's outcome (unless it was cancelled meanwhile),
 /// audit it, make the first passing run the baseline or compare with the
-/// baseline, and prune.
+/// baseline (only when a step ran), and prune.
 pub fn finish(conn: &Connection, id: i64, o: &Outcome<'_>, keep: usize) -> rusqlite::Result<Finished> {
     let mut done = Finished::default();
     let Some(run) = get(conn, id)? else { return Ok(done) };
@@ -402,7 +406,11 @@ pub fn finish(conn: &Connection, id: i64, o: &Outcome<'_>, keep: usize) -> rusql
             "steps": o.steps.iter().map(|s| json!({"name": s.name, "status": s.status})).collect::<Vec<_>>(),
         })),
     )?;
+    // A run in which no step ran on the machine (no SSH server, a refused
+    // host key) says nothing about its state: no baseline, no drift.
+    let ran = o.reached && o.steps.iter().any(|s| s.status != "skipped");
     match baseline(conn, mac)?.and_then(|b| if b == id { None } else { Some(b) }) {
+        _ if !ran => {}
         None if o.status == "passed" => {
             set_baseline(conn, mac, id, Actor::System)?;
             done.baselined = true;
@@ -556,6 +564,63 @@ mod tests {
         assert_eq!(drift(&base, &changed).as_deref(), Some("artifact `pkgs.txt`"));
         let gone = run(&[("packages", "passed"), ("users", "passed")], &[]);
         assert_eq!(drift(&base, &gone).as_deref(), Some("artifact `pkgs.txt`"));
+    }
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for m in crate::db::MIGRATIONS {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO machines (mac, created_at, updated_at) VALUES ('52:54:00:00:00:01', 'now', 'now')",
+            [],
+        )
+        .unwrap();
+        conn
+    }
+
+    fn finish_one(c: &Connection, status: &str, steps: &[(&str, &str)]) -> (i64, Finished) {
+        finish_run(c, status, steps, true)
+    }
+
+    fn finish_run(c: &Connection, status: &str, steps: &[(&str, &str)], reached: bool) -> (i64, Finished) {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let id = queue(c, mac, "w", None, Actor::System, "test").unwrap();
+        assert!(start(c, id).unwrap());
+        let steps = run(steps, &[]).steps;
+        let reason = (status != "passed").then_some("it failed");
+        let o = Outcome { status, reason, steps: &steps, artifacts: &BTreeMap::new(), reached };
+        (id, finish(c, id, &o, 20).unwrap())
+    }
+
+    fn drifts(c: &Connection) -> i64 {
+        c.query_row("SELECT count(*) FROM events WHERE kind = 'provisioning.drifted'", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_run_in_which_no_step_ran_is_no_drift_and_no_baseline() {
+        let c = migrated();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        // Stopped before any step (a changed host key): nothing to judge.
+        let (_, f) = finish_one(&c, "failed", &[]);
+        assert!(!f.baselined && f.drift.is_none());
+        assert_eq!(baseline(&c, mac).unwrap(), None);
+        let (base, f) = finish_one(&c, "passed", &[("packages", "passed")]);
+        assert!(f.baselined);
+        assert_eq!(baseline(&c, mac).unwrap(), Some(base));
+        for steps in [&[][..], &[("packages", "skipped")][..]] {
+            let (_, f) = finish_one(&c, "failed", steps);
+            assert_eq!((f.baselined, f.drift), (false, None));
+        }
+        // A refused host key: cijoe counts the step failed, it never ran.
+        let (_, f) = finish_run(&c, "failed", &[("packages", "failed")], false);
+        assert_eq!((f.baselined, f.drift), (false, None));
+        assert_eq!(drifts(&c), 0);
+        // A step that ran and failed where the baseline passed is drift.
+        let (_, f) = finish_one(&c, "failed", &[("packages", "failed")]);
+        assert_eq!(f.drift.as_deref(), Some("step `packages`"));
+        assert_eq!(drifts(&c), 1);
     }
 
     #[test]
