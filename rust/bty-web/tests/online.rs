@@ -96,8 +96,12 @@ fn free_port() -> u16 {
 }
 
 async fn put_workflow(s: &TestServer, t: &str, task: &str) {
+    put_named(s, t, "check", task).await
+}
+
+async fn put_named(s: &TestServer, t: &str, name: &str, task: &str) {
     let r = reqwest::Client::new()
-        .put(s.url("/workflows/check"))
+        .put(s.url(&format!("/workflows/{name}")))
         .bearer_auth(t)
         .body(task.to_string())
         .send()
@@ -107,16 +111,69 @@ async fn put_workflow(s: &TestServer, t: &str, task: &str) {
 }
 
 async fn start_run(s: &TestServer, t: &str) -> i64 {
-    let r = reqwest::Client::new()
-        .post(s.url(&format!("/machines/{MAC}/runs")))
-        .bearer_auth(t)
-        .send()
-        .await
-        .unwrap();
+    start_on(s, t, MAC).await
+}
+
+async fn start_on(s: &TestServer, t: &str, mac: &str) -> i64 {
+    let r = post_runs(s, t, mac, None).await;
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "queued");
     v["run"].as_i64().unwrap()
+}
+
+/// `POST /machines/{mac}/runs`, with a JSON body or none.
+async fn post_runs(s: &TestServer, t: &str, mac: &str, body: Option<Value>) -> reqwest::Response {
+    let r = reqwest::Client::new().post(s.url(&format!("/machines/{mac}/runs"))).bearer_auth(t);
+    let r = match body {
+        Some(b) => r.json(&b),
+        None => r,
+    };
+    r.send().await.unwrap()
+}
+
+/// Queue a run with a body; its id.
+async fn start_with(s: &TestServer, t: &str, body: Value) -> i64 {
+    let r = post_runs(s, t, MAC, Some(body.clone())).await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}: {v}");
+    v["run"].as_i64().unwrap()
+}
+
+/// The pid of the cijoe running `task` (its process group's leader).
+fn cijoe_pid(task: &Path) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = task.as_os_str().as_bytes();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if cmd.split(|b| *b == 0).any(|a| a == want) && process_group(pid) == Some(pid) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A live (not zombie) process's group.
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(2)?.parse().ok()
+}
+
+/// The live processes in group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| process_group(*pid) == Some(pgid))
+        .collect()
 }
 
 async fn wait_run(s: &TestServer, t: &str, id: i64, until: &[&str]) -> Value {
@@ -214,6 +271,8 @@ async fn online_runs_baseline_drift_host_keys_queue_and_cancel() {
     assert_eq!(run["status"], "failed", "{run}");
     assert!(run["reason"].as_str().unwrap().contains("host key of 127.0.0.1"), "{run}");
     assert!(!s.events(&t, "provisioning.host_key_changed").await.is_empty());
+    // No step ran: that says nothing of the machine's state, so no drift.
+    assert_eq!(s.events(&t, "provisioning.drifted").await.len(), 1);
     // An operator who knows the machine was reinstalled forgets the old key.
     let r = reqwest::Client::new()
         .delete(s.url(&format!("/machines/{MAC}/ssh-host-key")))
@@ -232,6 +291,16 @@ async fn online_runs_baseline_drift_host_keys_queue_and_cancel() {
     let behind = start_run(&s, &t).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.authed_json(&t, &format!("/runs/{behind}")).await["status"], "queued");
+    let run_dir = s.state_dir().join("cijoe").join(MAC.replace(':', "-"));
+    let task = run_dir.join(slow.to_string()).join("task.yaml");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pgid = loop {
+        if let Some(pid) = cijoe_pid(&task) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no cijoe process runs {}", task.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for id in [behind, slow] {
         let r = reqwest::Client::new()
             .delete(s.url(&format!("/runs/{id}")))
@@ -244,6 +313,34 @@ async fn online_runs_baseline_drift_host_keys_queue_and_cancel() {
     for id in [behind, slow] {
         assert_eq!(s.authed_json(&t, &format!("/runs/{id}")).await["status"], "cancelled");
     }
+    // Cancelling killed cijoe and everything in its process group.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !group_members(pgid).is_empty() {
+        assert!(Instant::now() < deadline, "cijoe's group {pgid} lives on: {:?}", group_members(pgid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cancelled running run keeps what cijoe wrote; the queued one has
+    // no archive, says why, and its page offers no download.
+    let report =
+        |id: i64| reqwest::Client::new().get(s.url(&format!("/runs/{id}/report"))).bearer_auth(&t).send();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run_dir.join(slow.to_string()).join("report.tar.gz").exists() {
+        assert!(Instant::now() < deadline, "the cancelled run's output was not packed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(report(slow).await.unwrap().status(), 200);
+    let r = report(behind).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let why = r.text().await.unwrap();
+    assert!(why.contains(&format!("run {behind} has no report archive")), "{why}");
+    let (ui, _) = s.login().await;
+    let page = ui.get(s.url(&format!("/ui/runs/{behind}"))).send().await.unwrap().text().await.unwrap();
+    assert!(
+        !page.contains(&format!("/runs/{behind}/report")) && page.contains("no report archive"),
+        "{page}"
+    );
+    let page = ui.get(s.url(&format!("/ui/runs/{slow}"))).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("/runs/{slow}/report")), "{page}");
     let r =
         reqwest::Client::new().delete(s.url(&format!("/runs/{first}"))).bearer_auth(&t).send().await.unwrap();
     assert_eq!(r.status(), 409, "a finished run cannot be cancelled");
@@ -260,6 +357,61 @@ async fn online_runs_baseline_drift_host_keys_queue_and_cancel() {
     assert_eq!(put(fourth).await.unwrap().status(), 200);
     assert_eq!(s.authed_json(&t, &format!("/runs/{fourth}")).await["baseline"], true);
 
+    // Running again runs the past run's workflow, not the one bound now.
+    put_workflow(&s, &t, "doc: check\nsteps:\n- name: check\n  run: echo check\n").await;
+    put_named(&s, &t, "other", "doc: other\nsteps:\n- name: other\n  run: echo other\n").await;
+    let (code, v) = s
+        .put_machine(
+            &t,
+            MAC,
+            json!({"policy": "local", "provisioning_mode": "cijoe-online", "workflow": "other",
+                   "ssh_host": "127.0.0.1", "ssh_port": port}),
+        )
+        .await;
+    assert!(code == 200 || code == 201, "{v}");
+    let workflow_of = |id: i64| {
+        let (s, t) = (&s, &t);
+        async move {
+            let run = wait_run(s, t, id, &["passed", "failed"]).await;
+            assert_eq!(run["status"], "passed", "{run}");
+            run["workflow"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(workflow_of(start_with(&s, &t, json!({"rerun": fourth})).await).await, "check");
+    assert_eq!(workflow_of(start_run(&s, &t).await).await, "other");
+    assert_eq!(workflow_of(start_with(&s, &t, json!({"workflow": "check"})).await).await, "check");
+    // The run page's "Run again" does the same.
+    let (ui, csrf) = s.login().await;
+    let r = ui
+        .post(s.url(&format!("/ui/machines/{MAC}/runs")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf_token={csrf}&rerun={fourth}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again: i64 = r.url().path().strip_prefix("/ui/runs/").unwrap().parse().unwrap();
+    assert_eq!(workflow_of(again).await, "check");
+    let page = ui.get(s.url(&format!("/ui/runs/{fourth}"))).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("name=\"rerun\" value=\"{fourth}\"")), "{page}");
+    // A workflow that is gone, or none, is refused.
+    let r = reqwest::Client::new().delete(s.url("/workflows/check")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = post_runs(&s, &t, MAC, Some(json!({"rerun": fourth}))).await;
+    assert_eq!(r.status(), 409);
+    let why = r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("workflow check no longer exists"), "{why}");
+    for (body, field) in [
+        (json!({"workflow": "nope"}), "workflow"),
+        (json!({"rerun": 999_999}), "rerun"),
+        (json!({"rerun": fourth, "workflow": "other"}), "rerun"),
+        (json!({"run": 1}), "run"),
+    ] {
+        let r = post_runs(&s, &t, MAC, Some(body.clone())).await;
+        assert_eq!(r.status(), 422, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["field"], field, "{body}");
+    }
+
     // A machine not opted in cannot be run against.
     let (code, _) = s.put_machine(&t, MAC, json!({"policy": "local", "provisioning_mode": "none"})).await;
     assert!(code == 200 || code == 201);
@@ -270,5 +422,103 @@ async fn online_runs_baseline_drift_host_keys_queue_and_cancel() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    sshd.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_parallel_holds_other_machines_runs_queued_and_a_run_without_ssh_has_no_archive() {
+    if !is_root() || !Path::new("/usr/sbin/sshd").exists() {
+        eprintln!("skipping the online provisioning test: it needs root and sshd (checks/deps.sh)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // cijoe, or, once `unhook` exists, cijoe without bty's start-up hook.
+    let unhook = work.path().join("unhook");
+    let wrapper = work.path().join("cijoe");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e {} ]; then unset PYTHONPATH; fi\nexec {} \"$@\"\n",
+            unhook.display(),
+            cijoe_command()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cijoe = wrapper.display().to_string();
+    let s = TestServer::start_with(|c| {
+        c.cijoe.command = cijoe.clone();
+        c.cijoe.timeout = Duration::from_secs(60);
+        c.cijoe.ssh_wait = Duration::from_secs(2);
+        c.cijoe.max_parallel = 1;
+    })
+    .await;
+    let t = s.token().await;
+    let r = reqwest::Client::new().get(s.url("/cijoe/ssh-public-key")).bearer_auth(&t).send().await.unwrap();
+    let public = r.text().await.unwrap();
+    let port = free_port();
+    let mut sshd = Sshd::start(&work.path().join("sshd"), port, "host_a", &public);
+    // The runs wait for this file, so the first holds the one slot.
+    let gate = work.path().join("gate");
+    put_workflow(
+        &s,
+        &t,
+        &format!("doc: gate\nsteps:\n- name: gate\n  run: timeout 60 sh -c 'until test -e {}; do sleep 0.1; done'\n", gate.display()),
+    )
+    .await;
+    let (a, b, c) = ("52:54:00:55:4e:0a", "52:54:00:55:4e:0b", "52:54:00:55:4e:0c");
+    for (mac, p) in [(a, port), (b, port), (c, free_port())] {
+        s.pxe_boot(mac).await;
+        let (code, v) = s
+            .put_machine(
+                &t,
+                mac,
+                json!({"policy": "local", "provisioning_mode": "cijoe-online", "workflow": "check",
+                       "ssh_host": "127.0.0.1", "ssh_port": p}),
+            )
+            .await;
+        assert!(code == 200 || code == 201, "{v}");
+    }
+    let first = start_on(&s, &t, a).await;
+    wait_run(&s, &t, first, &["running"]).await;
+    let second = start_on(&s, &t, b).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = s.authed_json(&t, &format!("/runs/{second}")).await;
+    assert_eq!((run["status"].as_str(), &run["started_at"]), (Some("queued"), &Value::Null), "{run}");
+    std::fs::write(&gate, "open").unwrap();
+    let one = wait_run(&s, &t, first, &["passed", "failed"]).await;
+    assert_eq!(one["status"], "passed", "{one}");
+    let two = wait_run(&s, &t, second, &["passed", "failed"]).await;
+    assert_eq!(two["status"], "passed", "{two}");
+    assert!(two["started_at"].as_str().unwrap() >= one["finished_at"].as_str().unwrap(), "{one} {two}");
+
+    // No SSH server: the run fails waiting, with no archive to offer.
+    let none = start_on(&s, &t, c).await;
+    let run = wait_run(&s, &t, none, &["passed", "failed"]).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["reason"].as_str().unwrap().contains("no SSH server answered on 127.0.0.1:"), "{run}");
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/runs/{none}/report")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("has no report archive: it ended (failed: no SSH server answered"), "{why}");
+    let (ui, _) = s.login().await;
+    let page = ui.get(s.url(&format!("/ui/runs/{none}"))).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains(&format!("/runs/{none}/report")) && page.contains("no report archive"), "{page}");
+
+    // A cijoe that never loads the pinning hook connects unchecked: the
+    // run fails, and is neither drift nor a baseline.
+    std::fs::write(&unhook, "").unwrap();
+    let unchecked = start_on(&s, &t, a).await;
+    let run = wait_run(&s, &t, unchecked, &["passed", "failed"]).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["reason"].as_str().unwrap().starts_with("host-key pinning did not engage"), "{run}");
+    assert_eq!(run["steps"][0]["status"], "passed", "{run}");
+    assert_eq!(s.authed_json(&t, &format!("/runs/{first}")).await["baseline"], true);
+    assert!(s.events(&t, "provisioning.drifted").await.is_empty());
     sshd.stop();
 }

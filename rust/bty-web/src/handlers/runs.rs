@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bty_control::online::StartError;
+use bty_control::online::{StartError, Which};
 use bty_core::mac::MacAddr;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -198,6 +198,21 @@ pub async fn get(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Res
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
 }
 
+/// Why run `r` has no report archive.
+pub fn no_report(r: &runs::Run) -> String {
+    match r.status.as_str() {
+        "queued" | "running" => {
+            format!("run {} is {}: its report archive is made when it ends", r.id, r.status)
+        }
+        _ => format!(
+            "run {} has no report archive: it ended ({}{}) before cijoe wrote any output",
+            r.id,
+            r.status,
+            r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
+        ),
+    }
+}
+
 /// The run's whole output as it was reported, `tar.gz`.
 pub async fn report(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let Some(run) = app.db.read(move |c| runs::get(c, id)).await? else {
@@ -205,9 +220,7 @@ pub async fn report(State(app): State<AppState>, Path(id): Path<i64>) -> Result<
     };
     let mac: bty_core::mac::MacAddr = run.mac.parse().map_err(ApiError::internal)?;
     let path = runs::dir(&app.config.paths.state_dir, mac, id).join("report.tar.gz");
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::not_found(format!("run {id} has no report archive")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found(no_report(&run)))?;
     let len = file.metadata().await.map_err(ApiError::internal)?.len();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/gzip")
@@ -220,23 +233,68 @@ pub async fn report(State(app): State<AppState>, Path(id): Path<i64>) -> Result<
         .map_err(ApiError::internal)
 }
 
-/// Queue an online run of `mac`'s workflow now (also the UI's "Run now").
-pub async fn start_online(app: &AppState, who: &Principal, mac: MacAddr) -> Result<i64, ApiError> {
-    match app.online.start(mac, who.actor(), "started by an operator").await {
+/// Queue an online run of `mac` now (also the UI's "Run now" and "Run
+/// again"): of its bound workflow, a past run's, or one by name.
+pub async fn start_online(
+    app: &AppState,
+    who: &Principal,
+    mac: MacAddr,
+    which: Which,
+) -> Result<i64, ApiError> {
+    let why = match &which {
+        Which::Rerun(id) => format!("run {id} run again by an operator"),
+        _ => "started by an operator".to_string(),
+    };
+    match app.online.start_workflow(mac, which, who.actor(), &why).await {
         Ok(id) => Ok(id),
         Err(StartError::NoMachine(m)) => Err(ApiError::not_found(format!("no machine {m}"))),
         Err(StartError::NotOnline(why)) => Err(ApiError::Conflict(why)),
+        Err(StartError::Invalid { field, reason }) => Err(ApiError::field(field, reason)),
+        Err(StartError::WorkflowGone(why)) => Err(ApiError::Conflict(why)),
         Err(StartError::Db(e)) => Err(e.into()),
     }
 }
 
-/// `POST /machines/{mac}/runs`: 202 with the queued run.
+/// What `POST /machines/{mac}/runs` may carry: at most one of the two.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    /// Run the workflow of this past online run of the machine again.
+    rerun: Option<i64>,
+    /// Run this workflow.
+    workflow: Option<String>,
+}
+
+impl StartBody {
+    fn which(self) -> Result<Which, ApiError> {
+        match (self.rerun, self.workflow) {
+            (Some(_), Some(_)) => {
+                Err(ApiError::field("rerun", "give either rerun (a run's id) or workflow (a name), not both"))
+            }
+            (Some(id), None) => Ok(Which::Rerun(id)),
+            (None, Some(name)) => Ok(Which::Named(name)),
+            (None, None) => Ok(Which::Bound),
+        }
+    }
+}
+
+/// `POST /machines/{mac}/runs`: 202 with the queued run. Without a body the
+/// machine's bound workflow runs; `{"rerun": ID}` runs a past run's
+/// workflow again, `{"workflow": NAME}` a named one.
 pub async fn create(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     MacParam(mac): MacParam,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let id = start_online(&app, &who, mac).await?;
+    let headers = req.headers().clone();
+    let bytes = crate::error::body_bytes(req).await?;
+    let body: StartBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        StartBody::default()
+    } else {
+        crate::error::decode_json(&headers, &bytes)?
+    };
+    let id = start_online(&app, &who, mac, body.which()?).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"run": id, "status": "queued"}))).into_response())
 }
 

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
+use bty_control::online::Which;
 use bty_core::mac::MacAddr;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -554,8 +555,18 @@ pub async fn run_page(
                    "elapsed": format!("{:.1} s", s.elapsed_s), "output": s.output})
         })
         .collect();
+    let archive = run
+        .mac
+        .parse()
+        .map(|m| crate::runs::dir(&ctx.app.config.paths.state_dir, m, id).join("report.tar.gz"))
+        .ok();
+    let report = match archive {
+        Some(a) => tokio::fs::try_exists(a).await.unwrap_or(false),
+        None => false,
+    };
     let data = json!({"run": run_row(&ctx, &run, baseline), "mac": run.mac, "image": run.image, "steps": steps,
-        "open": open, "artifacts": artifacts, "rerun": online_machine && !open,
+        "open": open, "artifacts": artifacts, "rerun": online_machine && !open && run.mode == "online",
+        "report": report, "no_report": (!report).then(|| crate::handlers::runs::no_report(&run)),
         "promotable": run.mode == "online" && run.status == "passed" && baseline != Some(run.id)});
     let meta = PageMeta { name: "run", title: format!("Run {id}"), nav: "machines", notice: None };
     ctx.page(StatusCode::OK, meta, data)
@@ -638,9 +649,21 @@ pub async fn inventory_json(ctx: Ctx, AnyMacParam(mac): AnyMacParam) -> Result<R
         .into_response())
 }
 
-/// `POST /ui/machines/{mac}/runs`: queue an online run; to its page.
-pub async fn start_run(ctx: Ctx, MacParam(mac): MacParam) -> Result<Response, UiError> {
-    let id = crate::handlers::runs::start_online(&ctx.app, &ctx.who, mac).await?;
+/// `POST /ui/machines/{mac}/runs`: queue an online run of the machine's
+/// workflow, or with `rerun=ID` of that past run's; to its page.
+pub async fn start_run(
+    ctx: Ctx,
+    MacParam(mac): MacParam,
+    Form(f): Form<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
+    let f = Fields(f);
+    let which = match f.get("rerun").trim() {
+        "" => Which::Bound,
+        id => {
+            Which::Rerun(id.parse().map_err(|_| ApiError::field("rerun", format!("not a run id: {id:?}")))?)
+        }
+    };
+    let id = crate::handlers::runs::start_online(&ctx.app, &ctx.who, mac, which).await?;
     Ok(Redirect::to(&format!("/ui/runs/{id}")).into_response())
 }
 
