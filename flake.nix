@@ -22,7 +22,21 @@
       ];
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
 
-      buildFor = pkgs: pkgs.callPackage ./nix/package.nix { craneLib = crane.mkLib pkgs; };
+      # The key appliances verify their releases with (`bty os`), built into bty: the base64 line
+      # of deploy/minisign.pub, the public half of the key deploy/sign-release.sh signs with.
+      # Without that file bty verifies nothing until given `--pubkey` or `[os] pubkey`.
+      releasePublicKey =
+        if builtins.pathExists ./deploy/minisign.pub then
+          lib.last (lib.filter (l: l != "") (lib.splitString "\n" (builtins.readFile ./deploy/minisign.pub)))
+        else
+          null;
+
+      buildFor =
+        pkgs:
+        pkgs.callPackage ./nix/package.nix {
+          craneLib = crane.mkLib pkgs;
+          inherit releasePublicKey;
+        };
 
       # Every appliance and test system gets all the modules, with this flake's package.
       mkSystem =
@@ -109,15 +123,35 @@
           server-x86 = imageOutput "server-x86";
           server-rpi = imageOutput "server-rpi";
           live-x86 = imageOutput "live-x86";
+          # What an A/B appliance updates from, unsigned (deploy/sign-release.sh signs it).
+          server-x86-release = self.nixosConfigurations.server-x86.config.system.build.btyRelease;
         }
       );
 
       apps = forAllSystems (
-        system: _pkgs:
+        system: pkgs:
         let
           bty = self.packages.${system}.bty;
         in
         {
+          # `nix run .#sign-release -- RELEASE_DIR SECRET_KEY [OUT_BASE]`: the key stays outside
+          # the store, so signing is a command, not a build.
+          sign-release = {
+            type = "app";
+            program = lib.getExe (
+              pkgs.writeShellApplication {
+                name = "bty-sign-release";
+                runtimeInputs = with pkgs; [
+                  coreutils
+                  minisign
+                  python3
+                ];
+                # writeShellApplication writes its own shebang and `set -euo pipefail`.
+                text = lib.removePrefix "#!/usr/bin/env bash\n" (builtins.readFile ./deploy/sign-release.sh);
+              }
+            );
+            meta.description = "sign an appliance release and lay it out as a release source";
+          };
           bty = {
             type = "app";
             program = lib.getExe' bty "bty";

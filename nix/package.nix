@@ -10,6 +10,8 @@
   e2fsprogs,
   util-linux,
   procps,
+  # A minisign public key (base64): the release key `bty os` verifies with when given no other.
+  releasePublicKey ? null,
 }:
 
 let
@@ -57,6 +59,9 @@ let
         platforms = lib.platforms.linux;
       };
     }
+    # Read by bty-core at compile time (option_env!); set here only, so a new key rebuilds the
+    # package and not the dependencies, clippy or the tests.
+    // lib.optionalAttrs (releasePublicKey != null) { BTY_OS_PUBKEY = releasePublicKey; }
   );
 in
 {

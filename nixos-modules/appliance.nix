@@ -26,6 +26,8 @@ in
   imports = [
     ./bty-program.nix
     ./bty-web.nix
+    # The A/B side (services.bty-appliance.os), for the disk images/server-x86.nix builds.
+    ./bty-os.nix
   ];
 
   options.services.bty-appliance = {

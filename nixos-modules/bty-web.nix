@@ -3,7 +3,9 @@
 # bty-web reads one bty.toml (`--config`); `settings` is rendered to it with pkgs.formats.toml,
 # in the nixpkgs settings style (RFC 42): any key bty-web knows can be set, the ones this module
 # relies on are declared. The admin password never goes through the Nix store: it comes from
-# `adminPasswordFile` as a systemd credential.
+# `adminPasswordFile` as a systemd credential, else from a `bty-web.admin-password` credential in
+# the system's credential store (how the appliance passes on the one its bty-secrets partition
+# holds), else from state.db.
 #
 # TFTP and ProxyDHCP are bty-web's own (PRODUCT §6): TFTP hands PXE firmware an iPXE binary
 # (copied into the boot directory at each start) whose embedded script chains to bty-web's
@@ -60,19 +62,29 @@ let
   };
 
 
-  # Reads the admin password from the systemd credential, when there is one, into the
+  # Reads the admin password from a systemd credential, when there is one, into the
   # BTY_ADMIN_PASSWORD override bty-web already knows; the value never appears on a command
-  # line or in the unit.
+  # line or in the unit. adminPasswordFile (admin-password) is the host's explicit choice and
+  # wins over the credential store's (bty-web.admin-password).
   start = pkgs.writeShellScript "bty-web-start" ''
     set -eu
-    if [ -n "''${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$CREDENTIALS_DIRECTORY/admin-password" ]; then
-      BTY_ADMIN_PASSWORD="$(cat "$CREDENTIALS_DIRECTORY/admin-password")"
-      export BTY_ADMIN_PASSWORD
-    fi
+    for cred in admin-password bty-web.admin-password; do
+      if [ -n "''${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$CREDENTIALS_DIRECTORY/$cred" ]; then
+        BTY_ADMIN_PASSWORD="$(cat "$CREDENTIALS_DIRECTORY/$cred")"
+        export BTY_ADMIN_PASSWORD
+        break
+      fi
+    done
     exec ${lib.getExe' cfg.package "bty-web"} --config ${configFile} serve
   '';
 
   live = cfg.liveEnvironment;
+
+  # A key file given as a Nix path is copied into the store (a public key may be there).
+  osSettings = lib.filterAttrs (_: v: v != null) {
+    inherit (cfg.os) esp source;
+    pubkey = if cfg.os.pubkey == null then null else "${cfg.os.pubkey}";
+  };
 in
 {
   imports = [
@@ -132,9 +144,41 @@ in
       description = ''
         File holding the operator password (`admin.password`), read at each start through
         a systemd credential; it replaces the stored password. Outside the Nix store, which
-        is world-readable. When null, the password stored in state.db is kept (on first
-        start: bty-web's default, `bty`).
+        is world-readable. When null, a credential named `bty-web.admin-password` in the
+        system's credential store (`/etc/credstore`, `/run/credstore`, or one passed to the
+        machine) is used the same way when there is one; else the password stored in state.db
+        is kept (on first start: bty-web's default, `bty`).
       '';
+    };
+
+    os = {
+      esp = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.*");
+        default = null;
+        example = "/boot";
+        description = ''
+          Where this machine's EFI system partition is mounted (`settings.os.esp`), on an
+          appliance with A/B slots: bty-web reads the slots' boot entries there.
+        '';
+      };
+      source = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "https://releases.example/bty";
+        description = ''
+          Where the appliance's releases are (`settings.os.source`): an http(s) base, a `file:`
+          URL or a directory with `latest` and `VERSION/manifest.json`, as `bty os --source`.
+        '';
+      };
+      pubkey = lib.mkOption {
+        type = lib.types.nullOr lib.types.path;
+        default = null;
+        example = lib.literalExpression "./minisign.pub";
+        description = ''
+          The release public key, a `minisign.pub` file (`settings.os.pubkey`), instead of the
+          one built into bty. A public key may be in the Nix store.
+        '';
+      };
     };
 
     openFirewall = lib.mkOption {
@@ -344,6 +388,8 @@ in
             StateDirectoryMode = if cfg.imagesGroupWritable then "0710" else "0700";
             WorkingDirectory = cfg.stateDir;
             LoadCredential = lib.optional (cfg.adminPasswordFile != null) "admin-password:${cfg.adminPasswordFile}";
+            # Unlike LoadCredential=, a credential that is not there is no error.
+            ImportCredential = [ "bty-web.admin-password" ];
             Restart = "on-failure";
             RestartSec = 2;
             # SIGTERM lets bty-web finish in-flight requests and checkpoint the SQLite WAL.
@@ -414,6 +460,11 @@ in
 
       (lib.mkIf (cfg.tftp.enable || cfg.proxyDhcp.enable) {
         services.bty-web.settings.tftp.enabled = lib.mkDefault true;
+      })
+
+      # Only the keys that are set: an [os] table appears on hosts that update themselves.
+      (lib.mkIf (osSettings != { }) {
+        services.bty-web.settings.os = lib.mapAttrs (_: lib.mkDefault) osSettings;
       })
 
       (lib.mkIf (cfg.cijoe.package != null) {

@@ -69,6 +69,20 @@ let
   live = eval { services.bty-live.enable = true; };
   usb = eval { services.bty-usb.enable = true; };
   appliance = eval { services.bty-appliance.enable = true; };
+  applianceOs = eval {
+    services.bty-appliance = {
+      enable = true;
+      os.enable = true;
+    };
+  };
+  # Units the checks below read, empty when missing so that one check fails, not all of them.
+  aos = lib.genAttrs [
+    "bty-health"
+    "bty-secrets"
+    "bty-ssh-host-keys"
+    "bty-state-layout"
+    "bty-web"
+  ] (n: applianceOs.systemd.services.${n} or { });
 
   rendered = c: lib.filterAttrsRecursive (_: v: v != null) c.services.bty-web.settings;
 in
@@ -314,6 +328,129 @@ in
     && (rendered appliance).tftp.enabled
     && !(appliance.services.dnsmasq.enable or false)
     && appliance.systemd.services ? bty-appliance-first-boot
+  ) null)
+  (check "appliance os: evaluates; root is /dev/bty-root, ESP and bty-state by partition label, /var/lib/bty a bind of bty-state's bty/" (
+    let
+      fs = applianceOs.fileSystems;
+    in
+    evaluates applianceOs
+    && failedAssertions applianceOs == [ ]
+    && (fs."/".device or null) == "/dev/bty-root"
+    && (fs."/boot".device or null) == "/dev/disk/by-partlabel/bty-esp"
+    && lib.elem "gid=6" (fs."/boot".options or [ ])
+    && (fs."/var/lib/bty-state".device or null) == "/dev/disk/by-partlabel/bty-state"
+    && lib.elem "x-systemd.growfs" (fs."/var/lib/bty-state".options or [ ])
+    && (fs."/var/lib/bty".device or null) == "/var/lib/bty-state/bty"
+    && lib.elem "bind" (fs."/var/lib/bty".options or [ ])
+    && lib.elem "x-systemd.requires=bty-state-layout.service" (fs."/var/lib/bty".options or [ ])
+  ) applianceOs.fileSystems)
+  (check "appliance os: bty-health.service is RequiredBy= and Before= boot-complete.target, after bty-web, reboots on failure, bounded" (
+    let
+      h = aos.bty-health;
+      port9090 =
+        (eval {
+          services.bty-appliance = {
+            enable = true;
+            os.enable = true;
+            os.healthTimeout = 60;
+          };
+          services.bty-web.settings.server.port = 9090;
+        }).systemd.services.bty-health.serviceConfig or { };
+    in
+    (h.requiredBy or [ ]) == [ "boot-complete.target" ]
+    && lib.elem "boot-complete.target" (h.before or [ ])
+    && lib.elem "bty-web.service" (h.after or [ ])
+    && !(lib.elem "bty-web.service" (h.requires or [ ]))
+    && (h.unitConfig.FailureAction or null) == "reboot"
+    && (h.serviceConfig.Type or null) == "oneshot"
+    && (h.serviceConfig.ExecStart or null)
+      == "${stubs.fakeDrv "bty"}/bin/bty os health --url http://127.0.0.1:8080/healthz --timeout 300"
+    && (h.serviceConfig.TimeoutStartSec or null) == 330
+    && lib.hasSuffix "--url http://127.0.0.1:9090/healthz --timeout 60" (port9090.ExecStart or "")
+    && (port9090.TimeoutStartSec or null) == 90
+  ) aos.bty-health)
+  (check "appliance os: bty-secrets.service unpacks the partition into /run/bty-secrets; bty-web after it, its admin password through the credential store" (
+    let
+      sec = aos.bty-secrets;
+      dev = "dev-disk-by\\x2dpartlabel-bty\\x2dsecrets.device";
+    in
+    lib.hasInfix "${stubs.fakeDrv "bty"}/bin/bty os secrets unpack /run/bty-secrets --device /dev/disk/by-partlabel/bty-secrets" (sec.script or "")
+    && lib.hasInfix "/run/credstore/bty-web.admin-password" (sec.script or "")
+    && (sec.requires or [ ]) == [ dev ]
+    && (sec.after or [ ]) == [ dev ]
+    && (sec.serviceConfig.UMask or null) == "0077"
+    && lib.elem "bty-secrets.service" (aos.bty-web.after or [ ])
+    && (aos.bty-web.serviceConfig.ImportCredential or null) == [ "bty-web.admin-password" ]
+    && applianceOs.services.bty-appliance.os.secretsDirectory == "/run/bty-secrets"
+  ) aos.bty-secrets)
+  (check "appliance os: bty-web may apply releases (block devices, the disk group, the ESP writable); elsewhere it keeps PrivateDevices" (
+    let
+      u = aos.bty-web.serviceConfig or { };
+    in
+    (u.PrivateDevices or null) == false
+    && (u.SupplementaryGroups or null) == [ "disk" ]
+    && (u.ReadWritePaths or null) == [ "/boot" ]
+    && (webUnit.serviceConfig.PrivateDevices or null) == true
+    && !(webUnit.serviceConfig ? SupplementaryGroups)
+  ) (aos.bty-web.serviceConfig or null))
+  (check "appliance os: SSH host keys on bty-state (ssh/ 0700), copied from /run/bty-secrets before sshd generates missing ones" (
+    let
+      k = aos.bty-ssh-host-keys;
+    in
+    map (h: h.path) (applianceOs.services.openssh.hostKeys or [ ]) == [
+      "/var/lib/bty-state/ssh/ssh_host_ed25519_key"
+      "/var/lib/bty-state/ssh/ssh_host_rsa_key"
+    ]
+    && lib.all (u: lib.elem u (k.before or [ ])) [
+      "sshd-keygen.service"
+      "sshd.service"
+    ]
+    && lib.elem "bty-secrets.service" (k.after or [ ])
+    && lib.hasInfix "/run/bty-secrets/ssh/ssh_host_ed25519_key" (k.script or "")
+    && lib.hasInfix "install -d -m 0700 -o root -g root /var/lib/bty-state/ssh" (aos.bty-state-layout.script or "")
+  ) aos.bty-ssh-host-keys)
+  (check "appliance os: udev names the booted slot /dev/bty-root in the initrd and after, from bty.slot= or LoaderEntrySelected; panic=10; bty-state grown in the initrd" (
+    let
+      rules = applianceOs.boot.initrd.services.udev.rules or "";
+      program = lib.head (applianceOs.boot.initrd.systemd.storePaths or [ { text = ""; } ]);
+    in
+    rules == (applianceOs.services.udev.extraRules or null)
+    && lib.hasInfix ''IMPORT{program}="${program}"'' rules
+    && lib.hasInfix ''ENV{ID_PART_ENTRY_NAME}=="bty-a", ENV{BTY_BOOTED_SLOT}=="a", SYMLINK+="bty-root"'' rules
+    && lib.hasInfix ''ENV{ID_PART_ENTRY_NAME}=="bty-b", ENV{BTY_BOOTED_SLOT}=="b", SYMLINK+="bty-root"'' rules
+    && lib.hasInfix "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f" (program.text or "")
+    && lib.hasInfix "bty.slot=" (program.text or "")
+    && (applianceOs.boot.initrd.systemd.enable or false)
+    && lib.all (p: lib.elem p applianceOs.boot.kernelParams) [
+      "bty.slot=auto"
+      "panic=10"
+      "boot.panic_on_fail"
+    ]
+    && (applianceOs.boot.initrd.systemd.repart.enable or false)
+    && (applianceOs.systemd.repart.partitions."30-secrets".Weight or null) == 0
+    && (applianceOs.systemd.repart.partitions."40-state".Type or null) == "linux-generic"
+    && !applianceOs.systemd.enableEmergencyMode
+  ) null)
+  (check "bty-web: [os] esp, source and pubkey rendered when set (the appliance sets esp), no [os] table otherwise" (
+    let
+      set = rendered (eval {
+        services.bty-web = {
+          enable = true;
+          os.source = "https://releases.example/bty";
+          os.pubkey = "/etc/bty/minisign.pub";
+        };
+      });
+    in
+    ((rendered applianceOs).os or null) == { esp = "/boot"; }
+    && (set.os or null) == {
+      source = "https://releases.example/bty";
+      pubkey = "/etc/bty/minisign.pub";
+    }
+    && !((rendered web) ? os)
+    && !((rendered appliance) ? os)
+  ) (rendered applianceOs).os or null)
+  (check "appliance os: without the appliance it is refused" (
+    failedAssertions (eval { services.bty-appliance.os.enable = true; }) != [ ]
   ) null)
   (check "modules that are not enabled add nothing" (
     let

@@ -41,5 +41,7 @@ lib.mapAttrs (name: sys: {
 }) self.nixosConfigurations
 // {
   "packages.x86_64-linux.bty" = self.packages.x86_64-linux.bty.drvPath;
+  "packages.x86_64-linux.server-x86-release" = self.packages.x86_64-linux.server-x86-release.drvPath;
+  "apps.x86_64-linux.sign-release" = self.apps.x86_64-linux.sign-release.program;
   "checks.x86_64-linux" = lib.mapAttrs (_: c: c.drvPath) self.checks.x86_64-linux;
 }

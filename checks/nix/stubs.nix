@@ -29,12 +29,14 @@ let
   pkgs = {
     bty = fakeDrv "bty";
     ipxe = fakeDrv "ipxe";
+    openssh = fakeDrv "openssh";
     shadow = fakeDrv "shadow";
     util-linux = fakeDrv "util-linux";
     sqlite = fakeDrv "sqlite";
     zstd = fakeDrv "zstd";
     callPackage = path: _args: fakeDrv (lib.removeSuffix ".nix" (baseNameOf path));
-    writeShellScript = name: _text: fakeDrv name;
+    # The text is kept beside the fake derivation, for checks that read a script.
+    writeShellScript = name: text: fakeDrv name // { inherit text; };
     writeText = name: _text: fakeDrv name;
     runCommand = name: _env: _script: fakeDrv name;
     # pkgs.formats.toml's type accepts TOML values; `anything` accepts more, but the values
@@ -73,7 +75,34 @@ in
         };
       };
       security.sudo.extraRules = looseList;
-      systemd.services = loose;
+      systemd = {
+        # Lists of dependencies are merged as NixOS merges them (several modules order the
+        # same unit); the rest of a unit is kept as given.
+        services = mkOption {
+          default = { };
+          type = types.attrsOf (
+            types.submodule {
+              freeformType = types.lazyAttrsOf types.anything;
+              options = lib.genAttrs [
+                "after"
+                "before"
+                "wants"
+                "requires"
+                "wantedBy"
+                "requiredBy"
+                "conflicts"
+                "path"
+              ] (_: looseList);
+            }
+          );
+        };
+        repart = loose;
+        settings = loose;
+        enableEmergencyMode = mkOption {
+          type = types.bool;
+          default = true;
+        };
+      };
       networking = {
         firewall = loose;
         hostName = mkOption {
@@ -86,6 +115,7 @@ in
         };
       };
       services = {
+        udev = loose;
         dnsmasq = loose;
         openssh = loose;
         avahi = loose;
@@ -101,7 +131,17 @@ in
         };
       };
       fileSystems = loose;
-      boot.supportedFilesystems = loose;
+      ids.gids = mkOption {
+        type = types.attrsOf types.int;
+        default = {
+          disk = 6;
+        };
+      };
+      boot = {
+        supportedFilesystems = loose;
+        kernelParams = looseList;
+        initrd = loose;
+      };
     };
   };
 }
