@@ -132,13 +132,7 @@ async fn slots_the_failed_update_tripwire_and_an_efisys_apply() {
     assert_eq!(latest["verified"], true);
 
     let c = reqwest::Client::new();
-    let r = c
-        .post(s.url("/os/apply"))
-        .bearer_auth(&t)
-        .json(&json!({"type": "efisys"}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(s.url("/os/apply")).bearer_auth(&t).json(&json!({"type": "efisys"})).send().await.unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     let v = wait_job(&s, &t).await;
     assert_eq!(v["job"]["state"], "done", "{v}");
@@ -149,7 +143,8 @@ async fn slots_the_failed_update_tripwire_and_an_efisys_apply() {
     // Bad input: a version that is not one, an unknown type.
     let r = c.post(s.url("/os/apply")).bearer_auth(&t).json(&json!({"version": "two"})).send().await.unwrap();
     assert_eq!(r.status(), 422);
-    let r = c.post(s.url("/os/download")).bearer_auth(&t).json(&json!({"type": "kernel"})).send().await.unwrap();
+    let r =
+        c.post(s.url("/os/download")).bearer_auth(&t).json(&json!({"type": "kernel"})).send().await.unwrap();
     assert_eq!(r.status(), 422);
 
     // The page: slots, the tripwire, the job; its form downloads the release.
