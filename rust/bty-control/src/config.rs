@@ -735,6 +735,20 @@ fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> (String, Origin) {
     }
 }
 
+/// A secret from a file: at most 4 KiB, one trailing newline dropped.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4097).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() > 4096 {
+        return Err(format!("{} is larger than 4 KiB; it is not a password file", path.display()));
+    }
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
 fn valid_plain_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
@@ -809,6 +823,21 @@ impl Config {
                         values.insert(def.dotted(), (val, Origin::Env(name)));
                     }
                     Err(e) => problems.push(format!("{} (env:{name}): {e}", def.dotted())),
+                }
+            } else if def.kind == Kind::Secret {
+                // A secret can come from a file (a container secret, a systemd credential):
+                // `BTY_ADMIN_PASSWORD_FILE=/run/secrets/bty-admin-password`.
+                let file_var = format!("{name}_FILE");
+                if let Some(path) = env(&file_var).filter(|p| !p.is_empty()) {
+                    match read_secret_file(Path::new(&path)) {
+                        Ok(text) => match parse_env_value(def, &text) {
+                            Ok(val) => {
+                                values.insert(def.dotted(), (val, Origin::Env(file_var)));
+                            }
+                            Err(e) => problems.push(format!("{} (env:{file_var}): {e}", def.dotted())),
+                        },
+                        Err(e) => problems.push(format!("{} (env:{file_var}): {e}", def.dotted())),
+                    }
                 }
             }
         }
@@ -1109,6 +1138,24 @@ mod tests {
     fn load(file: Option<&Path>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load_with(file, &move |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_admin_password_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from a secret\n").unwrap();
+        let fs = f.display().to_string();
+        let c = load(None, &[("BTY_ADMIN_PASSWORD_FILE", &fs)]).unwrap();
+        assert_eq!(c.admin.password, "from a secret");
+        assert!(!c.admin.password_is_default);
+        // The variable itself wins over the file.
+        let c = load(None, &[("BTY_ADMIN_PASSWORD_FILE", &fs), ("BTY_ADMIN_PASSWORD", "direct")]).unwrap();
+        assert_eq!(c.admin.password, "direct");
+        let e = load(None, &[("BTY_ADMIN_PASSWORD_FILE", "/nonexistent/pw")]).unwrap_err().to_string();
+        assert!(e.contains("BTY_ADMIN_PASSWORD_FILE") && e.contains("/nonexistent/pw"), "{e}");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(load(None, &[("BTY_ADMIN_PASSWORD_FILE", &fs)]).is_err(), "an empty password is refused");
     }
 
     #[test]

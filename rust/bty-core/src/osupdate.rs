@@ -345,6 +345,46 @@ impl Release {
     }
 }
 
+/// The `[os]` keys of the appliance's `bty.toml`, which `bty os` falls back
+/// to when a flag is not given: the same file bty-web reads.
+#[derive(Debug, Clone, Default)]
+pub struct OsSettings {
+    pub source: Option<String>,
+    pub pubkey: Option<std::path::PathBuf>,
+    pub esp: Option<std::path::PathBuf>,
+    pub disk: Option<std::path::PathBuf>,
+}
+
+/// `[os]` of `$BTY_CONFIG_FILE`, else of `/etc/bty/bty.toml` when it exists;
+/// nothing when there is no file.
+pub fn os_settings() -> Result<OsSettings> {
+    let path = match std::env::var("BTY_CONFIG_FILE").ok().filter(|s| !s.is_empty()) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let p = std::path::PathBuf::from("/etc/bty/bty.toml");
+            if !p.exists() {
+                return Ok(OsSettings::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        Error::usage(format!("{} is not valid TOML: {}", path.display(), e.to_string().trim()))
+    })?;
+    let os = table.get("os").and_then(|v| v.as_table());
+    let text_of = |k: &str| {
+        os.and_then(|t| t.get(k)).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string)
+    };
+    Ok(OsSettings {
+        source: text_of("source"),
+        pubkey: text_of("pubkey").map(Into::into),
+        esp: text_of("esp").map(Into::into),
+        disk: text_of("disk").map(Into::into),
+    })
+}
+
 /// Download a release into `dir`: every file under a hidden name, checked
 /// (size, SHA-256), then renamed; the manifest and its signature last, so a
 /// directory with a manifest holds the whole release. On any failure the

@@ -316,7 +316,8 @@ pub fn run(a: Args) -> i32 {
 
 /// The verified release `w` names, of the kind asked for.
 fn release(w: &Which) -> Result<Release, Error> {
-    let key_text = match &w.pubkey {
+    let settings = osupdate::os_settings()?;
+    let key_text = match w.pubkey.as_ref().or(settings.pubkey.as_ref()) {
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .map_err(|e| Error::io(format!("cannot read the key {}", p.display()), e))?,
@@ -324,12 +325,13 @@ fn release(w: &Which) -> Result<Release, Error> {
         None => None,
     };
     let key = osupdate::public_key(key_text.as_deref())?;
-    let r = match (&w.path, &w.source) {
+    let r = match (&w.path, w.source.as_ref().or(settings.source.as_ref())) {
         (Some(p), _) => osupdate::fetch_manifest(p, &key)?,
         (None, Some(base)) => ReleaseSource::new(base).release(w.version.as_deref(), &key)?,
         (None, None) => {
             return Err(Error::usage(
-                "no release source: pass --source URL (or set BTY_OS_SOURCE), or --path manifest.json",
+                "no release source: pass --source URL (or set BTY_OS_SOURCE, or [os] source in bty.toml), or --path \
+                 manifest.json",
             ))
         }
     };
@@ -395,11 +397,19 @@ fn esp_or(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
 }
 
 fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
-    esp_or(&m.esp)
+    match &m.esp {
+        Some(e) => Ok(e.clone()),
+        None => esp_or(&osupdate::os_settings()?.esp),
+    }
 }
 
 fn appliance(m: &Machine) -> Result<Appliance, Error> {
-    Appliance::detect(m.disk.as_deref(), m.esp.as_deref(), m.booted_slot.as_deref().and_then(Slot::parse))
+    let settings = osupdate::os_settings()?;
+    Appliance::detect(
+        m.disk.as_deref().or(settings.disk.as_deref()),
+        m.esp.as_deref().or(settings.esp.as_deref()),
+        m.booted_slot.as_deref().and_then(Slot::parse),
+    )
 }
 
 fn personalize(p: &PersonalizeArgs) -> Result<appliance_secrets::Personalized, Error> {

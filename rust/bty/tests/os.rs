@@ -90,6 +90,24 @@ fn a_signed_release_is_shown_and_downloaded_verified() {
     let p = dir.join("manifest.json").display().to_string();
     let o = run(&["os", "show", "os", "--path", &p, "--pubkey", &k.public.display().to_string()]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The source and the key from bty.toml's [os], as on the appliance.
+    let toml = d.path().join("bty.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[os]\nsource = {:?}\npubkey = {:?}\n",
+            base.display().to_string(),
+            k.public.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = common::bty().args(["os", "show", "os"]).env("BTY_CONFIG_FILE", &toml).output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("os release 1.2.0"), "{}", stdout(&o));
+    std::fs::write(&toml, "[os\n").unwrap();
+    let o = common::bty().args(["os", "show", "os"]).env("BTY_CONFIG_FILE", &toml).output().unwrap();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not valid TOML"), "{}", stderr(&o));
     // The wrong kind, no source: usage errors.
     assert_eq!(code(&os(&["show", "efisys"], &base, &k.public)), 2);
     assert_eq!(code(&run(&["os", "show", "os", "--pubkey", &k.public.display().to_string()])), 2);
