@@ -114,6 +114,8 @@
           default = built.bty;
           # The pinned cijoe the provisioning workflows run (the modules' default).
           cijoe = pkgs.callPackage ./nix/cijoe.nix { };
+          # bty-web's OCI image (`podman load -i result`); deploy/build-image.sh without Nix.
+          container = pkgs.callPackage ./nix/container.nix { bty = built.bty; };
         }
         # Image outputs exist for the system they are built for: `nix build .#server-rpi` on an
         # x86_64 machine evaluates packages.x86_64-linux.server-rpi, which is the aarch64 image

@@ -27,6 +27,8 @@ echo "== fuzzing (checks/fuzz.sh: every seed and regression replayed, then each 
 checks/fuzz.sh
 echo "== Nix: every .nix file parses (checks/nix-eval.sh; set NIXPKGS=... to also evaluate the modules)"
 checks/nix-eval.sh
+echo "== the container image (checks/container.sh: reproducible build, rootful podman, an upgrade on the same volume)"
+checks/container.sh
 echo "== end-to-end VM suite (checks/e2e.sh: real QEMU, iPXE, bty-web and bty agent)"
 checks/e2e.sh
 echo "== the README's quick start, as written (checks/quickstart.sh: cargo install, live/install.sh, a VM flashed over PXE)"

@@ -83,6 +83,13 @@ declare -A want=(
   [systemd-boot-efi]=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
   [file]=/usr/bin/file
   [gzip]=/bin/gzip
+  # bty-web's container image: built without Docker (deploy/build-image.sh needs the CA
+  # bundle), run with rootful podman and the runc runtime by checks/container.sh and the
+  # container-bios scenario (python3-yaml reads deploy/compose.yaml there)
+  [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+  [podman]=podman
+  [runc]=runc
+  [python3-yaml]=/usr/lib/python3/dist-packages/yaml/__init__.py
 )
 
 present() {

@@ -109,9 +109,11 @@ class Server:
     marker images in the catalog. The guest reaches it as http://10.0.2.100 (see lib/vm.py)."""
 
     def __init__(self, work: str, catalog: list[dict], seg=None, proxy_dhcp: bool = True, extra_env=None,
-                 initrd_layers=()):
+                 initrd_layers=(), container: str | None = None):
         """`seg`: run on that layer-2 segment (lib/l2.py) instead, at 192.168.77.2:8080 in its
-        server namespace, with bty-web's own TFTP and (unless `proxy_dhcp` is False) ProxyDHCP."""
+        server namespace, with bty-web's own TFTP and (unless `proxy_dhcp` is False) ProxyDHCP.
+        `container`: run that image of bty-web with rootful podman (host networking, only
+        CAP_NET_BIND_SERVICE, as deploy/compose.yaml does) on the state directory."""
         self.work = work
         self.seg = seg
         self.state = os.path.join(work, "state")
@@ -146,10 +148,26 @@ class Server:
                        BTY_TFTP_ENABLED="true", BTY_TFTP_ADDRESS=L2.SERVER_IP,
                        BTY_PROXY_DHCP_ENABLED="true" if proxy_dhcp else "false",
                        BTY_PROXY_DHCP_INTERFACE="s0")
+        if container is not None:
+            # The image's own paths and user (10001), the rest of the environment as given.
+            env.update(BTY_PATHS_STATE_DIR="/var/lib/bty")
+            subprocess.run(["chown", "-R", "10001:10001", self.state], check=True)
+            passed = {k: v for k, v in env.items() if k.startswith("BTY_")}
+            self.container = f"bty-e2e-{os.path.basename(work)}"
+            subprocess.run(["podman", "rm", "-f", self.container], capture_output=True)
+            # Host networking, the host being the segment's server namespace: podman joins it
+            # itself (under `ip netns exec`, runc finds no cgroup mount in the new /sys).
+            network = "host" if seg is None else f"ns:/run/netns/{seg.ns('srv')}"
+            argv = ["podman", "--runtime", "runc", "run", "--rm", "--name", self.container,
+                    "--network", network, "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE",
+                    "--read-only", "--tmpfs", "/tmp", "--ulimit", "nofile=4096:4096",
+                    "--ulimit", "nproc=4096:4096", "-v", f"{self.state}:/var/lib/bty"]
+            argv += [f"--env={k}={v}" for k, v in sorted(passed.items())] + [container]
+        if seg is not None and container is None:
             argv = seg.exec("srv", argv)
         self.log = os.path.join(work, "bty-web.log")
         self.proc = subprocess.Popen(argv, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + (60 if container else 20)
         while True:
             try:
                 self.net(lambda: urllib.request.urlopen(self.base + "/healthz", timeout=2))
@@ -209,6 +227,8 @@ class Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if getattr(self, "container", None):
+            subprocess.run(["podman", "rm", "-f", "-t", "2", self.container], capture_output=True)
 
 
 class SlowOrigin:
@@ -791,7 +811,7 @@ def provision_online(name, work):
 
 
 @contextlib.contextmanager
-def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
+def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True, container: str | None = None):
     """A layer-2 segment with the LAN's DHCP server and bty-web on it, the marker image for
     `firmware` in its catalog; both gone when the block ends."""
     if os.geteuid() != 0:
@@ -801,7 +821,7 @@ def l2_server(name: str, work: str, firmware: str, proxy_dhcp: bool = True):
         seg.start_lan_dhcp(os.path.join(work, "lan-dnsmasq.log"))
         img = f"marker-{firmware}.img"
         srv = Server(work, [{"name": "marker", "src": img + ".zst", "sha256": published_sha(img + ".zst")}],
-                     seg=seg, proxy_dhcp=proxy_dhcp)
+                     seg=seg, proxy_dhcp=proxy_dhcp, container=container)
         try:
             yield seg, srv
         finally:
@@ -1105,6 +1125,28 @@ def ab_update(name, work):
     finally:
         m.kill()
         srv.stop()
+
+
+CONTAINER_IMAGE = os.environ.get("BTY_E2E_IMAGE", "localhost/bty-web:" + re.search(
+    r'^version *= *"(.*)"', open(os.path.join(ROOT, "Cargo.toml")).read(), re.M).group(1))
+
+
+@scenario("container-bios")
+def container_bios(name, work):
+    """l2-bios against bty-web in its container (rootful podman, host networking, only
+    CAP_NET_BIND_SERVICE): the container's ProxyDHCP answers SeaBIOS+iPXE, which flashes, boots."""
+    if os.geteuid() != 0 or shutil.which("podman") is None:
+        raise Skipped("needs root and podman (checks/deps.sh installs it)")
+    if subprocess.run(["podman", "image", "exists", CONTAINER_IMAGE]).returncode != 0:
+        raise Skipped(f"no image {CONTAINER_IMAGE}: checks/e2e.sh builds and loads it")
+    with l2_server(name, work, "bios", container=CONTAINER_IMAGE) as (seg, srv):
+        mach = l2_flash(name, work, "bios", False, "52:54:00:77:00:04", seg, srv, same_size=True)
+        check(mach["dhcp_client"] == "iPXE", f"the NIC's iPXE asked the container's ProxyDHCP: {mach['dhcp_client']}")
+        metrics = srv.metrics()
+        check(re.search(r'bty_proxy_dhcp_requests_total\{client="[^"]*",answered="true"\} [1-9]', metrics),
+              "the container's ProxyDHCP answered the firmware")
+        user = subprocess.run(["podman", "top", srv.container, "user"], capture_output=True, text=True).stdout
+        check("root" not in user.split("\n", 1)[-1], f"bty-web runs as the image's user, not root: {user}")
 
 
 def main(argv: list[str]) -> int:

@@ -19,5 +19,10 @@ checks/disk/build.sh checks/out/disk >/dev/null
 MARKER_ROOT_MIB=16 checks/disk/build.sh checks/out/disk-root rootfs >/dev/null
 python3 checks/live/cijoe-layer.py checks/out/cijoe-layer.cpio.gz
 cargo build --locked -q -p bty-web
+# bty-web's container image for the container-bios scenario (as root, where podman runs).
+if [ "$(id -u)" = 0 ] && command -v podman >/dev/null; then
+  deploy/build-image.sh checks/out/bty-web.oci.tar >/dev/null
+  podman load -q -i checks/out/bty-web.oci.tar >/dev/null
+fi
 
 exec python3 checks/e2e.py "$@"

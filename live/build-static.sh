@@ -8,6 +8,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}/static"
 host="$(rustc -vV | sed -n 's/^host: //p')"
-(cd "$repo" && CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS='-C target-feature=+crt-static' \
+# The same flags as deploy/build-image.sh, so the two share their compiled dependencies; the
+# paths remapped so the binaries do not depend on where the checkout and the registry are.
+(cd "$repo" && CARGO_PROFILE_RELEASE_STRIP=symbols \
+  RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$repo=/bty --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
   CARGO_TARGET_DIR="$target" cargo build --release --locked -q -p bty -p bty-tui --target "$host")
 echo "$target/$host/release/bty"
