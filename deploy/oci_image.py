@@ -113,6 +113,8 @@ def main() -> int:
     diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
     layer_digest = "sha256:" + hashlib.sha256(blob).hexdigest()
 
+    # The platform the binaries were built for (the build host's).
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     created = "1970-01-01T00:00:00Z" if epoch == 0 else \
         __import__("datetime").datetime.fromtimestamp(epoch, __import__("datetime").timezone.utc) \
         .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -127,7 +129,7 @@ def main() -> int:
     if a.revision:
         labels["org.opencontainers.image.revision"] = a.revision
     config = {
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "created": created,
         "config": {
@@ -170,7 +172,7 @@ def main() -> int:
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest,
             "size": len(manifest_bytes),
-            "platform": {"architecture": "amd64", "os": "linux"},
+            "platform": {"architecture": arch, "os": "linux"},
             # What `podman load` names the image.
             "annotations": {"org.opencontainers.image.ref.name": f"localhost/bty-web:{a.version}"},
         }],

@@ -47,7 +47,9 @@ try:
         m = json.load(f)
 except ValueError as e:
     fail(f"{rel}/manifest.json is not JSON: {e}")
-semver = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?"
+# Plain MAJOR.MINOR.PATCH, as bty reads it: `+` separates systemd-boot's boot counter in an
+# entry's name, and systemd-boot orders a pre-release after its release.
+semver = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)()()"
 version, kind, files = m.get("version"), m.get("type"), m.get("files")
 if not isinstance(version, str) or not re.fullmatch(semver, version):
     fail(f"the manifest's version {version!r} is not MAJOR.MINOR.PATCH")

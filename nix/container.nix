@@ -1,5 +1,6 @@
-# bty-web's OCI image from Nix (`nix build .#container`, then `podman load -i result`): the same
-# image deploy/build-image.sh writes without Nix. bty-web and the bty CLI from the flake's
+# bty-web's container image from Nix (`nix build .#container`, a docker-archive that
+# `podman load -i result` and `docker load` read): the same contents and paths as the OCI archive
+# deploy/build-image.sh writes without Nix. bty-web and the bty CLI from the flake's
 # package, CA certificates for https origins and registries, the non-root user bty (10001),
 # /var/lib/bty and /var/cache/bty as volumes. dockerTools writes fixed timestamps, so the
 # same inputs give the same image. OCI has no health check field: compose.yaml and the Quadlet
@@ -32,6 +33,12 @@ dockerTools.buildLayeredImage {
     cacert
     base
   ];
+  # The paths the deploy files and deploy/build-image.sh's image use.
+  extraCommands = ''
+    mkdir -p usr/local/bin
+    ln -s ${lib.getExe' bty "bty-web"} usr/local/bin/bty-web
+    ln -s ${lib.getExe' bty "bty"} usr/local/bin/bty
+  '';
   fakeRootCommands = ''
     chown -R ${toString uid}:${toString uid} var/lib/bty var/cache/bty
     chmod 0750 var/lib/bty var/cache/bty
@@ -39,9 +46,10 @@ dockerTools.buildLayeredImage {
   enableFakechroot = false;
   config = {
     User = "${toString uid}:${toString uid}";
-    Entrypoint = [ (lib.getExe' bty "bty-web") ];
+    Entrypoint = [ "/usr/local/bin/bty-web" ];
     WorkingDir = "/var/lib/bty";
     Env = [
+      "PATH=/usr/local/bin"
       "BTY_PATHS_STATE_DIR=/var/lib/bty"
       "BTY_PATHS_CACHE_DIR=/var/cache/bty"
       "BTY_SERVER_HOST=0.0.0.0"

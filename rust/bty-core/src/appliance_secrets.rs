@@ -86,8 +86,17 @@ pub fn pack(tarball: &Path, capacity: u64) -> Result<(Vec<u8>, Vec<SecretFile>)>
             out.append_data(&mut h, &path, std::io::empty())
                 .map_err(|e| bad(format!("entry {path:?}: {e}")))?;
         } else if kind.is_file() {
+            let declared = entry.header().size().unwrap_or(u64::MAX);
+            if declared > capacity {
+                return Err(bad(format!(
+                    "entry {path:?} is {declared} bytes but the {LABEL} partition holds {capacity}"
+                )));
+            }
             let mut data = vec![];
-            entry.read_to_end(&mut data).map_err(|e| bad(format!("entry {path:?} cannot be read ({e})")))?;
+            (&mut entry)
+                .take(capacity + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| bad(format!("entry {path:?} cannot be read ({e})")))?;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o600);
             h.set_size(data.len() as u64);
@@ -175,6 +184,18 @@ pub fn unpack(device: &Path, dir: &Path) -> Result<Vec<SecretFile>> {
         let path = plain(&raw)
             .ok_or_else(|| bad(format!("entry {:?} is not a plain relative path", raw.display())))?;
         let dest = dir.join(&path);
+        // Nothing on the way may be a symbolic link: one planted in `dir` would send the
+        // secrets elsewhere.
+        let mut at = dir.to_path_buf();
+        for part in Path::new(&path).parent().into_iter().flat_map(|p| p.components()) {
+            at.push(part);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir()) {
+                return Err(Error::failure(format!(
+                    "{} is not a directory (a link?): not unpacking secrets through it",
+                    at.display()
+                )));
+            }
+        }
         let kind = entry.header().entry_type();
         let mkdir = |d: &Path| {
             std::fs::DirBuilder::new()
@@ -247,6 +268,17 @@ mod tests {
         std::fs::write(&part, vec![0u8; 1 << 16]).unwrap();
         assert!(unpack(&part, &d.path().join("empty")).unwrap().is_empty());
         assert!(pack(&t, 512).unwrap_err().to_string().contains("partition holds"));
+
+        // A link planted where a directory of the secrets goes: refused, nothing written through it.
+        let planted = d.path().join("planted");
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir_all(&planted).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, planted.join("ssh")).unwrap();
+        std::fs::write(&part, &padded).unwrap();
+        let e = unpack(&part, &planted).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]

@@ -282,12 +282,14 @@ pub fn apply_os(
         (m.file("root").expect("checked by plan_os"), m.file("uki").expect("checked by plan_os"));
     let dir = linux_dir(&app.esp);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    // Hidden files a killed apply left behind.
+    // One apply at a time on this ESP (the CLI and bty-web's job alike).
+    let _lock = lock_esp(&app.esp)?;
+    // Hidden files a killed apply left behind (staged entries and their partial downloads).
     for e in
         std::fs::read_dir(&dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?.flatten()
     {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!(".{}_", target.label())) && n.ends_with(".partial") {
+        if n.starts_with('.') && n.contains("bty-") && (n.ends_with(".partial") || n.ends_with(".staged")) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -327,6 +329,18 @@ pub fn apply_os(
     // the kernel shows no partitions of the disk.
     let node = crate::provision::partition_device(&app.disk, part.number, part.start_bytes, part.size_bytes)?;
     let fplan = flash::plan_partition(&req, &node.path, part.number)?;
+    // Whatever holds the slot (a mount, device-mapper) refuses an exclusive open: find out
+    // before any entry is touched, not when the write starts.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(&node.path).map_err(|e| {
+            Error::failure(format!(
+                "slot {} ({}) is in use (mounted or held by another device): {e}; nothing was written",
+                target.as_str(),
+                node.path.display()
+            ))
+        })?;
+    }
     if let Some(n) = fplan.published_size.filter(|&n| n != root.size) {
         return Err(Error::integrity(format!(
             "{root_url} is {n} bytes, the manifest says {}: nothing was written",
@@ -349,7 +363,10 @@ pub fn apply_os(
         osupdate::fetch_verified(&release.file_url(uki), &staged, uki.size, &uki.sha256)?;
         pause_at("staged");
 
-        for name in &plan.removes {
+        // Listed again now: the plan may be older than the ESP.
+        let removes: Vec<String> =
+            slots::entries(&app.esp).into_iter().filter(|(_, e)| e.slot == target).map(|(n, _)| n).collect();
+        for name in &removes {
             let p = dir.join(name);
             std::fs::remove_file(&p).or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -362,7 +379,7 @@ pub fn apply_os(
         osupdate::sync_parent(&entry)?;
         on_event(ApplyEvent::Stage {
             stage: "cleared",
-            detail: format!("slot {}'s old entries removed: {}", target.as_str(), plan.removes.join(", ")),
+            detail: format!("slot {}'s old entries removed: {}", target.as_str(), removes.join(", ")),
         });
         pause_at("cleared");
 
@@ -452,6 +469,21 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
+/// An exclusive lock on the ESP for the length of an apply: `flock` on its
+/// root directory, released when the handle is dropped (or the process dies).
+fn lock_esp(esp: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(esp).map_err(|e| Error::io(format!("cannot open {}", esp.display()), e))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::failure(format!(
+            "another apply is running on {} (bty os apply or bty-web's Appliance page); wait for it",
+            esp.display()
+        )));
+    }
+    Ok(f)
+}
+
 /// The SHA-256 of a file, or None when it cannot be read.
 pub fn file_sha256(p: &Path) -> Option<String> {
     use sha2::Digest;
@@ -525,6 +557,7 @@ pub fn apply_efisys(
         return Ok(Applied { plan, flash: None });
     }
     let m = &release.manifest;
+    let _lock = lock_esp(esp)?;
     let mut staged: Vec<(PathBuf, PathBuf, String)> = vec![];
     let outcome = (|| {
         for f in &m.files {
@@ -538,8 +571,8 @@ pub fn apply_efisys(
                 ".{}.staged",
                 dest.file_name().unwrap_or_default().to_string_lossy()
             ));
+            staged.push((tmp.clone(), dest, rel));
             osupdate::fetch_verified(&release.file_url(f), &tmp, f.size, &f.sha256)?;
-            staged.push((tmp, dest, rel));
         }
         on_event(ApplyEvent::Stage {
             stage: "staged",
@@ -591,9 +624,17 @@ pub fn apply_efisys(
 pub fn bless(esp: &Path, counted: Option<&str>) -> Result<String> {
     let name = match counted {
         Some(n) => n.to_string(),
-        None => match loader_boot_count_path().and_then(|p| p.rsplit(['\\', '/']).next().map(str::to_string))
-        {
-            Some(n) => n,
+        None => match loader_boot_count_path() {
+            Some(p) => {
+                let (dir, name) = p.rsplit_once(['\\', '/']).unwrap_or(("", p.as_str()));
+                let dir = dir.trim_start_matches(['\\', '/']).replace('/', "\\");
+                if !dir.eq_ignore_ascii_case("EFI\\Linux") {
+                    return Err(Error::failure(format!(
+                        "the booted entry {p} is not in EFI/Linux, so not one of bty's: not blessing it"
+                    )));
+                }
+                name.to_string()
+            }
             None => return Ok("the booted entry has no boot counter: already blessed".into()),
         },
     };

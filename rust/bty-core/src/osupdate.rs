@@ -114,6 +114,9 @@ impl Manifest {
         if self.arch.is_empty() {
             return bad("names no arch".into());
         }
+        if self.arch != std::env::consts::ARCH {
+            return bad(format!("is for {}, this machine is {}", self.arch, std::env::consts::ARCH));
+        }
         if self.files.is_empty() {
             return bad("lists no files".into());
         }
@@ -125,6 +128,14 @@ impl Manifest {
                 return bad(format!("file name {:?} must be a plain file name", f.name));
             }
             let absolute = f.url.starts_with("https://") || f.url.starts_with("http://");
+            // A downloaded release keeps each file under its name beside the manifest, so
+            // the copy applies as the original does.
+            if !absolute && f.url != f.name {
+                return bad(format!(
+                    "file {:?} has URL {:?}: a relative URL is the file's name, beside the manifest",
+                    f.name, f.url
+                ));
+            }
             if !absolute && !plain_relative(&f.url) {
                 return bad(format!(
                     "file {:?} has URL {:?}: relative to the manifest, or http(s)",
@@ -181,9 +192,12 @@ impl Manifest {
     }
 }
 
-/// `MAJOR.MINOR.PATCH[-PRE]`, compared as semver does.
+/// A release version: plain `MAJOR.MINOR.PATCH`. No build metadata: `+`
+/// separates systemd-boot's boot counter in an entry's name. No
+/// pre-release: systemd-boot orders `1.3.0-rc.1` after `1.3.0`, so a slot
+/// holding one would stay the default over its release.
 pub fn parse_version(v: &str) -> Option<semver::Version> {
-    semver::Version::parse(v.trim()).ok()
+    semver::Version::parse(v.trim()).ok().filter(|v| v.pre.is_empty() && v.build.is_empty())
 }
 
 /// Order of two versions; unparseable ones sort first.
@@ -392,6 +406,16 @@ pub fn os_settings() -> Result<OsSettings> {
 /// each file verified.
 pub fn download(r: &Release, dir: &std::path::Path, on_file: &mut dyn FnMut(&str, u64)) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    // An earlier copy stops being a release first: a download that fails half-way must not
+    // leave its manifest beside files of another.
+    for name in ["manifest.json", "manifest.json.minisig"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("cannot replace {}", dir.join(name).display()), e))
+            }
+            _ => {}
+        }
+    }
     let mut written: Vec<std::path::PathBuf> = vec![];
     let result = (|| {
         for f in &r.manifest.files {
@@ -537,7 +561,7 @@ mod tests {
     #[test]
     fn versions_compare_as_semver() {
         assert_eq!(compare_versions("1.10.0", "1.9.3"), Ordering::Greater);
-        assert_eq!(compare_versions("1.2.0-rc.1", "1.2.0"), Ordering::Less);
+        assert!(parse_version("1.2.0-rc.1").is_none() && parse_version("1.2.0+5").is_none());
         assert_eq!(compare_versions("1.2.0", "1.2.0"), Ordering::Equal);
         assert_eq!(compare_versions("junk", "0.0.1"), Ordering::Less);
     }
@@ -556,7 +580,7 @@ mod tests {
                 manifest(
                     "os",
                     &format!(
-                        r#"{{"role": "root", "name": "r", "url": "r.zst", "sha256": "{SHA}", "size": 1}}"#
+                        r#"{{"role": "root", "name": "r.zst", "url": "r.zst", "sha256": "{SHA}", "size": 1}}"#
                     ),
                 )
                 .as_bytes(),

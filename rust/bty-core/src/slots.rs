@@ -98,7 +98,11 @@ pub fn booted_from_cmdline(cmdline: &str, layout: &Layout) -> Option<Slot> {
     let mut found = None;
     for w in cmdline.split_whitespace() {
         if let Some(v) = w.strip_prefix("bty.slot=") {
-            return Slot::parse(v);
+            // `bty.slot=auto` (the release UKI's) names no slot: the other words may.
+            if let Some(s) = Slot::parse(v) {
+                return Some(s);
+            }
+            continue;
         }
         if let Some(v) = w.strip_prefix("root=PARTLABEL=") {
             found = Slot::parse(v);
@@ -251,14 +255,22 @@ pub fn read_layout(disk: &std::path::Path) -> Result<Layout> {
     layout(&table).map_err(|e| Error::failure(format!("{}: {e}", disk.display())))
 }
 
-/// The disk of this machine with an A/B layout.
+/// The disk of this machine with an A/B layout; more than one (a flashed
+/// appliance disk attached to an appliance) is refused rather than guessed.
 pub fn find_disk() -> Result<std::path::PathBuf> {
-    for d in crate::disks::list_disks()? {
-        if read_layout(std::path::Path::new(&d.path)).is_ok() {
-            return Ok(d.path.into());
-        }
+    let found: Vec<String> = crate::disks::list_disks()?
+        .into_iter()
+        .filter(|d| read_layout(std::path::Path::new(&d.path)).is_ok())
+        .map(|d| d.path)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.into()),
+        [] => Err(Error::failure("no disk here has the A/B layout (bty-a, bty-b): pass --disk DEV")),
+        many => Err(Error::failure(format!(
+            "several disks have the A/B layout ({}): pass --disk DEV (or [os] disk) for the one this runs from",
+            many.join(", ")
+        ))),
     }
-    Err(Error::failure("no disk here has the A/B layout (bty-a, bty-b): pass --disk DEV"))
 }
 
 #[cfg(test)]

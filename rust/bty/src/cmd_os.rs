@@ -251,13 +251,9 @@ pub fn run(a: Args) -> i32 {
             }
         }
         OsCommand::Bless(b) => {
-            match osapply::bless(&esp_or(&b.esp).unwrap_or_default(), b.entry.as_deref()) {
-                Ok(name) => {
-                    say(
-                        b.json,
-                        serde_json::json!({"event": "blessed", "entry": name}),
-                        &format!("{name} blessed"),
-                    );
+            match esp_with_settings(&b.esp).and_then(|esp| osapply::bless(&esp, b.entry.as_deref())) {
+                Ok(what) => {
+                    say(b.json, serde_json::json!({"event": "blessed", "detail": what}), &what);
                     0
                 }
                 Err(e) => crate::report_error(&e, b.json),
@@ -266,7 +262,7 @@ pub fn run(a: Args) -> i32 {
         OsCommand::Health(h) => {
             let r = osapply::health(&h.url, std::time::Duration::from_secs(h.timeout)).and_then(|msg| {
                 if h.bless {
-                    let what = osapply::bless(&esp_or(&h.esp)?, None)?;
+                    let what = osapply::bless(&esp_with_settings(&h.esp)?, None)?;
                     Ok(format!("{msg}; {what}"))
                 } else {
                     Ok(msg)
@@ -397,7 +393,12 @@ fn esp_or(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
 }
 
 fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
-    match &m.esp {
+    esp_with_settings(&m.esp)
+}
+
+/// `--esp`, else `[os] esp` of bty.toml, else the usual mount points.
+fn esp_with_settings(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
+    match esp {
         Some(e) => Ok(e.clone()),
         None => esp_or(&osupdate::os_settings()?.esp),
     }

@@ -279,6 +279,17 @@ fn efisys_apply_replaces_loader_files_and_keeps_the_previous_ones() {
     assert!(stdout(&o).contains("dry run"), "{}", stdout(&o));
     assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 1");
 
+    // Another apply holds the ESP (flock(1) on it, as bty takes it): refused, nothing written.
+    if common::have("flock") {
+        let mut holder = Command::new("flock").arg("-o").arg(&esp).args(["sleep", "30"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = apply(&[]);
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains("another apply is running"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 1");
+    }
     let o = apply(&[]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap(), b"systemd-boot 2");

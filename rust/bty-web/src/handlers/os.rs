@@ -75,7 +75,16 @@ pub async fn release_manifest(
 
 pub async fn latest(State(app): State<AppState>, Query(q): Query<LatestQuery>) -> Result<Response, ApiError> {
     let kind = kind_of(q.kind.as_deref())?;
-    Ok(Json(release_manifest(&app, kind, q.version).await?).into_response())
+    Ok(Json(release_manifest(&app, kind, version_of(q.version)?).await?).into_response())
+}
+
+/// A requested version: empty means the latest; anything else must be one.
+fn version_of(v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) if bty_core::osupdate::parse_version(&v).is_some() => Ok(Some(v)),
+        Some(v) => Err(ApiError::field("version", format!("{v:?} is not a version (MAJOR.MINOR.PATCH)"))),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -96,9 +105,7 @@ pub fn start(
     body: JobBody,
 ) -> Result<Value, ApiError> {
     let kind = kind_of(body.kind.as_deref())?;
-    if let Some(v) = body.version.as_deref().filter(|v| bty_core::osupdate::parse_version(v).is_none()) {
-        return Err(ApiError::field("version", format!("{v:?} is not a version (MAJOR.MINOR.PATCH)")));
-    }
+    let version = version_of(body.version)?;
     let job = app
         .os_jobs
         .start(
@@ -106,7 +113,7 @@ pub fn start(
             app.config.paths.state_dir.join("os-releases"),
             app.db.clone(),
             who.actor(),
-            Request { action, kind, version: body.version.filter(|v| !v.is_empty()), force: body.force },
+            Request { action, kind, version, force: body.force },
         )
         .map_err(ApiError::Conflict)?;
     Ok(json!(job))

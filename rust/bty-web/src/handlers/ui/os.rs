@@ -53,7 +53,7 @@ pub struct JobForm {
 async fn start(ctx: Ctx, action: &'static str, f: JobForm) -> Result<Response, UiError> {
     let body = JobBody {
         kind: f.kind,
-        version: f.version.filter(|v| !v.trim().is_empty()),
+        version: f.version.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
         force: f.force.is_some(),
     };
     match os::start(&ctx.app, &ctx.who, action, body) {
