@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use bty_core::osapply::{self, Appliance, ApplyEvent, Status};
-use bty_core::osupdate::{self, Release, ReleaseSource, ReleaseType};
+use bty_core::osupdate::{self, Release, ReleaseType};
 use serde::Serialize;
 
 use crate::audit::{self, Actor, EventQuery, NewEvent};
@@ -23,27 +23,14 @@ pub fn appliance(cfg: &OsConfig) -> Result<Appliance, String> {
 
 /// The verified release `version` (default latest) of `kind`.
 pub fn release(cfg: &OsConfig, kind: ReleaseType, version: Option<&str>) -> bty_core::Result<Release> {
-    let key_text =
-        match &cfg.pubkey {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                bty_core::Error::io(format!("cannot read the release key {}", p.display()), e)
-            })?),
-            None => None,
-        };
-    let key = osupdate::public_key(key_text.as_deref())?;
-    let Some(base) = &cfg.source else {
-        return Err(bty_core::Error::usage("no release source: set [os] source (BTY_OS_SOURCE)"));
-    };
-    let r = ReleaseSource::new(base).release(version, &key)?;
-    if r.manifest.kind != kind {
-        return Err(bty_core::Error::usage(format!(
-            "{} is an {} release, not {}",
-            r.manifest_url,
-            r.manifest.kind.as_str(),
-            kind.as_str()
-        )));
-    }
-    Ok(r)
+    osupdate::find_release(
+        kind,
+        None,
+        cfg.source.as_deref(),
+        version,
+        cfg.pubkey.as_deref(),
+        "set [os] source (BTY_OS_SOURCE)",
+    )
 }
 
 /// Raise the failed-update tripwire once per failed version.

@@ -55,11 +55,7 @@ impl Appliance {
             None => slots::find_disk()?,
         };
         let layout = slots::read_layout(&disk)?;
-        let esp = esp.map(Path::to_path_buf).or_else(slots::find_esp).ok_or_else(|| {
-            Error::failure(
-                "the EFI system partition is not mounted at /efi, /boot or /boot/efi: pass --esp DIR",
-            )
-        })?;
+        let esp = slots::esp_dir(esp)?;
         let booted = booted.or_else(|| detect_booted(&layout));
         Ok(Appliance { disk, esp, layout, booted })
     }

@@ -335,6 +335,43 @@ impl ReleaseSource {
     }
 }
 
+/// The verified release of `kind` that `bty os` and bty-web's Appliance page
+/// ask for: the manifest at `path`, else `version` (default latest) from the
+/// release source `source`, checked with the key in the file `pubkey` (else
+/// the built-in one). `no_source` says how to name a source when neither is
+/// given.
+pub fn find_release(
+    kind: ReleaseType,
+    path: Option<&str>,
+    source: Option<&str>,
+    version: Option<&str>,
+    pubkey: Option<&std::path::Path>,
+    no_source: &str,
+) -> Result<Release> {
+    let key_text = match pubkey {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::io(format!("cannot read the release key {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let key = public_key(key_text.as_deref())?;
+    let r = match (path, source) {
+        (Some(p), _) => fetch_manifest(p, &key)?,
+        (None, Some(base)) => ReleaseSource::new(base).release(version, &key)?,
+        (None, None) => return Err(Error::usage(format!("no release source: {no_source}"))),
+    };
+    if r.manifest.kind != kind {
+        return Err(Error::usage(format!(
+            "{} is an {} release, not {}",
+            r.manifest_url,
+            r.manifest.kind.as_str(),
+            kind.as_str()
+        )));
+    }
+    Ok(r)
+}
+
 /// A manifest at `url` (or a local path) with `url.minisig` beside it, verified.
 pub fn fetch_manifest(url: &str, key: &minisign_verify::PublicKey) -> Result<Release> {
     let manifest_bytes = read_bounded(url, MAX_MANIFEST_BYTES)?;

@@ -231,6 +231,14 @@ pub fn find_esp() -> Option<std::path::PathBuf> {
     ["/efi", "/boot", "/boot/efi"].iter().map(std::path::PathBuf::from).find(|p| p.join("EFI").is_dir())
 }
 
+/// The ESP's directory: `given`, else the first of /efi, /boot, /boot/efi
+/// holding `EFI/`.
+pub fn esp_dir(given: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    given.map(std::path::Path::to_path_buf).or_else(find_esp).ok_or_else(|| {
+        Error::failure("the EFI system partition is not mounted at /efi, /boot or /boot/efi: pass --esp DIR")
+    })
+}
+
 /// `LoaderEntrySelected` as systemd-boot left it (efivarfs: 4 attribute
 /// bytes, then UTF-16LE).
 pub fn loader_entry_selected() -> Option<String> {

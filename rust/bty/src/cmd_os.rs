@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use bty_core::osapply::{self, Appliance, ApplyEvent};
-use bty_core::osupdate::{self, Release, ReleaseSource, ReleaseType};
+use bty_core::osupdate::{self, Release, ReleaseType};
 use bty_core::slots::{self, Slot};
 use bty_core::Error;
 use bty_core::{appliance_secrets, flash};
@@ -313,34 +313,14 @@ pub fn run(a: Args) -> i32 {
 /// The verified release `w` names, of the kind asked for.
 fn release(w: &Which) -> Result<Release, Error> {
     let settings = osupdate::os_settings()?;
-    let key_text = match w.pubkey.as_ref().or(settings.pubkey.as_ref()) {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| Error::io(format!("cannot read the key {}", p.display()), e))?,
-        ),
-        None => None,
-    };
-    let key = osupdate::public_key(key_text.as_deref())?;
-    let r = match (&w.path, w.source.as_ref().or(settings.source.as_ref())) {
-        (Some(p), _) => osupdate::fetch_manifest(p, &key)?,
-        (None, Some(base)) => ReleaseSource::new(base).release(w.version.as_deref(), &key)?,
-        (None, None) => {
-            return Err(Error::usage(
-                "no release source: pass --source URL (or set BTY_OS_SOURCE, or [os] source in bty.toml), or --path \
-                 manifest.json",
-            ))
-        }
-    };
-    let want = ReleaseType::parse(&w.kind).unwrap_or(ReleaseType::Os);
-    if r.manifest.kind != want {
-        return Err(Error::usage(format!(
-            "{} is an {} release, not {}",
-            r.manifest_url,
-            r.manifest.kind.as_str(),
-            want.as_str()
-        )));
-    }
-    Ok(r)
+    osupdate::find_release(
+        ReleaseType::parse(&w.kind).unwrap_or(ReleaseType::Os),
+        w.path.as_deref(),
+        w.source.as_deref().or(settings.source.as_deref()),
+        w.version.as_deref(),
+        w.pubkey.as_deref().or(settings.pubkey.as_deref()),
+        "pass --source URL (or set BTY_OS_SOURCE, or [os] source in bty.toml), or --path manifest.json",
+    )
 }
 
 fn show(r: &Release, json: bool) {
@@ -386,12 +366,6 @@ fn say(json: bool, v: serde_json::Value, text: &str) {
     }
 }
 
-fn esp_or(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
-    esp.clone().or_else(slots::find_esp).ok_or_else(|| {
-        Error::failure("the EFI system partition is not mounted at /efi, /boot or /boot/efi: pass --esp DIR")
-    })
-}
-
 fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
     esp_with_settings(&m.esp)
 }
@@ -400,7 +374,7 @@ fn esp_dir(m: &Machine) -> Result<PathBuf, Error> {
 fn esp_with_settings(esp: &Option<PathBuf>) -> Result<PathBuf, Error> {
     match esp {
         Some(e) => Ok(e.clone()),
-        None => esp_or(&osupdate::os_settings()?.esp),
+        None => slots::esp_dir(osupdate::os_settings()?.esp.as_deref()),
     }
 }
 

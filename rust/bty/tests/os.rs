@@ -8,31 +8,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{code, run, sha256_file, stderr, stdout};
-
-struct Keys {
-    public: PathBuf,
-    secret: PathBuf,
-}
+use common::{code, run, sha256_file, stderr, stdout, Keys};
 
 fn keys(dir: &Path, name: &str) -> Keys {
-    let (public, secret) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.sec")));
-    let st =
-        Command::new("minisign").args(["-G", "-W", "-f", "-p"]).arg(&public).arg("-s").arg(&secret).output();
-    assert!(st.unwrap().status.success());
-    Keys { public, secret }
+    common::minisign_keys(dir, name)
 }
 
 fn sign(k: &Keys, file: &Path, comment: &str) {
-    let st = Command::new("minisign")
-        .args(["-S", "-s"])
-        .arg(&k.secret)
-        .arg("-m")
-        .arg(file)
-        .args(["-t", comment])
-        .output();
-    let st = st.unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    common::minisign_sign(k, file, comment)
 }
 
 /// A release tree `base/latest`, `base/VERSION/{manifest.json,.minisig,files}`.

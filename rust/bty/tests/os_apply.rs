@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{code, sha256_file, stderr, stdout};
+use common::{code, sha256_file, stderr, stdout, Keys};
 
 fn sh(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
@@ -17,15 +17,8 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-struct Keys {
-    public: PathBuf,
-    secret: PathBuf,
-}
-
 fn keys(dir: &Path) -> Keys {
-    let (public, secret) = (dir.join("r.pub"), dir.join("r.sec"));
-    sh(Command::new("minisign").args(["-G", "-W", "-f", "-p"]).arg(&public).arg("-s").arg(&secret));
-    Keys { public, secret }
+    common::minisign_keys(dir, "r")
 }
 
 /// A signed os release `version` under `base`; returns the raw root image.
@@ -47,12 +40,7 @@ fn release(base: &Path, k: &Keys, version: &str, seed: u64) -> Vec<u8> {
     let m = serde_json::json!({"version": version, "arch": "x86_64", "type": "os",
                                "files": [file("root", "root.img.zst"), file("uki", "bty.efi")]});
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    sh(Command::new("minisign")
-        .args(["-S", "-s"])
-        .arg(&k.secret)
-        .arg("-m")
-        .arg(dir.join("manifest.json"))
-        .args(["-t", &format!("version={version} type=os")]));
+    common::minisign_sign(k, &dir.join("manifest.json"), &format!("version={version} type=os"));
     raw
 }
 

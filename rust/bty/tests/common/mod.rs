@@ -203,3 +203,30 @@ impl Drop for Loop {
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
+
+/// A minisign key pair made with the real `minisign`, as release signers do.
+pub struct Keys {
+    pub public: PathBuf,
+    pub secret: PathBuf,
+}
+
+pub fn minisign_keys(dir: &Path, name: &str) -> Keys {
+    let (public, secret) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.sec")));
+    let st =
+        Command::new("minisign").args(["-G", "-W", "-f", "-p"]).arg(&public).arg("-s").arg(&secret).output();
+    assert!(st.unwrap().status.success());
+    Keys { public, secret }
+}
+
+/// Sign `file` (`file.minisig` beside it) with `comment` as the trusted comment.
+pub fn minisign_sign(k: &Keys, file: &Path, comment: &str) {
+    let st = Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&k.secret)
+        .arg("-m")
+        .arg(file)
+        .args(["-t", comment])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}

@@ -26,7 +26,7 @@ pub async fn page(ctx: Ctx, Query(q): Query<PageQuery>) -> Result<Response, UiEr
             bty_core::osupdate::ReleaseType::parse(kind).unwrap_or(bty_core::osupdate::ReleaseType::Os);
         data["latest"] = match os::release_manifest(&ctx.app, kind, None).await {
             Ok(v) => v,
-            Err(crate::error::ApiError::Conflict(m)) => json!({"error": m}),
+            Err(ApiError::Conflict(m)) => json!({"error": m}),
             Err(e) => return Err(UiError(e)),
         };
     }
@@ -56,11 +56,8 @@ async fn start(ctx: Ctx, action: &'static str, f: JobForm) -> Result<Response, U
         version: f.version.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
         force: f.force.is_some(),
     };
-    match os::start(&ctx.app, &ctx.who, action, body) {
-        Ok(_) => Ok(Redirect::to(&format!("/ui/os?notice=os-{action}")).into_response()),
-        Err(ApiError::Conflict(m)) => Err(UiError(ApiError::Conflict(m))),
-        Err(e) => Err(UiError(e)),
-    }
+    os::start(&ctx.app, &ctx.who, action, body).map_err(UiError)?;
+    Ok(Redirect::to(&format!("/ui/os?notice=os-{action}")).into_response())
 }
 
 pub async fn download(ctx: Ctx, Form(f): Form<JobForm>) -> Result<Response, UiError> {
